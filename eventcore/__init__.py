@@ -1,0 +1,1 @@
+"""eventcore: an event-sourced task system on Redis Streams."""

@@ -1,0 +1,137 @@
+"""Every Redis key eventcore uses is built here, and nowhere else.
+
+Layout (namespace ``ec`` by default, ``P`` partitions)::
+
+    ec:{p0}:events               task event log of partition 0 (stream)
+    ec:{p0}:q:<queue>:<prio>     work stream of one queue and priority level
+    ec:{p0}:delayed              delayed / retry-scheduled task ids (zset, score = due ms)
+    ec:{p0}:delayed:items        the work entry each delayed task will get (hash)
+    ec:{p0}:idem:<tenant>:<key>  idempotency key -> task id (string, TTL)
+    ec:{p0}:done                 task id -> terminal event type (hash)
+    ec:{p0}:cancel               task ids with a pending cancel request (set)
+    ec:{p0}:dlq                  dead-lettered work entries (stream)
+    ec:nodes                     node event stream
+    ec:ctl:node:<node>           control commands for one node (stream)
+    ec:ctl:all                   broadcast control commands (stream)
+    ec:ctl:acks                  control acknowledgements (stream)
+    ec:feed                      view-change feed (capped stream)
+    ec:parked                    entries that did not decode (stream)
+    ec:blob:<sha256>             blobs (string, TTL)
+    ec:v:<view-ns>:...           projection views
+
+Every key of one partition carries the same hash tag ``{pN}``, so each Lua
+script touches a single slot and the layout runs unchanged on Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import re
+
+from eventcore.events import Priority
+from eventcore.ids import partition_of
+
+__all__ = ["NAME_RE", "Keys", "check_name"]
+
+# Queue names, node ids and namespaces: safe inside a key and in Lua splitting.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+def check_name(what: str, name: str) -> str:
+    """Return ``name`` if it is a valid queue / node / namespace name, else raise ValueError."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ValueError(
+            f"{what} {name!r} is not a valid name: use 1-128 letters, digits, '_', '.' or '-'"
+        )
+    return name
+
+
+class Keys:
+    """Builds the keys of one deployment (namespace + partition count)."""
+
+    __slots__ = ("namespace", "partitions")
+
+    def __init__(self, namespace: str = "ec", partitions: int = 1) -> None:
+        check_name("namespace", namespace)
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.namespace = namespace
+        self.partitions = partitions
+
+    def __repr__(self) -> str:
+        return f"Keys(namespace={self.namespace!r}, partitions={self.partitions})"
+
+    # -- partitions ----------------------------------------------------------
+
+    def partition(self, task_id: str) -> int:
+        """The partition that holds ``task_id``'s events and work."""
+        return partition_of(task_id, self.partitions)
+
+    def all_partitions(self) -> range:
+        return range(self.partitions)
+
+    def _p(self, p: int) -> str:
+        if not 0 <= p < self.partitions:
+            raise ValueError(f"partition {p} out of range (0..{self.partitions - 1})")
+        return f"{self.namespace}:{{p{p}}}"
+
+    # -- per partition -------------------------------------------------------
+
+    def events(self, p: int) -> str:
+        return f"{self._p(p)}:events"
+
+    def work(self, p: int, queue: str, priority: Priority | str) -> str:
+        return f"{self.work_prefix(p)}{queue}:{Priority(priority).value}"
+
+    def work_prefix(self, p: int) -> str:
+        """Prefix of the partition's work streams; the release script appends
+        ``<queue>:<priority>`` read from the delayed item."""
+        return f"{self._p(p)}:q:"
+
+    def delayed(self, p: int) -> str:
+        return f"{self._p(p)}:delayed"
+
+    def delayed_items(self, p: int) -> str:
+        return f"{self._p(p)}:delayed:items"
+
+    def idempotency(self, p: int, tenant: str, key: str) -> str:
+        return f"{self._p(p)}:idem:{tenant}:{key}"
+
+    def done(self, p: int) -> str:
+        return f"{self._p(p)}:done"
+
+    def cancels(self, p: int) -> str:
+        return f"{self._p(p)}:cancel"
+
+    def dead_letters(self, p: int) -> str:
+        return f"{self._p(p)}:dlq"
+
+    # -- global --------------------------------------------------------------
+
+    def nodes(self) -> str:
+        return f"{self.namespace}:nodes"
+
+    def control(self, node: str) -> str:
+        return f"{self.namespace}:ctl:node:{node}"
+
+    def control_broadcast(self) -> str:
+        return f"{self.namespace}:ctl:all"
+
+    def control_acks(self) -> str:
+        return f"{self.namespace}:ctl:acks"
+
+    def feed(self) -> str:
+        return f"{self.namespace}:feed"
+
+    def parked(self) -> str:
+        return f"{self.namespace}:parked"
+
+    def blob(self, digest: str) -> str:
+        return f"{self.namespace}:blob:{digest}"
+
+    def view(self, view_ns: str, *parts: str) -> str:
+        """A key of the projections' views under view namespace ``view_ns``."""
+        return ":".join((self.namespace, "v", view_ns, *parts))
+
+    def all_keys_pattern(self) -> str:
+        """SCAN pattern matching every key of this namespace (for tools and tests)."""
+        return f"{self.namespace}:*"

@@ -1,0 +1,498 @@
+"""The event log API: atomic appends and reads over Redis Streams.
+
+Every write that touches more than one key is one Lua script (see
+``lua/eventcore.lua``): a fact and the work it implies are written together
+or not at all. Calls that take a batch send it in one round trip per
+partition.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from eventcore.codec import CONTROL, NODE, TASK, Codec, Entry, encode
+from eventcore.errors import DecodeError, ScriptArgumentError
+from eventcore.events import (
+    TASK_EVENT_TYPES,
+    TERMINAL_EVENT_TYPES,
+    ControlAcked,
+    ControlIssued,
+    Event,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskDeadLettered,
+    TaskRetryScheduled,
+    TaskScheduled,
+    TaskSpec,
+    TaskSubmitted,
+)
+from eventcore.groups import WorkEntry
+from eventcore.ids import id_time_ms, is_task_id, new_task_id, task_id_in_partition
+from eventcore.keys import Keys, check_name
+from eventcore.scripts import Scripts
+
+__all__ = [
+    "CancelOutcome",
+    "CancelResult",
+    "EventLog",
+    "SettleResult",
+    "Settlement",
+    "Submission",
+    "SubmitResult",
+    "stream_id_at",
+]
+
+DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
+
+
+def stream_id_at(t: float) -> str:
+    """The smallest stream id written at or after time ``t`` (seconds since the epoch)."""
+    return f"{int(t * 1000)}-0"
+
+
+class Submission(msgspec.Struct, frozen=True, kw_only=True):
+    """One task to submit. ``run_at`` (seconds since the epoch) delays it;
+    ``task_id`` may be given to choose the id (it must be a UUIDv7)."""
+
+    spec: TaskSpec
+    idempotency_key: str | None = None
+    run_at: float | None = None
+    task_id: str | None = None
+
+
+class SubmitResult(msgspec.Struct, frozen=True):
+    task_id: str
+    event_id: str  # the TaskSubmitted entry id; "" when the idempotency key existed
+    created: bool
+
+
+class Settlement(msgspec.Struct, frozen=True):
+    """How a held work entry ends: the events to append, last one deciding.
+
+    The last event is a terminal one (succeeded, failed, cancelled, timed out),
+    a ``TaskRetryScheduled`` (back to the delayed set) or a ``TaskDeadLettered``
+    (parked in the dead-letter stream). Earlier events (claimed, started,
+    progress) may ride along in the same write.
+    """
+
+    entry: WorkEntry
+    events: tuple[Event, ...]
+
+
+class SettleResult(msgspec.Struct, frozen=True):
+    ok: bool
+    event_id: str = ""  # id of the last event written
+    stale_reason: str = ""  # why nothing was written, when not ok
+
+
+class CancelOutcome(enum.StrEnum):
+    REQUESTED = "requested"  # the worker that claims or runs it will see it
+    CANCELLED = "cancelled"  # it was waiting in the delayed set: cancelled now
+    ALREADY_DONE = "done"  # it had already ended; nothing written
+
+
+class CancelResult(msgspec.Struct, frozen=True):
+    outcome: CancelOutcome
+    event_id: str = ""
+    ended_as: str = ""  # for ALREADY_DONE: the terminal event type
+
+
+def _s(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class EventLog:
+    """Atomic appends to, and reads from, one deployment's streams."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        *,
+        group: str = "workers",
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.group = group
+        self.idempotency_ttl = idempotency_ttl
+        self.scripts = Scripts(redis)
+
+    # -- submit ----------------------------------------------------------------
+
+    async def submit(
+        self,
+        spec: TaskSpec,
+        *,
+        idempotency_key: str | None = None,
+        run_at: float | None = None,
+        task_id: str | None = None,
+    ) -> SubmitResult:
+        """Append ``TaskSubmitted`` and add the work entry (or the delayed item),
+        atomically. With an idempotency key that was seen within the TTL, the
+        earlier task's id is returned and nothing is written."""
+        sub = Submission(spec=spec, idempotency_key=idempotency_key, run_at=run_at, task_id=task_id)
+        return (await self.submit_many([sub]))[0]
+
+    async def submit_many(self, subs: Sequence[Submission]) -> list[SubmitResult]:
+        """Submit a batch: one script call per partition, all in one round trip."""
+        by_part: dict[int, list[tuple[int, str, Submission]]] = defaultdict(list)
+        for i, sub in enumerate(subs):
+            task_id = self._task_id_for(sub)
+            by_part[self.keys.partition(task_id)].append((i, task_id, sub))
+        now = time.time()
+        ttl_ms = str(max(1, int(self.idempotency_ttl * 1000)))
+        calls: list[tuple[list[str], list[Any]]] = []
+        for p, items in by_part.items():
+            keys = [self.keys.events(p), self.keys.delayed(p), self.keys.delayed_items(p)]
+            args: list[Any] = [ttl_ms, len(items)]
+            for _, task_id, sub in items:
+                spec = sub.spec
+                check_name("queue", spec.queue)
+                submitted = encode(
+                    TaskSubmitted(task_id=task_id, spec=spec, idempotency_key=sub.idempotency_key)
+                )
+                keys.append(self.keys.work(p, spec.queue, spec.priority))
+                if sub.idempotency_key:
+                    keys.append(self.keys.idempotency(p, spec.tenant, sub.idempotency_key))
+                else:
+                    keys.append(keys[0])  # placeholder in the same slot; never written
+                delayed = sub.run_at is not None and sub.run_at > now
+                if delayed:
+                    assert sub.run_at is not None
+                    scheduled = encode(TaskScheduled(task_id=task_id, run_at=sub.run_at))
+                    run_at_ms = max(1, int(sub.run_at * 1000))
+                    head = _item_head(spec.queue, spec.priority, 1)
+                else:
+                    scheduled, run_at_ms, head = b"", 0, b""
+                args += [
+                    task_id,
+                    submitted,
+                    1 if sub.idempotency_key else 0,
+                    run_at_ms,
+                    scheduled,
+                    head,
+                ]
+            calls.append((keys, args))
+        replies = await self._run(self.scripts.submit, calls)
+        out: list[SubmitResult | None] = [None] * len(subs)
+        for (_p, items), reply in zip(by_part.items(), replies):
+            for (i, _task_id, _sub), (created, eid, tid) in zip(items, reply):
+                out[i] = SubmitResult(_s(tid), _s(eid), bool(created))
+        return out  # type: ignore[return-value]
+
+    def _task_id_for(self, sub: Submission) -> str:
+        if sub.task_id is not None:
+            if not is_task_id(sub.task_id):
+                raise ValueError(f"task_id {sub.task_id!r} is not a UUIDv7")
+            if sub.idempotency_key:
+                raise ValueError("give either task_id or idempotency_key, not both")
+            return sub.task_id
+        if sub.idempotency_key:
+            # The key picks the partition, so a retried submit (with a new
+            # task id) looks for the key where the first one stored it.
+            p = self.keys.partition(f"{sub.spec.tenant}:{sub.idempotency_key}")
+            return task_id_in_partition(p, self.keys.partitions)
+        return new_task_id()
+
+    # -- plain appends -----------------------------------------------------------
+
+    async def append(self, event: Event) -> str:
+        """Append one event to the stream its type belongs to; returns the entry id."""
+        return (await self.append_many([event]))[0]
+
+    async def append_many(self, events: Sequence[Event]) -> list[str]:
+        """Append events in order, in one round trip. Task events go through the
+        append script of their partition; node and control events are single
+        XADDs. Ids come back in the order given."""
+        task_batches: dict[int, list[int]] = defaultdict(list)
+        singles: list[tuple[int, str, Event]] = []
+        for i, event in enumerate(events):
+            if isinstance(event, TASK_EVENT_TYPES):
+                task_batches[self.keys.partition(event.task_id)].append(i)  # type: ignore[attr-defined]
+            else:
+                singles.append((i, self._stream_of(event), event))
+        out: list[str] = [""] * len(events)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, idx in task_batches.items():
+                args: list[Any] = [len(idx)]
+                for i in idx:
+                    args += [events[i].task_id, encode(events[i])]  # type: ignore[attr-defined]
+                await self.scripts.append(keys=[self.keys.events(p)], args=args, client=pipe)
+            for _i, stream, event in singles:
+                pipe.xadd(stream, {"e": encode(event)})
+            replies = await pipe.execute(raise_on_error=False)
+        self._raise_script_error(replies)
+        for (_p, idx), reply in zip(task_batches.items(), replies):
+            for i, eid in zip(idx, reply):
+                out[i] = _s(eid)
+        for (i, _stream, _e), eid in zip(singles, replies[len(task_batches) :]):
+            out[i] = _s(eid)
+        return out
+
+    def _stream_of(self, event: Event) -> str:
+        match event:
+            case ControlIssued(target=target):
+                return self.keys.control_broadcast() if target == "*" else self.keys.control(target)
+            case ControlAcked():
+                return self.keys.control_acks()
+            case _:
+                return self.keys.nodes()
+
+    # -- settle: the end of a held work entry ----------------------------------------
+
+    async def settle(self, consumer: str, items: Sequence[Settlement]) -> list[SettleResult]:
+        """End held work entries: append each one's events and ack it, atomically,
+        in one round trip per partition. An entry this consumer no longer holds,
+        or whose task already ended, writes nothing: its result is stale and the
+        caller should record that with ``TaskResultStale``."""
+        by_part: dict[int, list[int]] = defaultdict(list)
+        for i, item in enumerate(items):
+            by_part[self.keys.partition(item.entry.task_id)].append(i)
+        calls: list[tuple[list[str], list[Any]]] = []
+        for p, idx in by_part.items():
+            keys = [
+                self.keys.events(p),
+                self.keys.done(p),
+                self.keys.cancels(p),
+                self.keys.delayed(p),
+                self.keys.delayed_items(p),
+                self.keys.dead_letters(p),
+            ]
+            args: list[Any] = [self.group, consumer, len(idx)]
+            for i in idx:
+                item = items[i]
+                keys.append(item.entry.stream)
+                args += _settle_args(item)
+            calls.append((keys, args))
+        replies = await self._run(self.scripts.settle, calls)
+        out: list[SettleResult | None] = [None] * len(items)
+        for (_p, idx), reply in zip(by_part.items(), replies):
+            for i, (ok, detail) in zip(idx, reply):
+                out[i] = (
+                    SettleResult(True, _s(detail)) if ok else SettleResult(False, "", _s(detail))
+                )
+        return out  # type: ignore[return-value]
+
+    # -- cancel and delayed work -------------------------------------------------------
+
+    async def request_cancel(self, task_id: str, *, reason: str = "", by: str = "") -> CancelResult:
+        """Record a cancel request. A task waiting in the delayed set is cancelled
+        at once; a queued or running one is cancelled by the worker that claims
+        or runs it; a task that already ended is left alone and the answer says so."""
+        p = self.keys.partition(task_id)
+        requested = encode(TaskCancelRequested(task_id=task_id, reason=reason, by=by))
+        cancelled = encode(TaskCancelled(task_id=task_id, reason=reason or "cancel requested"))
+        keys = [
+            self.keys.events(p),
+            self.keys.done(p),
+            self.keys.cancels(p),
+            self.keys.delayed(p),
+            self.keys.delayed_items(p),
+        ]
+        kind, detail = await self._call(
+            self.scripts.request_cancel, keys, [task_id, requested, cancelled]
+        )
+        outcome = CancelOutcome(_s(kind))
+        if outcome is CancelOutcome.ALREADY_DONE:
+            return CancelResult(outcome, ended_as=_s(detail))
+        return CancelResult(outcome, event_id=_s(detail))
+
+    async def cancel_requested(self, task_ids: Iterable[str]) -> set[str]:
+        """Which of these tasks have a pending cancel request (one round trip)."""
+        ids = list(task_ids)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for tid in ids:
+                pipe.sismember(self.keys.cancels(self.keys.partition(tid)), tid)
+            flags = await pipe.execute()
+        return {tid for tid, flag in zip(ids, flags) if flag}
+
+    async def ended_as(self, task_id: str) -> str | None:
+        """The terminal event type of a task that has ended, else None."""
+        value = await self.redis.hget(self.keys.done(self.keys.partition(task_id)), task_id)
+        return None if value is None else _s(value)
+
+    async def release_due(self, now: float | None = None, limit: int = 1000) -> int:
+        """Move delayed tasks that are due back to their work streams, in every
+        partition. Safe to run from many processes at once."""
+        now_ms = int((time.time() if now is None else now) * 1000)
+        calls = [
+            (
+                [self.keys.delayed(p), self.keys.delayed_items(p)],
+                [now_ms, limit, self.keys.work_prefix(p)],
+            )
+            for p in self.keys.all_partitions()
+        ]
+        replies = await self._run(self.scripts.release_due, calls)
+        return sum(int(released) for released, _orphans in replies)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def codec_of(self, stream: str) -> Codec[Any]:
+        """The decoder for a stream key of this deployment."""
+        if stream == self.keys.nodes():
+            return NODE
+        ctl = self.keys.control("")
+        if stream.startswith(ctl) or stream in (
+            self.keys.control_broadcast(),
+            self.keys.control_acks(),
+        ):
+            return CONTROL
+        return TASK
+
+    async def read(
+        self,
+        stream: str,
+        start: str = "-",
+        end: str = "+",
+        *,
+        count: int | None = None,
+        park_bad: bool = False,
+    ) -> list[Entry[Any]]:
+        """Entries of ``stream`` between two ids (inclusive), decoded.
+
+        An undecodable entry raises :class:`DecodeError`, or with ``park_bad``
+        is copied to the parked stream with the error and left out.
+        """
+        raw = await self.redis.xrange(stream, min=start, max=end, count=count)
+        return await self._decode(stream, raw, park_bad)
+
+    async def read_between(
+        self, stream: str, since: float, until: float | None = None, *, count: int | None = None
+    ) -> list[Entry[Any]]:
+        """Entries written between two times (seconds since the epoch)."""
+        end = "+" if until is None else f"{int(until * 1000)}-18446744073709551615"
+        return await self.read(stream, stream_id_at(since), end, count=count)
+
+    async def tail(
+        self,
+        positions: Mapping[str, str],
+        *,
+        count: int = 100,
+        block_ms: int | None = None,
+        park_bad: bool = False,
+    ) -> list[Entry[Any]]:
+        """Entries after the given ids (``{stream: last_id}``; ``"$"`` = only new
+        ones), waiting up to ``block_ms`` for the first. Callers advance their
+        positions to the last id they got per stream."""
+        reply = await self.redis.xread(dict(positions), count=count, block=block_ms)
+        out: list[Entry[Any]] = []
+        for stream, raw in reply or ():
+            out += await self._decode(_s(stream), raw, park_bad)
+        return out
+
+    async def history(self, task_id: str, *, batch: int = 1000) -> list[Entry[Any]]:
+        """Every event of one task, in order.
+
+        Scans the partition log from the task's creation time (read from its
+        UUIDv7 id, less a minute for clock skew between writers), filtering on
+        the ``task`` field before decoding. The projections keep a per-task copy
+        for fast serving; this is the source of truth they are checked against.
+        """
+        stream = self.keys.events(self.keys.partition(task_id))
+        start = f"{max(0, id_time_ms(task_id) - 60_000)}-0"
+        want = task_id.encode()
+        out: list[Entry[Any]] = []
+        while True:
+            raw = await self.redis.xrange(stream, min=start, max="+", count=batch)
+            mine = [(eid, f) for eid, f in raw if f.get(b"task") == want]
+            out += await self._decode(stream, mine, park_bad=False)
+            if len(raw) < batch:
+                return out
+            start = "(" + _s(raw[-1][0])
+
+    async def park(self, stream: str, entry_id: str, fields: Mapping[Any, Any], error: str) -> str:
+        """Copy a bad entry to the parked stream with where it came from and why."""
+        record: dict[Any, Any] = {"stream": stream, "entry": entry_id, "error": error}
+        record.update({b"raw:" + _b(k): v for k, v in fields.items()})
+        return _s(await self.redis.xadd(self.keys.parked(), record))
+
+    async def _decode(self, stream: str, raw: list[Any], park_bad: bool) -> list[Entry[Any]]:
+        codec = self.codec_of(stream)
+        out: list[Entry[Any]] = []
+        for eid, fields in raw:
+            try:
+                out.append(codec.decode_fields(stream, eid, fields))
+            except DecodeError as exc:
+                if not park_bad:
+                    raise
+                await self.park(stream, exc.entry_id, fields, exc.detail)
+        return out
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        return (await self._run(script, [(keys, args)]))[0]
+
+    async def _run(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run one script once per call, in a single pipeline round trip."""
+        if len(calls) == 1:
+            keys, args = calls[0]
+            try:
+                return [await script(keys=keys, args=args)]
+            except Exception as exc:
+                _raise_script_error([exc])
+                raise
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        self._raise_script_error(replies)
+        return replies
+
+    @staticmethod
+    def _raise_script_error(replies: list[Any]) -> None:
+        _raise_script_error(replies)
+
+
+def _raise_script_error(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            if "eventcore" in str(reply):
+                raise ScriptArgumentError(str(reply)) from reply
+            raise reply
+
+
+def _b(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _item_head(queue: str, priority: Any, attempt: int) -> bytes:
+    """The header of a delayed item: ``queue|priority|attempt|`` (then the spec)."""
+    return (
+        f"{queue}|{priority.value if hasattr(priority, 'value') else priority}|{attempt}|".encode()
+    )
+
+
+def _settle_args(item: Settlement) -> list[Any]:
+    if not item.events:
+        raise ValueError("a settlement needs at least one event")
+    for event in item.events:
+        if getattr(event, "task_id", None) != item.entry.task_id:
+            raise ValueError(
+                f"settlement of task {item.entry.task_id} carries an event of another task"
+            )
+    last = item.events[-1]
+    encoded = [encode(e) for e in item.events]
+    match last:
+        case TaskRetryScheduled(attempt=attempt, run_at=run_at):
+            spec = item.entry.submitted.spec
+            head = _item_head(spec.queue, spec.priority, attempt)
+            action = ["r", "", max(1, int(run_at * 1000)), head]
+        case TaskDeadLettered(reason=reason):
+            action = ["d", last.type_name(), 0, reason or "dead-lettered"]
+        case _ if isinstance(last, TERMINAL_EVENT_TYPES):
+            action = ["t", last.type_name(), 0, ""]
+        case _:
+            raise ValueError(
+                f"a settlement must end with a terminal, retry or dead-letter event, "
+                f"not {last.type_name()}"
+            )
+    return [item.entry.task_id, item.entry.id, *action, len(encoded), *encoded]

@@ -1,0 +1,248 @@
+-- eventcore's atomic writes. Each section below is one script, loaded by
+-- eventcore/scripts.py and called through its typed wrappers.
+--
+-- Rules every script keeps:
+--  * Every argument is checked before the first write, so a bad call writes
+--    nothing (a Lua error after a write would not roll that write back).
+--  * All keys of one call share one partition hash tag, so each call touches
+--    one slot and runs on Redis Cluster. Keys come in KEYS; the only key built
+--    here is a work stream in release_due, from a prefix that keys.py made,
+--    because which queue a delayed task returns to is known only from its item.
+--  * Stream entries carry the task id in field "task" and the encoded event in
+--    field "e"; work entries carry "task", "attempt" and "spec" (the encoded
+--    TaskSubmitted).
+
+--- script: submit
+-- KEYS: events, delayed, delayed_items, then per task: work stream, idempotency key
+--       (the events key stands in when a task has no idempotency key)
+-- ARGV: idem_ttl_ms, n, then per task 6 fields:
+--       task_id, submitted, idem (0|1), run_at_ms (0 = now), scheduled, item_head
+-- Returns per task {1, event_id, task_id} when written, {0, "", existing_task_id}
+-- when an idempotency key already named a task.
+local ttl = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+if not ttl or ttl <= 0 then return redis.error_reply('ERR eventcore submit: idem_ttl_ms must be > 0') end
+if not n or n < 0 or n ~= math.floor(n) then return redis.error_reply('ERR eventcore submit: bad count') end
+if #ARGV ~= 2 + 6 * n or #KEYS ~= 3 + 2 * n then
+  return redis.error_reply('ERR eventcore submit: expected ' .. n .. ' tasks of 6 args and 2 keys')
+end
+for i = 0, n - 1 do
+  local a = 3 + 6 * i
+  if ARGV[a] == '' or ARGV[a + 1] == '' then return redis.error_reply('ERR eventcore submit: empty task id or event') end
+  if ARGV[a + 2] ~= '0' and ARGV[a + 2] ~= '1' then return redis.error_reply('ERR eventcore submit: idem flag must be 0 or 1') end
+  local run_at = tonumber(ARGV[a + 3])
+  if not run_at or run_at < 0 then return redis.error_reply('ERR eventcore submit: bad run_at_ms') end
+  if run_at > 0 and (ARGV[a + 4] == '' or ARGV[a + 5] == '') then
+    return redis.error_reply('ERR eventcore submit: a delayed task needs its scheduled event and item')
+  end
+end
+local out = {}
+for i = 0, n - 1 do
+  local a = 3 + 6 * i
+  local tid = ARGV[a]
+  local idem_key = KEYS[5 + 2 * i]
+  local existing = false
+  if ARGV[a + 2] == '1' then existing = redis.call('GET', idem_key) end
+  if existing then
+    out[#out + 1] = {0, '', existing}
+  else
+    local eid = redis.call('XADD', KEYS[1], '*', 'task', tid, 'e', ARGV[a + 1])
+    local run_at = tonumber(ARGV[a + 3])
+    if run_at > 0 then
+      redis.call('XADD', KEYS[1], '*', 'task', tid, 'e', ARGV[a + 4])
+      redis.call('ZADD', KEYS[2], run_at, tid)
+      redis.call('HSET', KEYS[3], tid, ARGV[a + 5] .. ARGV[a + 1])
+    else
+      redis.call('XADD', KEYS[4 + 2 * i], '*', 'task', tid, 'attempt', '1', 'spec', ARGV[a + 1])
+    end
+    if ARGV[a + 2] == '1' then redis.call('SET', idem_key, tid, 'PX', ttl) end
+    out[#out + 1] = {1, eid, tid}
+  end
+end
+return out
+
+--- script: append
+-- KEYS: events
+-- ARGV: n, then per event: task_id, event
+-- Returns the entry ids.
+local n = tonumber(ARGV[1])
+if not n or n < 0 or #ARGV ~= 1 + 2 * n then return redis.error_reply('ERR eventcore append: expected n pairs') end
+for i = 0, n - 1 do
+  if ARGV[2 + 2 * i] == '' or ARGV[3 + 2 * i] == '' then
+    return redis.error_reply('ERR eventcore append: empty task id or event')
+  end
+end
+local out = {}
+for i = 0, n - 1 do
+  out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'task', ARGV[2 + 2 * i], 'e', ARGV[3 + 2 * i])
+end
+return out
+
+--- script: settle
+-- Ends a held work entry: appends the item's events, then
+--   t (terminal):    records the outcome in done, forgets any cancel request;
+--   r (retry):       puts the task in the delayed set with its next work item;
+--   d (dead letter): copies the entry to the dead-letter stream, records the outcome;
+-- and in every case XACKs and XDELs the work entry, all at once.
+-- An item whose entry this consumer no longer holds, or whose task already has
+-- an outcome, writes none of its events: it is answered as stale.
+-- KEYS: events, done, cancels, delayed, delayed_items, dead_letters, then per item: work stream
+-- ARGV: group, consumer, n, then per item:
+--       task_id, entry_id, action (t|r|d), outcome, run_at_ms, extra, nev, ev1..evN
+--       (outcome: the terminal event type, for t and d; extra: the item head for r,
+--        the reason for d)
+-- Returns per item {1, last_event_id} or {0, why}.
+local group, consumer = ARGV[1], ARGV[2]
+local n = tonumber(ARGV[3])
+if group == '' or consumer == '' then return redis.error_reply('ERR eventcore settle: empty group or consumer') end
+if not n or n < 0 or #KEYS ~= 6 + n then return redis.error_reply('ERR eventcore settle: expected one work key per item') end
+local starts = {}
+local a = 4
+for i = 1, n do
+  starts[i] = a
+  local action = ARGV[a + 2]
+  local nev = tonumber(ARGV[a + 6])
+  if ARGV[a] == nil or ARGV[a] == '' or ARGV[a + 1] == nil or ARGV[a + 1] == '' then
+    return redis.error_reply('ERR eventcore settle: empty task id or entry id')
+  end
+  if action ~= 't' and action ~= 'r' and action ~= 'd' then
+    return redis.error_reply('ERR eventcore settle: action must be t, r or d')
+  end
+  if (action == 't' or action == 'd') and ARGV[a + 3] == '' then
+    return redis.error_reply('ERR eventcore settle: an outcome is needed')
+  end
+  if action == 'r' and (not tonumber(ARGV[a + 4]) or ARGV[a + 5] == '') then
+    return redis.error_reply('ERR eventcore settle: a retry needs run_at_ms and an item head')
+  end
+  if not nev or nev < 1 or nev ~= math.floor(nev) then
+    return redis.error_reply('ERR eventcore settle: each item needs at least one event')
+  end
+  for j = 1, nev do
+    if ARGV[a + 6 + j] == nil or ARGV[a + 6 + j] == '' then
+      return redis.error_reply('ERR eventcore settle: missing event')
+    end
+  end
+  a = a + 7 + nev
+end
+if a ~= #ARGV + 1 then return redis.error_reply('ERR eventcore settle: extra arguments') end
+
+local out = {}
+for i = 1, n do
+  local s = starts[i]
+  local tid, entry, action = ARGV[s], ARGV[s + 1], ARGV[s + 2]
+  local work = KEYS[6 + i]
+  local pend = redis.call('XPENDING', work, group, entry, entry, 1)
+  local why = false
+  if #pend == 0 then
+    why = 'entry ' .. entry .. ' is no longer pending'
+  elseif pend[1][2] ~= consumer then
+    why = 'lease lost to ' .. pend[1][2]
+  else
+    local done = redis.call('HGET', KEYS[2], tid)
+    if done then
+      why = 'task already ended: ' .. done
+      redis.call('XACK', work, group, entry)
+      redis.call('XDEL', work, entry)
+    end
+  end
+  if why then
+    out[#out + 1] = {0, why}
+  else
+    local nev = tonumber(ARGV[s + 6])
+    local eid = ''
+    for j = 1, nev do
+      eid = redis.call('XADD', KEYS[1], '*', 'task', tid, 'e', ARGV[s + 6 + j])
+    end
+    if action == 'r' then
+      local spec = redis.call('XRANGE', work, entry, entry)
+      local fields = spec[1] and spec[1][2] or {}
+      local body = ''
+      for f = 1, #fields, 2 do
+        if fields[f] == 'spec' then body = fields[f + 1] end
+      end
+      redis.call('ZADD', KEYS[4], tonumber(ARGV[s + 4]), tid)
+      redis.call('HSET', KEYS[5], tid, ARGV[s + 5] .. body)
+    else
+      if action == 'd' then
+        local spec = redis.call('XRANGE', work, entry, entry)
+        local fields = spec[1] and spec[1][2] or {'task', tid}
+        redis.call('XADD', KEYS[6], '*', 'stream', work, 'entry', entry, 'reason', ARGV[s + 5], unpack(fields))
+      end
+      redis.call('HSET', KEYS[2], tid, ARGV[s + 3])
+      redis.call('SREM', KEYS[3], tid)
+    end
+    redis.call('XACK', work, group, entry)
+    redis.call('XDEL', work, entry)
+    out[#out + 1] = {1, eid}
+  end
+end
+return out
+
+--- script: release_due
+-- Moves delayed tasks whose time has come back to their work streams.
+-- KEYS: delayed, delayed_items
+-- ARGV: now_ms, limit, work_prefix
+-- Returns {released, orphans}: orphans are delayed ids that had no item (removed).
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+if not now or not limit or limit < 1 or ARGV[3] == '' then
+  return redis.error_reply('ERR eventcore release_due: bad now_ms, limit or prefix')
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+local released, orphans = 0, 0
+for _, tid in ipairs(due) do
+  local item = redis.call('HGET', KEYS[2], tid)
+  local queue, prio, attempt, spec
+  if item then queue, prio, attempt, spec = string.match(item, '^([^|]+)|([^|]+)|([^|]+)|(.*)$') end
+  if queue then
+    redis.call('XADD', ARGV[3] .. queue .. ':' .. prio, '*', 'task', tid, 'attempt', attempt, 'spec', spec)
+    released = released + 1
+  else
+    orphans = orphans + 1
+  end
+  redis.call('ZREM', KEYS[1], tid)
+  redis.call('HDEL', KEYS[2], tid)
+end
+return {released, orphans}
+
+--- script: request_cancel
+-- KEYS: events, done, cancels, delayed, delayed_items
+-- ARGV: task_id, cancel_requested, cancelled
+-- Returns {"done", outcome} (nothing written), {"cancelled", event_id} (it was
+-- waiting in the delayed set and is now cancelled), or {"requested", event_id}
+-- (the worker that claims or runs it will see the request).
+local tid = ARGV[1]
+if tid == nil or tid == '' or ARGV[2] == nil or ARGV[2] == '' or ARGV[3] == nil or ARGV[3] == '' then
+  return redis.error_reply('ERR eventcore request_cancel: task id and both events are needed')
+end
+local done = redis.call('HGET', KEYS[2], tid)
+if done then return {'done', done} end
+local eid = redis.call('XADD', KEYS[1], '*', 'task', tid, 'e', ARGV[2])
+if redis.call('ZREM', KEYS[4], tid) == 1 then
+  redis.call('HDEL', KEYS[5], tid)
+  eid = redis.call('XADD', KEYS[1], '*', 'task', tid, 'e', ARGV[3])
+  redis.call('HSET', KEYS[2], tid, 'task.cancelled')
+  return {'cancelled', eid}
+end
+redis.call('SADD', KEYS[3], tid)
+return {'requested', eid}
+
+--- script: renew
+-- Resets the idle time of the entries this consumer still holds, without
+-- touching their delivery counts, and never takes an entry from another consumer.
+-- KEYS: work stream
+-- ARGV: group, consumer, entry ids...
+-- Returns the ids renewed; ids not returned are no longer held.
+local group, consumer = ARGV[1], ARGV[2]
+if group == nil or group == '' or consumer == nil or consumer == '' then
+  return redis.error_reply('ERR eventcore renew: empty group or consumer')
+end
+local held = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], group, ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == consumer then held[#held + 1] = ARGV[i] end
+end
+if #held > 0 then
+  redis.call('XCLAIM', KEYS[1], group, consumer, 0, unpack(held), 'JUSTID')
+end
+return held
