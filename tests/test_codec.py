@@ -36,7 +36,11 @@ def test_round_trip_every_event(event: Event) -> None:
 
 def test_every_event_type_has_a_unique_tag() -> None:
     tags = [cls.type_name() for cls in ALL_EVENT_TYPES]
-    assert len(tags) == len(set(tags)) == len(TASK_EVENT_TYPES + NODE_EVENT_TYPES + CONTROL_EVENT_TYPES)
+    assert (
+        len(tags)
+        == len(set(tags))
+        == len(TASK_EVENT_TYPES + NODE_EVENT_TYPES + CONTROL_EVENT_TYPES)
+    )
 
 
 def test_unknown_tag_names_stream_and_entry() -> None:

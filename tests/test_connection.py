@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 
@@ -11,7 +10,8 @@ import redis
 
 from eventcore.connection import check_url, connect, redact
 from eventcore.errors import RedisUnavailable
-from tests.conftest import _free_port
+from eventcore.servers import free_port as _free_port
+from tests.conftest import server_binary
 
 
 def test_redact_hides_the_password() -> None:
@@ -45,7 +45,7 @@ async def test_connect_returns_working_client(redis_url: str) -> None:
 def password_server():
     port = _free_port()
     proc = subprocess.Popen(
-        [shutil.which("redis-server"), "--port", str(port), "--save", "", "--requirepass", "pw"],
+        [server_binary().path, "--port", str(port), "--save", "", "--requirepass", "pw"],
         stdout=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port, password="pw")
@@ -61,7 +61,7 @@ def password_server():
 
 
 async def test_auth_failure_says_so_and_hides_password(password_server: int) -> None:
-    with pytest.raises(RedisUnavailable, match="credentials|password") as err:
+    with pytest.raises(RedisUnavailable, match=r"credentials|password") as err:
         await connect(f"redis://default:wrong@127.0.0.1:{password_server}/0")
     assert "wrong" not in str(err.value)
     with pytest.raises(RedisUnavailable, match="password"):
@@ -79,7 +79,7 @@ async def test_transient_outage_is_ridden_out_by_retries() -> None:
     from eventcore.connection import ClientOptions, make_client
 
     port = _free_port()
-    cmd = [shutil.which("redis-server"), "--port", str(port), "--save", "", "--appendonly", "no"]
+    cmd = [server_binary().path, "--port", str(port), "--save", "", "--appendonly", "no"]
 
     def start() -> subprocess.Popen:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)

@@ -96,7 +96,9 @@ async def test_bad_entry_raises_naming_stream_and_id(log: EventLog, r: Redis, ke
     assert err.value.stream == stream and err.value.entry_id == bad_id
 
 
-async def test_bad_entry_is_parked_not_skipped_silently(log: EventLog, r: Redis, keys: Keys) -> None:
+async def test_bad_entry_is_parked_not_skipped_silently(
+    log: EventLog, r: Redis, keys: Keys
+) -> None:
     stream = keys.events(0)
     await log.submit(SPEC)
     bad_id = (await r.xadd(stream, {"task": "x", "e": b"junk"})).decode()

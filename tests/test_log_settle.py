@@ -158,8 +158,15 @@ async def test_settle_script_refuses_bad_args_and_writes_nothing(
 ) -> None:
     entry = await _claim_one(log)
     before = await r.xlen(keys.events(0))
-    k = [keys.events(0), keys.done(0), keys.cancels(0), keys.delayed(0), keys.delayed_items(0),
-         keys.dead_letters(0), entry.stream]
+    k = [
+        keys.events(0),
+        keys.done(0),
+        keys.cancels(0),
+        keys.delayed(0),
+        keys.delayed_items(0),
+        keys.dead_letters(0),
+        entry.stream,
+    ]
     good = [entry.task_id, entry.id, "t", "task.succeeded", 0, "", 1, b"ev"]
     bad = [
         ["workers", "w1", 1, entry.task_id, entry.id, "x", "o", 0, "", 1, b"ev"],  # bad action
@@ -172,7 +179,7 @@ async def test_settle_script_refuses_bad_args_and_writes_nothing(
         ["workers", "w1", 2, *good, entry.task_id, entry.id, "t", "o", 0, "", 2, b"ev"],
     ]
     for args in bad:
-        keys_ = k + [entry.stream] if args[2] == 2 else k
+        keys_ = [*k, entry.stream] if args[2] == 2 else k
         with pytest.raises(ScriptArgumentError):
             await log._call(log.scripts.settle, keys_, args)
     assert await r.xlen(keys.events(0)) == before
@@ -202,7 +209,9 @@ async def test_cancel_queued_task_is_flagged_for_the_claimer(log: EventLog) -> N
 
 async def test_cancel_of_finished_task_writes_nothing(log: EventLog, r: Redis, keys: Keys) -> None:
     entry = await _claim_one(log)
-    await log.settle("w1", [Settlement(entry, (TaskSucceeded(task_id=entry.task_id, node="w1", attempt=1),))])
+    await log.settle(
+        "w1", [Settlement(entry, (TaskSucceeded(task_id=entry.task_id, node="w1", attempt=1),))]
+    )
     before = await r.xlen(keys.events(0))
     out = await log.request_cancel(entry.task_id)
     assert out.outcome is CancelOutcome.ALREADY_DONE and out.ended_as == "task.succeeded"

@@ -119,7 +119,9 @@ async def test_delayed_submit_goes_to_delayed_set_then_released(
     assert await r.zcard(keys.delayed(p)) == 0 and await r.hlen(keys.delayed_items(p)) == 0
 
 
-async def test_bad_queue_name_is_refused_before_writing(log: EventLog, r: Redis, keys: Keys) -> None:
+async def test_bad_queue_name_is_refused_before_writing(
+    log: EventLog, r: Redis, keys: Keys
+) -> None:
     with pytest.raises(ValueError, match="queue"):
         await log.submit(TaskSpec(kind="noop", queue="bad queue:name"))
     assert await r.keys(keys.all_keys_pattern()) == []
@@ -133,7 +135,13 @@ async def test_bad_task_id_is_refused(log: EventLog) -> None:
 async def test_submit_script_refuses_bad_args_and_writes_nothing(
     log: EventLog, r: Redis, keys: Keys
 ) -> None:
-    k = [keys.events(0), keys.delayed(0), keys.delayed_items(0), keys.work(0, "q", "normal"), keys.events(0)]
+    k = [
+        keys.events(0),
+        keys.delayed(0),
+        keys.delayed_items(0),
+        keys.work(0, "q", "normal"),
+        keys.events(0),
+    ]
     good = ["t1", b"x", 0, 0, b"", b""]
     bad_calls = [
         (k, ["1000", 1, "", b"x", 0, 0, b"", b""]),  # empty task id
@@ -152,8 +160,10 @@ async def test_submit_script_refuses_bad_args_and_writes_nothing(
     assert await r.keys(keys.all_keys_pattern()) == []
 
 
-async def test_submitted_entries_decode_with_the_task_codec(log: EventLog, r: Redis, keys: Keys) -> None:
+async def test_submitted_entries_decode_with_the_task_codec(
+    log: EventLog, r: Redis, keys: Keys
+) -> None:
     res = await log.submit(SPEC)
-    (eid, fields), = await r.xrange(keys.events(keys.partition(res.task_id)))
+    ((_eid, fields),) = await r.xrange(keys.events(keys.partition(res.task_id)))
     assert fields[b"task"] == res.task_id.encode()
     assert TASK.decode(fields[b"e"]).task_id == res.task_id

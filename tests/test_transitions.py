@@ -18,7 +18,14 @@ from eventcore.events import (
     TaskSubmitted,
     TaskSucceeded,
 )
-from eventcore.transitions import ANNOTATIONS, TERMINAL, TRANSITIONS, TaskStatus, is_legal, next_status
+from eventcore.transitions import (
+    ANNOTATIONS,
+    TERMINAL,
+    TRANSITIONS,
+    TaskStatus,
+    is_legal,
+    next_status,
+)
 
 event_types = st.sampled_from(TASK_EVENT_TYPES)
 statuses = st.sampled_from([None, *TaskStatus])
@@ -105,8 +112,10 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.status is not None and self.status not in TERMINAL)
     @rule()
     def can_always_be_cancelled(self) -> None:
-        assert any(t is TaskStatus.CANCELLED or t is TaskStatus.DEAD_LETTERED
-                   for t in TRANSITIONS[self.status].values())
+        assert any(
+            t is TaskStatus.CANCELLED or t is TaskStatus.DEAD_LETTERED
+            for t in TRANSITIONS[self.status].values()
+        )
 
     @invariant()
     def submitted_first(self) -> None:

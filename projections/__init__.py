@@ -1,0 +1,2 @@
+"""Projection processes: pure folds of the log into views, the runner that
+applies them, and the replay / rebuild / verify tools."""

@@ -1,0 +1,1 @@
+"""The HTTP API: submit, query, cancel, results, SSE feeds, the IOPaint facade."""
