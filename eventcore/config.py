@@ -200,7 +200,7 @@ def to_toml_dict(settings: Settings) -> dict[str, Any]:
     def drop_none(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: drop_none(v) for k, v in value.items() if v is not None}
-        if isinstance(value, list):
+        if isinstance(value, (list, tuple)):
             return [drop_none(v) for v in value]
         return value
 
@@ -210,8 +210,9 @@ def to_toml_dict(settings: Settings) -> dict[str, Any]:
 # -- layers ------------------------------------------------------------------
 
 # Variables with the prefix that are not keys: the file name itself, and the
-# test suite's own knobs (EVENTCORE_TEST_PARTITIONS...).
-_NOT_KEYS = re.compile(r"^EVENTCORE_(CONFIG|TEST_.*)$")
+# server binary to run (EVENTCORE_REDIS_SERVER), the fault-injection hook
+# (EVENTCORE_CRASH_AT) and the test suite's own knobs (EVENTCORE_TEST_...).
+_NOT_KEYS = re.compile(r"^EVENTCORE_(CONFIG|REDIS_SERVER|CRASH_AT|TEST_.*)$")
 
 
 def _read_toml(path: str | os.PathLike[str], source: str) -> dict[str, Any]:

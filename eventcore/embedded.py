@@ -130,6 +130,13 @@ class EmbeddedRedis:
             return self._server.pid
         return self._info.get("server_pid") if self.url else None
 
+    @property
+    def running(self) -> bool:
+        """Whether the server is up: for an owned one, whether its process lives."""
+        if self._server is not None:
+            return self._server.running
+        return self.url is not None and ping_url(self.url)
+
     def __enter__(self) -> Self:
         self.start()
         return self

@@ -1,0 +1,124 @@
+"""The eventcore command, run as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eventcore.servers import free_port
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 30
+):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
+    full_env.pop("REDIS_URL", None)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "eventcore.cli", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def start(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
+    full_env.pop("REDIS_URL", None)
+    full_env.update(env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "eventcore.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        cwd=cwd,
+    )
+
+
+def test_bad_config_value_names_key_and_source_without_traceback() -> None:
+    res = run("config", env={"EVENTCORE_PARTITIONS": "many"})
+    assert res.returncode == 2
+    assert "partitions" in res.stderr and "EVENTCORE_PARTITIONS" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_bad_config_file_names_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[web]\nport = 'x'\n")
+    res = run("--config", str(bad), "config")
+    assert res.returncode == 2 and "web.port" in res.stderr and str(bad) in res.stderr
+
+
+def test_config_prints_toml_that_loads_back(tmp_path: Path) -> None:
+    res = run("config", env={"EVENTCORE_PARTITIONS": "3"})
+    assert res.returncode == 0, res.stderr
+    path = tmp_path / "out.toml"
+    path.write_text(res.stdout)
+    again = run("--config", str(path), "config", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["partitions"] == 3
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("http://localhost:6379", "scheme 'http'"),
+        ("redis://127.0.0.1:{port}/0", "cannot reach Redis at redis://127.0.0.1:{port}/0"),
+    ],
+)
+def test_unusable_redis_url_is_one_clear_line(url: str, words: str) -> None:
+    port = str(free_port())
+    res = run("check", env={"REDIS_URL": url.format(port=port)})
+    assert res.returncode == 1
+    assert words.format(port=port) in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_check_describes_the_server(redis_url: str) -> None:
+    res = run("check", "--json", env={"REDIS_URL": redis_url})
+    assert res.returncode == 0, res.stderr
+    facts = json.loads(res.stdout)
+    assert facts["url"] == redis_url and facts["server"].split()[0] in ("redis", "valkey")
+
+
+@pytest.mark.slow
+def test_redis_command_runs_embedded_server_until_interrupted(tmp_path: Path) -> None:
+    proc = start("redis", env={"EVENTCORE_REDIS__DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("unix://")
+        check = run("check", "--json", env={"REDIS_URL": url})
+        assert check.returncode == 0, check.stderr
+        assert json.loads(check.stdout)["appendonly"] == "yes"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    after = run("check", env={"REDIS_URL": url})
+    assert after.returncode == 1  # the server went with it
+
+
+@pytest.mark.slow
+def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
+    proc = start("up", env={"EVENTCORE_REDIS__DURABILITY": "durable"}, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert "eventcore is up" in first and "embedded" in first
+        assert "appendfsync=always" in proc.stdout.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "eventcore stopped" in out
+    assert (tmp_path / ".eventcore" / "appendonlydir").is_dir()
