@@ -1,0 +1,73 @@
+"""The durable profile: no acknowledged submit is lost to a kill -9 of Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from eventcore.embedded import EmbeddedRedis
+from eventcore.events import TaskSpec
+from eventcore.keys import Keys
+from eventcore.log import EventLog
+from tests.conftest import server_binary
+
+SPEC = TaskSpec(kind="noop", queue="cpu-light")
+
+
+async def _submit_until_killed(url: str, keys: Keys, kill_after: int, pid: int) -> list[str]:
+    """Submit one at a time; kill -9 the server after ``kill_after`` acks while
+    the next submits are in flight. Returns the ids that were acknowledged."""
+    client = Redis.from_url(url, retry=None, socket_timeout=2)
+    log = EventLog(client, keys)
+    acked: list[str] = []
+
+    async def writer() -> None:
+        while True:
+            try:
+                acked.append((await log.submit(SPEC)).task_id)
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                return  # no answer: not acknowledged, so not promised
+
+    task = asyncio.create_task(writer())
+    while len(acked) < kill_after:
+        await asyncio.sleep(0.001)
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.wait_for(task, 10)
+    await client.aclose()
+    return acked
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_acknowledged_submits_survive_kill_9(tmp_path: Path, namespace: str) -> None:
+    keys = Keys(namespace, partitions=2)
+    binary = server_binary().path
+    acked: list[str] = []
+    for round_ in range(3):
+        server = EmbeddedRedis(tmp_path / "data", "durable", binary)
+        url = server.start()
+        assert server.pid is not None
+        acked += await _submit_until_killed(url, keys, 150 + 50 * round_, server.pid)
+        server.stop()  # notices the dead server, releases the lock
+
+    server = EmbeddedRedis(tmp_path / "data", "durable", binary)
+    client = Redis.from_url(server.start())
+    try:
+        log = EventLog(client, keys)
+        found: set[str] = set()
+        queued = 0
+        for p in keys.all_partitions():
+            found |= {e.event.task_id for e in await log.read(keys.events(p))}
+            queued += await client.xlen(keys.work(p, "cpu-light", "normal"))
+        assert len(acked) >= 450
+        assert set(acked) <= found  # nothing acknowledged was lost
+        assert queued == len(found)  # and every event kept its work entry (atomic submit)
+    finally:
+        await client.aclose()
+        server.stop()
