@@ -281,6 +281,11 @@ class EventLog:
                 )
         return out  # type: ignore[return-value]
 
+    async def finish(self, consumer: str, entry: WorkEntry, *events: Event) -> SettleResult:
+        """Settle one entry: ``finish(me, entry, claimed, started, succeeded)``.
+        The last event decides how it ends (see :class:`Settlement`)."""
+        return (await self.settle(consumer, [Settlement(entry, events)]))[0]
+
     # -- cancel and delayed work -------------------------------------------------------
 
     async def request_cancel(self, task_id: str, *, reason: str = "", by: str = "") -> CancelResult:

@@ -216,3 +216,48 @@ async def test_cancel_of_finished_task_writes_nothing(log: EventLog, r: Redis, k
     out = await log.request_cancel(entry.task_id)
     assert out.outcome is CancelOutcome.ALREADY_DONE and out.ended_as == "task.succeeded"
     assert await r.xlen(keys.events(0)) == before
+
+
+async def test_finish_is_settle_of_one(log: EventLog) -> None:
+    entry = await _claim_one(log)
+    res = await log.finish(
+        "w1", entry, *_run_events(entry), TaskSucceeded(task_id=entry.task_id, node="w1", attempt=1)
+    )
+    assert res.ok
+    assert await log.ended_as(entry.task_id) == "task.succeeded"
+
+
+async def test_other_scripts_refuse_bad_args_and_write_nothing(
+    log: EventLog, r: Redis, keys: Keys
+) -> None:
+    s = log.scripts
+    cancel_keys = [
+        keys.events(0),
+        keys.done(0),
+        keys.cancels(0),
+        keys.delayed(0),
+        keys.delayed_items(0),
+    ]
+    bad = [
+        (s.append, [keys.events(0)], [2, "t", b"e"]),  # count says 2, one pair given
+        (s.append, [keys.events(0)], [1, "", b"e"]),  # empty task id
+        (s.release_due, [keys.delayed(0), keys.delayed_items(0)], ["now", 10, "p:"]),
+        (s.release_due, [keys.delayed(0), keys.delayed_items(0)], [1, 0, "p:"]),
+        (s.request_cancel, cancel_keys, ["t1", b"req", ""]),
+        (s.request_cancel, cancel_keys, ["", b"req", b"c"]),
+        (s.renew, [keys.work(0, "q", "normal")], ["", "me", "1-0"]),
+    ]
+    for script, keys_, args in bad:
+        with pytest.raises(ScriptArgumentError):
+            await log._call(script, keys_, args)
+    assert await r.keys(keys.all_keys_pattern()) == []
+
+
+async def test_release_due_drops_orphans_without_writing_work(
+    log: EventLog, r: Redis, keys: Keys
+) -> None:
+    """A delayed id whose item is missing (hand-edited data) is removed, not retried forever."""
+    await r.zadd(keys.delayed(0), {"ghost": 1})
+    assert await log.release_due(now=10) == 0
+    assert await r.zcard(keys.delayed(0)) == 0
+    assert await r.keys(keys.all_keys_pattern()) == []
