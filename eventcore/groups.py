@@ -179,14 +179,16 @@ async def autoclaim(
     next_start = _s(reply[0])
     entries: list[WorkEntry] = []
     deleted: list[str] = [_s(x) for x in reply[2]] if len(reply) > 2 else []
+    lost_on_62 = False
     for item in reply[1]:
-        if item is None:
+        if item is None or item[0] is None or not item[1]:
+            # Redis 6.2 answers (nil, nil) for an entry deleted while pending,
+            # and keeps it in the PEL; 7+ lists it in reply[2] and drops it.
+            lost_on_62 = True
             continue
-        eid, fields = item
-        if not fields:  # 6.2: a deleted entry comes back without fields
-            deleted.append(_s(eid))
-            continue
-        entries.append(WorkEntry.from_reply(stream, eid, fields))
+        entries.append(WorkEntry.from_reply(stream, item[0], item[1]))
+    if lost_on_62:
+        deleted += await _deleted_but_pending(redis, stream, group, consumer, start, next_start)
     if entries:
         counts = {
             p.id: p.deliveries
@@ -201,9 +203,29 @@ async def autoclaim(
         }
         for entry in entries:
             entry.deliveries = counts.get(entry.id, entry.deliveries)
-    if deleted and len(reply) <= 2:
-        await redis.xack(stream, group, *deleted)
     return AutoclaimResult(next_start, entries, deleted)
+
+
+async def _deleted_but_pending(
+    redis: Redis, stream: str, group: str, consumer: str, start: str, next_start: str
+) -> list[str]:
+    """Ids ``consumer`` holds in the scanned range whose entries no longer
+    exist; acked, so they leave the PEL as they do on Redis 7."""
+    end = "+" if next_start == "0-0" else next_start
+    held = [
+        p.id
+        for p in await pending(
+            redis, stream, group, start=start, end=end, count=10_000, consumer=consumer
+        )
+    ]
+    async with redis.pipeline(transaction=False) as pipe:
+        for eid in held:
+            pipe.xrange(stream, min=eid, max=eid)
+        found = await pipe.execute()
+    gone = [eid for eid, rows in zip(held, found) if not rows]
+    if gone:
+        await redis.xack(stream, group, *gone)
+    return gone
 
 
 async def renew(

@@ -400,7 +400,7 @@ def test_a_truncated_aof_loads_with_a_warning(
     embedded.append(e)
     _write_keys(e.start(), 20)
     e.stop()
-    incr = max((tmp_path / "appendonlydir").glob("*.incr.aof"), key=lambda p: p.stat().st_size)
+    incr = _largest_aof(tmp_path)
     incr.write_bytes(incr.read_bytes()[:-7])
     again = EmbeddedRedis(tmp_path, "durable")
     embedded.append(again)
@@ -411,13 +411,17 @@ def test_a_truncated_aof_loads_with_a_warning(
         assert c.dbsize() == 19
 
 
-def _corrupt_aof(data_dir: Path) -> Path:
+def _largest_aof(data_dir: Path) -> Path:
     aof_dir = data_dir / "appendonlydir"
     if aof_dir.is_dir():  # Redis >= 7 and Valkey: a manifest and base/incr files
         files = [p for p in aof_dir.iterdir() if p.suffix == ".aof"]
     else:  # Redis 6.2: one file
         files = [data_dir / "appendonly.aof"]
-    target = max(files, key=lambda p: p.stat().st_size)
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def _corrupt_aof(data_dir: Path) -> Path:
+    target = _largest_aof(data_dir)
     data = bytearray(target.read_bytes())
     middle = len(data) // 2
     # Wide enough to break the framing, not just the bytes of one value.
