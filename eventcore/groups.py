@@ -22,11 +22,13 @@ from eventcore.scripts import Scripts
 
 __all__ = [
     "AutoclaimResult",
+    "ClaimResult",
     "PendingEntry",
     "PendingSummary",
     "WorkEntry",
     "autoclaim",
     "claim",
+    "claim_new",
     "ensure_group",
     "pending",
     "pending_summary",
@@ -38,7 +40,16 @@ __all__ = [
 class WorkEntry:
     """One entry of a work stream, as a worker holds it."""
 
-    __slots__ = ("_submitted", "attempt", "deliveries", "id", "spec", "stream", "task_id")
+    __slots__ = (
+        "_submitted",
+        "attempt",
+        "cancel_requested",
+        "deliveries",
+        "id",
+        "spec",
+        "stream",
+        "task_id",
+    )
 
     def __init__(
         self,
@@ -55,6 +66,7 @@ class WorkEntry:
         self.attempt = attempt
         self.spec = spec
         self.deliveries = deliveries
+        self.cancel_requested = False
         self._submitted: TaskSubmitted | None = None
 
     @classmethod
@@ -146,6 +158,35 @@ async def read_group(
         for _key, entries in reply or ():
             out.extend(WorkEntry.from_reply(stream, eid, f) for eid, f in entries if f)
     return out
+
+
+class ClaimResult(msgspec.Struct, frozen=True):
+    entries: list[WorkEntry]
+    last_ids: dict[str, str]  # newest id of each stream looked at, for a blocking wait
+
+
+async def claim_new(
+    scripts: Scripts,
+    cancels_key: str,
+    streams: Sequence[str],
+    group: str,
+    consumer: str,
+    count: int,
+) -> ClaimResult:
+    """Up to ``count`` new entries from ``streams`` (one partition), taken in
+    the order given, in one round trip; missing groups are created. Each entry
+    says whether its task has a pending cancel request. ``last_ids`` lets the
+    caller block on XREAD for anything newer without a gap."""
+    raw_entries, last = await scripts.claim(
+        keys=[cancels_key, *streams], args=[group, consumer, count]
+    )
+    entries: list[WorkEntry] = []
+    for index, eid, flat, cancel in raw_entries:
+        fields = dict(zip(flat[::2], flat[1::2]))
+        entry = WorkEntry.from_reply(streams[int(index)], eid, fields)
+        entry.cancel_requested = bool(cancel)
+        entries.append(entry)
+    return ClaimResult(entries, {s: _s(x) for s, x in zip(streams, last)})
 
 
 async def claim(

@@ -11,6 +11,7 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:{p0}:cancel               task ids with a pending cancel request (set)
     ec:{p0}:dlq                  dead-lettered work entries (stream)
     ec:nodes                     node event stream
+    ec:nodes:seen                node -> time of its last sign of life, ms (hash)
     ec:ctl:node:<node>           control commands for one node (stream)
     ec:ctl:all                   broadcast control commands (stream)
     ec:ctl:acks                  control acknowledgements (stream)
@@ -109,6 +110,9 @@ class Keys:
 
     def nodes(self) -> str:
         return f"{self.namespace}:nodes"
+
+    def nodes_seen(self) -> str:
+        return f"{self.namespace}:nodes:seen"
 
     def control(self, node: str) -> str:
         return f"{self.namespace}:ctl:node:{node}"

@@ -17,7 +17,17 @@ from redis.commands.core import AsyncScript
 
 __all__ = ["SCRIPT_NAMES", "Scripts", "load_sources"]
 
-SCRIPT_NAMES = ("submit", "append", "settle", "release_due", "request_cancel", "renew")
+SCRIPT_NAMES = (
+    "submit",
+    "append",
+    "settle",
+    "release_due",
+    "request_cancel",
+    "renew",
+    "claim",
+    "node_event",
+    "mark_lost",
+)
 _MARKER = re.compile(r"^--- script: (\w+)\s*$", re.MULTILINE)
 
 
@@ -44,6 +54,9 @@ class Scripts:
     release_due: AsyncScript
     request_cancel: AsyncScript
     renew: AsyncScript
+    claim: AsyncScript
+    node_event: AsyncScript
+    mark_lost: AsyncScript
 
     def __init__(self, redis: Redis) -> None:
         for name, source in load_sources().items():

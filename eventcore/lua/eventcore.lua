@@ -246,3 +246,71 @@ if #held > 0 then
   redis.call('XCLAIM', KEYS[1], group, consumer, 0, unpack(held), 'JUSTID')
 end
 return held
+
+--- script: claim
+-- Takes up to `count` new entries from the given work streams, in the order
+-- given (highest priority first), creating missing groups on the way; flags
+-- tasks with a pending cancel request. One round trip instead of one per stream.
+-- KEYS: cancels, then the work streams (one partition)
+-- ARGV: group, consumer, count
+-- Returns {entries, last_ids}: entries are {stream_index (0-based), id, fields, cancel (0|1)};
+-- last_ids holds the newest id of every stream ("0-0" if empty), for a
+-- blocking XREAD that must not miss what arrives after this call.
+local group, consumer, want = ARGV[1], ARGV[2], tonumber(ARGV[3])
+if group == nil or group == '' or consumer == nil or consumer == '' or not want or want < 0 then
+  return redis.error_reply('ERR eventcore claim: bad group, consumer or count')
+end
+local entries, last = {}, {}
+for i = 2, #KEYS do
+  if want > 0 then
+    local ok, reply = pcall(redis.call, 'XREADGROUP', 'GROUP', group, consumer, 'COUNT', want, 'STREAMS', KEYS[i], '>')
+    if not ok then
+      redis.call('XGROUP', 'CREATE', KEYS[i], group, '0', 'MKSTREAM')
+      reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', want, 'STREAMS', KEYS[i], '>')
+    end
+    if reply then
+      for _, e in ipairs(reply[1][2]) do
+        local fields = e[2]
+        local tid = ''
+        for f = 1, #fields, 2 do
+          if fields[f] == 'task' then tid = fields[f + 1] end
+        end
+        entries[#entries + 1] = {i - 2, e[1], fields, redis.call('SISMEMBER', KEYS[1], tid)}
+        want = want - 1
+      end
+    end
+  end
+  local newest = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)
+  last[#last + 1] = newest[1] and newest[1][1] or '0-0'
+end
+return {entries, last}
+
+--- script: node_event
+-- Appends a node event and keeps the node's last sign of life:
+-- mode "seen" records now_ms, "gone" forgets the node (it stopped).
+-- KEYS: nodes stream, nodes_seen hash
+-- ARGV: node, event, mode (seen|gone), now_ms
+if ARGV[1] == nil or ARGV[1] == '' or ARGV[2] == nil or ARGV[2] == '' or (ARGV[3] ~= 'seen' and ARGV[3] ~= 'gone') or not tonumber(ARGV[4]) then
+  return redis.error_reply('ERR eventcore node_event: node, event, mode and now_ms are needed')
+end
+local eid = redis.call('XADD', KEYS[1], '*', 'node', ARGV[1], 'e', ARGV[2])
+if ARGV[3] == 'seen' then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+else
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+return eid
+
+--- script: mark_lost
+-- Declares a node lost, once: only if its last sign of life is still at or
+-- before deadline_ms (so two watchers, or a node that just came back, never
+-- produce a second NodeLost).
+-- KEYS: nodes stream, nodes_seen hash
+-- ARGV: node, deadline_ms, event
+if ARGV[1] == nil or ARGV[1] == '' or not tonumber(ARGV[2]) or ARGV[3] == nil or ARGV[3] == '' then
+  return redis.error_reply('ERR eventcore mark_lost: node, deadline_ms and event are needed')
+end
+local seen = redis.call('HGET', KEYS[2], ARGV[1])
+if not seen or tonumber(seen) > tonumber(ARGV[2]) then return false end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('XADD', KEYS[1], '*', 'node', ARGV[1], 'e', ARGV[3])
