@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import json
 import logging
 import signal
@@ -18,6 +19,7 @@ import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from eventcore import _toml
 from eventcore.config import Settings, load_settings, to_toml_dict
@@ -175,10 +177,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     config = sub.add_parser("config", help="print the effective settings (TOML)")
     config.add_argument("--json", action="store_true")
+    for module in ROLE_MODULES:
+        COMMANDS.update(importlib.import_module(module).add_commands(sub))
     return parser
 
 
-COMMANDS = {"up": cmd_up, "redis": cmd_redis, "check": cmd_check, "config": cmd_config}
+COMMANDS: dict[str, Any] = {
+    "up": cmd_up,
+    "redis": cmd_redis,
+    "check": cmd_check,
+    "config": cmd_config,
+}
+# The roles add their own commands. Named by string, imported when the parser
+# is built, so the log package itself never imports a role.
+ROLE_MODULES = ("workers.cli",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

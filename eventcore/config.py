@@ -78,10 +78,13 @@ class QueueConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 # "high" / "low" are GPU memory classes, not priorities: every queue has its own
 # priority streams.
+# The image kinds may go to any of the first three; everything else (the
+# diagnostic kinds, user handlers) only to cpu-light unless a queue says so.
+IMAGE_KINDS = ("inpaint", "upscale")
 DEFAULT_QUEUES: tuple[QueueConfig, ...] = (
-    QueueConfig(name="gpu-high", gpu=True, min_gpu_memory_mb=8192),
-    QueueConfig(name="gpu-low", gpu=True, min_gpu_memory_mb=2048),
-    QueueConfig(name="cpu-heavy", min_cores=4, min_memory_mb=4096),
+    QueueConfig(name="gpu-high", gpu=True, min_gpu_memory_mb=8192, kinds=IMAGE_KINDS),
+    QueueConfig(name="gpu-low", gpu=True, min_gpu_memory_mb=2048, kinds=IMAGE_KINDS),
+    QueueConfig(name="cpu-heavy", min_cores=4, min_memory_mb=4096, kinds=IMAGE_KINDS),
     QueueConfig(name="cpu-light"),
 )
 

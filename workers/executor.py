@@ -1,0 +1,221 @@
+"""Running handlers in child processes that the worker can kill.
+
+Each slot is one long-lived child process (started through a fork server, so
+children do not inherit the worker's event loop, sockets or threads) that
+runs one task at a time. Parent and child talk MessagePack over a pipe — no
+pickle: progress goes up, the outcome comes last. Cancel and soft-timeout
+flags are shared events the handler polls. A hard timeout or hard cancel
+kills the child; the slot starts a fresh one for its next task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import multiprocessing.connection
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from eventcore.events import ErrorInfo
+from workers.context import TaskContext
+from workers.handlers import Registry
+from workers.outcomes import Ending, Outcome, error_info, outcome_of_exception
+
+__all__ = ["ChildSlot", "ProcessPool"]
+
+_mp = multiprocessing.get_context("forkserver")
+_encode = msgspec.msgpack.encode
+_decode = msgspec.msgpack.decode
+
+
+def child_main(
+    conn: multiprocessing.connection.Connection,
+    cancel: Any,
+    soft: Any,
+    specs: Sequence[str],
+) -> None:
+    """The child's loop: run tasks one by one until told to stop."""
+    registry = Registry(specs)
+    while True:
+        try:
+            msg = _decode(conn.recv_bytes())
+        except (EOFError, OSError):
+            return
+        if msg[0] == "stop":
+            return
+        if msg[0] == "reload":
+            registry.reload()
+            continue
+        _, task_id, kind, params, attempt, model = msg
+        h = registry.get(kind)
+        ctx = TaskContext(
+            task_id=task_id,
+            kind=kind,
+            params=params,
+            attempt=attempt,
+            model=model,
+            progress_sink=lambda f, m: conn.send_bytes(_encode(["progress", f, m])),
+            cancel_flag=cancel.is_set,
+            soft_flag=soft.is_set,
+        )
+        t0 = time.perf_counter()
+        try:
+            if h is None:
+                raise LookupError(f"no handler for kind {kind!r} in the child process")
+            result = h.fn(ctx)
+            reply = ["ok", result, time.perf_counter() - t0]
+        except BaseException as exc:  # the task boundary: every error becomes an outcome
+            o = outcome_of_exception(exc, time.perf_counter() - t0)
+            reply = [o.ending.value, msgspec.to_builtins(o.error), o.retry_delay, o.duration]
+        try:
+            conn.send_bytes(_encode(reply))
+        except TypeError as exc:  # a result msgpack cannot carry
+            info = error_info(TypeError(f"result of {kind!r} is not serialisable: {exc}"))
+            conn.send_bytes(_encode(["error", msgspec.to_builtins(info), None, 0.0]))
+
+
+class ChildSlot:
+    """One child process and the flags it shares with the worker."""
+
+    def __init__(self, specs: Sequence[str]) -> None:
+        self.specs = tuple(specs)
+        self.cancel = _mp.Event()
+        self.soft = _mp.Event()
+        self._proc: Any = None
+        self._conn: multiprocessing.connection.Connection | None = None
+        self.killed = False
+
+    def _ensure(self) -> multiprocessing.connection.Connection:
+        if self._proc is None or not self._proc.is_alive():
+            if self._conn is not None:
+                self._conn.close()
+            parent, child = _mp.Pipe()
+            self._proc = _mp.Process(
+                target=child_main, args=(child, self.cancel, self.soft, self.specs), daemon=True
+            )
+            self._proc.start()
+            child.close()
+            self._conn = parent
+        assert self._conn is not None
+        return self._conn
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def run(
+        self,
+        task_id: str,
+        kind: str,
+        params: dict[str, Any],
+        attempt: int,
+        model: str | None,
+        on_progress: Callable[[float, str], None],
+    ) -> Outcome:
+        """Run one task in the child and wait for its outcome."""
+        self.cancel.clear()
+        self.soft.clear()
+        self.killed = False
+        conn = self._ensure()
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Outcome] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                while conn.poll():
+                    msg = _decode(conn.recv_bytes())
+                    if msg[0] == "progress":
+                        on_progress(msg[1], msg[2])
+                        continue
+                    if not done.done():
+                        done.set_result(_outcome(msg))
+                    return
+            except (EOFError, OSError):
+                if not done.done():
+                    ending = Ending.TIMEOUT if self.killed else Ending.DIED
+                    done.set_result(Outcome(ending=ending, error=_died(self._proc)))
+
+        fd = conn.fileno()
+        loop.add_reader(fd, readable)
+        try:
+            conn.send_bytes(_encode(["run", task_id, kind, params, attempt, model]))
+            return await done
+        finally:
+            loop.remove_reader(fd)
+
+    def kill(self) -> None:
+        """Kill the child now (hard timeout, hard cancel); the next run starts a new one."""
+        if self._proc is not None and self._proc.is_alive():
+            self.killed = True
+            self._proc.kill()
+            self._proc.join(5)
+
+    def reload(self) -> None:
+        if self._conn is not None and self._proc is not None and self._proc.is_alive():
+            self._conn.send_bytes(_encode(["reload"]))
+
+    def close(self) -> None:
+        if self._proc is not None and self._proc.is_alive():
+            try:
+                assert self._conn is not None
+                self._conn.send_bytes(_encode(["stop"]))
+            except OSError:
+                pass
+            self._proc.join(2)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join(2)
+        if self._conn is not None:
+            self._conn.close()
+
+
+def _outcome(msg: list[Any]) -> Outcome:
+    if msg[0] == "ok":
+        return Outcome(ending=Ending.OK, result=msg[1], duration=msg[2])
+    error = msgspec.convert(msg[1], ErrorInfo) if msg[1] is not None else None
+    return Outcome(ending=Ending(msg[0]), error=error, retry_delay=msg[2], duration=msg[3])
+
+
+def _died(proc: Any) -> ErrorInfo:
+    code = proc.exitcode if proc is not None else None
+    return ErrorInfo(
+        type="ChildProcessDied",
+        message=f"the process running the task exited (exit code {code})",
+        retryable=True,
+    )
+
+
+class ProcessPool:
+    """Child slots, at most ``size`` busy at once; grown or shrunk on demand."""
+
+    def __init__(self, size: int, specs: Sequence[str]) -> None:
+        self.specs = tuple(specs)
+        self.size = size
+        self._idle: list[ChildSlot] = []
+        self._busy: set[ChildSlot] = set()
+
+    def acquire(self) -> ChildSlot:
+        slot = self._idle.pop() if self._idle else ChildSlot(self.specs)
+        self._busy.add(slot)
+        return slot
+
+    def release(self, slot: ChildSlot) -> None:
+        self._busy.discard(slot)
+        if len(self._idle) + len(self._busy) >= self.size + 1:
+            slot.close()  # shrunk by set_concurrency
+        else:
+            self._idle.append(slot)
+
+    def reload(self) -> None:
+        for slot in self._idle:
+            slot.close()
+        self._idle.clear()
+
+    def close(self) -> None:
+        for slot in [*self._idle, *self._busy]:
+            slot.close()
+        self._idle.clear()
+        self._busy.clear()

@@ -1,0 +1,597 @@
+"""The worker process: claims work from its queues, runs it, and ends every
+entry with exactly one settle (outcome event + ack in one script).
+
+Loops, all in one event loop:
+
+- **claim**: takes at most as many entries as it has free slots, highest
+  priority first, in one script call per partition; when nothing is there it
+  blocks on XREAD from the newest ids it saw, so new work wakes it at once.
+- **settle**: outcomes queue up and go out in batches, one round trip each.
+- **leases**: renews the idle time of the entries it runs, and watches for
+  cancel requests of running tasks.
+- **reclaim**: takes over entries idle longer than their queue's lease
+  (a crashed worker's), dead-lettering those delivered too often.
+- **release**: moves due delayed tasks back to their queues.
+- **heartbeat**: announces load and warm models; declares silent nodes lost.
+- **control**: answers commands (see :mod:`workers.commands`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from eventcore import groups
+from eventcore.config import QueueConfig, Settings
+from eventcore.errors import DecodeError
+from eventcore.events import (
+    PRIORITIES_HIGH_FIRST,
+    Capabilities,
+    ErrorInfo,
+    Event,
+    NodeHeartbeat,
+    NodeStarted,
+    NodeStopped,
+    TaskCancelled,
+    TaskClaimed,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskProgress,
+    TaskResultStale,
+    TaskStarted,
+    TaskSubmitted,
+)
+from eventcore.groups import WorkEntry
+from eventcore.log import EventLog, Settlement
+from eventcore.nodes import append_node_event, last_seen, mark_lost
+from workers.capabilities import free_gpu_memory_mb, free_memory_mb
+from workers.context import TaskContext
+from workers.executor import ChildSlot, ProcessPool
+from workers.faults import crash_point
+from workers.handlers import Handler, Registry
+from workers.outcomes import Ending, Outcome, closing_event, outcome_of_exception
+
+__all__ = ["Worker", "WorkerOptions"]
+
+log = logging.getLogger(__name__)
+
+
+class WorkerOptions(msgspec.Struct, kw_only=True):
+    """What one worker process is: its id, queues, slots and handlers."""
+
+    node: str
+    queues: tuple[QueueConfig, ...]
+    concurrency: int
+    capabilities: Capabilities
+    handler_specs: tuple[str, ...] = ()
+    block_ms: int = 1000
+    progress_interval: float = 0.2
+    cancel_poll: float = 0.25
+    cancel_grace: float = 5.0
+    settle_batch: int = 512
+
+
+@dataclass(eq=False)
+class Running:
+    """A task running in a child process."""
+
+    entry: WorkEntry
+    submitted: TaskSubmitted
+    queue: QueueConfig
+    slot: ChildSlot
+    started: float
+    lease_lost: bool = False
+    cancel_requested: bool = False
+    cancel_killed: bool = False
+    last_progress: float = 0.0
+    pending: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def default_node_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Worker:
+    """One worker process. ``await worker.run()`` until :meth:`drain` or :meth:`stop_now`."""
+
+    def __init__(
+        self, elog: EventLog, settings: Settings, options: WorkerOptions, registry: Registry
+    ) -> None:
+        self.log = elog
+        self.settings = settings
+        self.options = options
+        self.node = options.node
+        self.registry = registry
+        self.concurrency = options.concurrency
+        self.pool = ProcessPool(options.concurrency, options.handler_specs)
+        self.queues = {q.name: q for q in settings.queues}
+        self.paused = False
+        self.draining = False
+        self.inflight = 0
+        self.running: dict[str, Running] = {}
+        self.processed = 0
+        self._settle_q: asyncio.Queue[Settlement] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._immediate = False
+        self._loops: list[asyncio.Task[Any]] = []
+        self._children: set[asyncio.Task[Any]] = set()
+        self._reclaim_cursor: dict[str, str] = {}
+        k = elog.keys
+        self.streams = {
+            p: [k.work(p, q.name, prio) for prio in PRIORITIES_HIGH_FIRST for q in options.queues]
+            for p in k.all_partitions()
+        }
+        self.stream_queue = {
+            k.work(p, q.name, prio): q
+            for p in k.all_partitions()
+            for q in options.queues
+            for prio in PRIORITIES_HIGH_FIRST
+        }
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Announce the node, run every loop, and on stop drain and say goodbye."""
+        for streams in self.streams.values():
+            for stream in streams:
+                await groups.ensure_group(self.log.redis, stream, self.log.group)
+        caps = self.options.capabilities
+        caps = msgspec.structs.replace(caps, handlers=self.registry.names())
+        await append_node_event(
+            self.log,
+            NodeStarted(
+                node=self.node,
+                capabilities=caps,
+                queues=tuple(q.name for q in self.options.queues),
+                concurrency=self.concurrency,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                version="0.1.0",
+            ),
+        )
+        from workers.commands import control_loop  # here: commands imports this module
+
+        loops = [
+            self._claim_loop,
+            self._settle_loop,
+            self._lease_loop,
+            self._reclaim_loop,
+            self._release_loop,
+            self._heartbeat_loop,
+            lambda: control_loop(self),
+        ]
+        self._loops = [asyncio.create_task(self._guard(loop)) for loop in loops]
+        await self._stopped.wait()
+        await self._finish()
+
+    async def _guard(self, loop: Any) -> None:
+        """Keep a loop alive through errors (Redis down, a bug): log loudly, retry."""
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker loop failed; restarting it in 1s")
+                await asyncio.sleep(1)
+
+    def drain(self) -> None:
+        """Stop claiming; finish what runs within the grace period, then stop."""
+        self.draining = True
+        self._stopped.set()
+        self._room.set()
+
+    def stop_now(self) -> None:
+        """Stop at once: running tasks are killed and stay pending for reclaim."""
+        self._immediate = True
+        self.drain()
+
+    async def _finish(self) -> None:
+        grace = 0.0 if self._immediate else self.settings.worker.shutdown_grace
+        deadline = time.monotonic() + grace
+        while self.inflight > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for run in list(self.running.values()):
+            run.slot.kill()  # its entry stays in the PEL: another worker reclaims it
+        if not self._immediate:  # let the outcomes already known reach the log
+            while not self._settle_q.empty():
+                await asyncio.sleep(0.01)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        self.pool.close()
+        reason = "stopped at once" if self._immediate else "drained"
+        with contextlib.suppress(Exception):
+            await append_node_event(self.log, NodeStopped(node=self.node, reason=reason))
+
+    # -- claim -------------------------------------------------------------------
+
+    @property
+    def free(self) -> int:
+        return self.concurrency - self.inflight
+
+    async def _claim_loop(self) -> None:
+        redis = self.log.redis
+        while not self.draining:
+            if self.paused or self.free <= 0:
+                self._room.clear()
+                await self._room.wait()
+                continue
+            got: list[WorkEntry] = []
+            newest: dict[str, str] = {}
+            for p, streams in self.streams.items():
+                want = self.free - len(got)
+                if want <= 0:
+                    break
+                res = await groups.claim_new(
+                    self.log.scripts,
+                    self.log.keys.cancels(p),
+                    streams,
+                    self.log.group,
+                    self.node,
+                    want,
+                )
+                got += res.entries
+                newest.update(res.last_ids)
+            if got:
+                for entry in got:
+                    self._dispatch(entry)
+                continue
+            # Nothing waiting: sleep until anything newer than what we saw arrives.
+            await redis.xread(newest, count=1, block=self.options.block_ms)
+
+    def _dispatch(self, entry: WorkEntry) -> None:
+        self.inflight += 1
+        t = entry.task_id
+        try:
+            sub = entry.submitted
+        except DecodeError as exc:
+            self._settle(
+                entry,
+                TaskDeadLettered(
+                    task_id=t,
+                    deliveries=entry.deliveries,
+                    reason=f"undecodable work entry: {exc.detail}",
+                    entry_id=entry.id,
+                    node=self.node,
+                ),
+            )
+            return
+        spec = sub.spec
+        queue = self.queues.get(spec.queue) or QueueConfig(name=spec.queue)
+        claimed = TaskClaimed(
+            task_id=t,
+            node=self.node,
+            attempt=entry.attempt,
+            deliveries=entry.deliveries,
+            entry_id=entry.id,
+        )
+        max_deliveries = spec.max_deliveries or queue.max_deliveries
+        if entry.deliveries > max_deliveries:
+            reason = f"delivered {entry.deliveries} times (max_deliveries {max_deliveries})"
+            self._settle(
+                entry,
+                TaskDeadLettered(
+                    task_id=t,
+                    deliveries=entry.deliveries,
+                    reason=reason,
+                    entry_id=entry.id,
+                    node=self.node,
+                ),
+            )
+            return
+        if entry.cancel_requested:
+            self._settle(
+                entry,
+                claimed,
+                TaskCancelled(task_id=t, node=self.node, reason="cancelled before it ran"),
+            )
+            return
+        handler = self.registry.get(spec.kind)
+        if handler is None:
+            error = ErrorInfo(
+                type="UnknownKind",
+                retryable=False,
+                message=f"no handler for kind {spec.kind!r} on node {self.node} "
+                f"(it offers: {', '.join(self.registry.names())})",
+            )
+            self._settle(
+                entry,
+                claimed,
+                TaskFailed(task_id=t, node=self.node, attempt=entry.attempt, error=error),
+            )
+            return
+        if handler.cheap:
+            self._run_inline(entry, sub, queue, handler, claimed)
+        else:
+            task = asyncio.create_task(self._run_child(entry, sub, queue, handler, claimed))
+            self._children.add(task)  # keep a reference until it ends
+            task.add_done_callback(self._children.discard)
+
+    def _run_inline(
+        self,
+        entry: WorkEntry,
+        sub: TaskSubmitted,
+        queue: QueueConfig,
+        handler: Handler,
+        claimed: TaskClaimed,
+    ) -> None:
+        t = entry.task_id
+        progress: list[TaskProgress] = []
+        ctx = TaskContext(
+            task_id=t,
+            kind=sub.spec.kind,
+            params=sub.spec.params,
+            attempt=entry.attempt,
+            model=sub.spec.model,
+            progress_sink=lambda f, m: progress.append(
+                TaskProgress(task_id=t, attempt=entry.attempt, progress=f, message=m)
+            ),
+        )
+        started = TaskStarted(task_id=t, node=self.node, attempt=entry.attempt, pid=os.getpid())
+        t0 = time.perf_counter()
+        try:
+            result = handler.fn(ctx)
+            if inspect.isawaitable(result):
+                raise TypeError(f"cheap handler {handler.name!r} must not be async")
+            outcome = Outcome(ending=Ending.OK, result=result, duration=time.perf_counter() - t0)
+        except Exception as exc:  # the task boundary
+            outcome = outcome_of_exception(exc, time.perf_counter() - t0)
+        closing = self._closing(outcome, entry, sub, queue)
+        self._settle(entry, claimed, started, *progress[-1:], closing)
+
+    async def _run_child(
+        self,
+        entry: WorkEntry,
+        sub: TaskSubmitted,
+        queue: QueueConfig,
+        handler: Handler,
+        claimed: TaskClaimed,
+    ) -> None:
+        t = entry.task_id
+        spec = sub.spec
+        slot = self.pool.acquire()
+        run = Running(entry, sub, queue, slot, time.time())
+        self.running[t] = run
+        timers: list[asyncio.TimerHandle] = []
+        try:
+            slot._ensure()
+            await self.log.append_many(
+                [
+                    claimed,
+                    TaskStarted(task_id=t, node=self.node, attempt=entry.attempt, pid=slot.pid),
+                ]
+            )
+            crash_point("after_claim")
+            loop = asyncio.get_running_loop()
+            soft = spec.soft_timeout or queue.soft_timeout
+            hard = spec.hard_timeout or queue.hard_timeout
+            if soft:
+                timers.append(loop.call_later(soft, self._soft_timeout, run, soft))
+            if hard:
+                timers.append(loop.call_later(hard, slot.kill))
+            outcome = await slot.run(
+                t,
+                spec.kind,
+                spec.params,
+                entry.attempt,
+                spec.model,
+                lambda f, m: self._progress(run, f, m),
+            )
+        except Exception as exc:
+            log.exception("running task %s failed in the worker", t)
+            outcome = outcome_of_exception(exc)
+        finally:
+            for timer in timers:
+                timer.cancel()
+            self.running.pop(t, None)
+            self.pool.release(slot)
+        if run.pending:
+            await asyncio.gather(*run.pending, return_exceptions=True)
+        if run.cancel_killed:
+            outcome = Outcome(ending=Ending.CANCELLED)
+        elif outcome.ending is Ending.DIED:
+            # As if this worker had crashed: the entry stays pending, is
+            # reclaimed after its lease, and counts one more delivery.
+            log.warning("task %s: %s; left for reclaim", t, outcome.error and outcome.error.message)
+            self._abandon()
+            return
+        self._settle(entry, self._closing(outcome, entry, sub, queue))
+
+    def _closing(
+        self, outcome: Outcome, entry: WorkEntry, sub: TaskSubmitted, queue: QueueConfig
+    ) -> Event:
+        spec = sub.spec
+        return closing_event(
+            outcome,
+            task_id=entry.task_id,
+            node=self.node,
+            attempt=entry.attempt,
+            policy=spec.retry or queue.retry,
+            hard_timeout=spec.hard_timeout or queue.hard_timeout,
+            now=time.time(),
+            rand=random.random(),
+        )
+
+    def _progress(self, run: Running, fraction: float, message: str) -> None:
+        now = time.monotonic()
+        if fraction < 1.0 and now - run.last_progress < self.options.progress_interval:
+            return  # throttled: the log gets a few updates a second, not every call
+        run.last_progress = now
+        event = TaskProgress(
+            task_id=run.entry.task_id, attempt=run.entry.attempt, progress=fraction, message=message
+        )
+        run.pending.append(asyncio.create_task(self.log.append(event)))
+
+    def _soft_timeout(self, run: Running, soft: float) -> None:
+        run.slot.soft.set()
+        event = TaskProgress(
+            task_id=run.entry.task_id,
+            attempt=run.entry.attempt,
+            progress=0.0,
+            message="",
+            warning=f"soft timeout of {soft}s passed",
+        )
+        run.pending.append(asyncio.create_task(self.log.append(event)))
+
+    def cancel_running(self, task_id: str) -> bool:
+        """Ask a running task to stop; kill it if it has not after the grace period."""
+        run = self.running.get(task_id)
+        if run is None:
+            return False
+        if not run.cancel_requested:
+            run.cancel_requested = True
+            run.slot.cancel.set()
+
+            def hard_cancel() -> None:
+                if self.running.get(task_id) is run:
+                    run.cancel_killed = True
+                    run.slot.kill()
+
+            asyncio.get_running_loop().call_later(self.options.cancel_grace, hard_cancel)
+        return True
+
+    # -- settle --------------------------------------------------------------------
+
+    def _settle(self, entry: WorkEntry, *events: Event) -> None:
+        self._settle_q.put_nowait(Settlement(entry, events))
+
+    def _abandon(self) -> None:
+        self.inflight -= 1
+        self._room.set()
+
+    async def _settle_loop(self) -> None:
+        while True:
+            batch = [await self._settle_q.get()]
+            while not self._settle_q.empty() and len(batch) < self.options.settle_batch:
+                batch.append(self._settle_q.get_nowait())
+            crash_point("after_result_before_ack")
+            results = await self.log.settle(self.node, batch)
+            stale = [
+                TaskResultStale(
+                    task_id=s.entry.task_id,
+                    node=self.node,
+                    attempt=s.entry.attempt,
+                    outcome=s.events[-1].type_name(),
+                    reason=r.stale_reason,
+                )
+                for s, r in zip(batch, results)
+                if not r.ok
+            ]
+            if stale:
+                log.warning("%d stale results (lease lost or already ended)", len(stale))
+                await self.log.append_many(stale)
+            self.processed += len(batch)
+            self.inflight -= len(batch)
+            self._room.set()
+
+    # -- leases, reclaim, release ------------------------------------------------------
+
+    def _lease_ms(self) -> int:
+        return min(q.lease_ms for q in self.options.queues)
+
+    async def _lease_loop(self) -> None:
+        last_renew = 0.0
+        while True:
+            await asyncio.sleep(self.options.cancel_poll)
+            if not self.running:
+                continue
+            runs = list(self.running.values())
+            if time.monotonic() - last_renew >= self._lease_ms() / 3000:
+                last_renew = time.monotonic()
+                by_stream: dict[str, list[Running]] = {}
+                for run in runs:
+                    by_stream.setdefault(run.entry.stream, []).append(run)
+                for stream, rs in by_stream.items():
+                    held = set(
+                        await groups.renew(
+                            self.log.redis,
+                            self.log.scripts,
+                            stream,
+                            self.log.group,
+                            self.node,
+                            [r.entry.id for r in rs],
+                        )
+                    )
+                    for r in rs:
+                        if r.entry.id not in held and not r.lease_lost:
+                            r.lease_lost = True
+                            log.warning(
+                                "lost the lease of task %s; its result will be stale",
+                                r.entry.task_id,
+                            )
+            wanted = await self.log.cancel_requested(r.entry.task_id for r in runs)
+            for task_id in wanted:
+                self.cancel_running(task_id)
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.worker.reclaim_interval)
+            if self.paused or self.draining:
+                continue
+            for streams in self.streams.values():
+                for stream in streams:
+                    if self.free <= 0:
+                        break
+                    res = await groups.autoclaim(
+                        self.log.redis,
+                        stream,
+                        self.log.group,
+                        self.node,
+                        self.stream_queue[stream].lease_ms,
+                        start=self._reclaim_cursor.get(stream, "0-0"),
+                        count=self.free,
+                    )
+                    self._reclaim_cursor[stream] = res.next_start
+                    if res.entries:
+                        flags = await self.log.cancel_requested(e.task_id for e in res.entries)
+                        for entry in res.entries:
+                            entry.cancel_requested = entry.task_id in flags
+                            self._dispatch(entry)
+
+    async def _release_loop(self) -> None:
+        while True:
+            await self.log.release_due()
+            await asyncio.sleep(self.settings.worker.release_interval)
+
+    # -- heartbeat ------------------------------------------------------------------------
+
+    def heartbeat(self) -> NodeHeartbeat:
+        return NodeHeartbeat(
+            node=self.node,
+            running=tuple(self.running),
+            free_slots=max(0, self.free),
+            load=self.inflight / max(1, self.concurrency),
+            memory_free_mb=free_memory_mb(),
+            gpu_memory_free_mb=free_gpu_memory_mb(),
+            warm_models=(),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        ws = self.settings.worker
+        while True:
+            await append_node_event(self.log, self.heartbeat())
+            now = time.time()
+            for node, seen in (await last_seen(self.log)).items():
+                if node != self.node and now - seen > ws.heartbeat_timeout:
+                    if await mark_lost(
+                        self.log,
+                        node,
+                        silent_for=ws.heartbeat_timeout,
+                        noticed_by=self.node,
+                        now=now,
+                    ):
+                        log.warning("node %s is lost (silent for %.0fs)", node, now - seen)
+            await asyncio.sleep(ws.heartbeat_interval)
