@@ -49,8 +49,8 @@ async def control_loop(worker: Worker) -> None:
     for stream in streams:
         newest = await elog.redis.xrevrange(stream, count=1)
         positions[stream] = newest[0][0].decode() if newest else "0-0"
-    while True:
-        for entry in await elog.tail(positions, block_ms=1000, park_bad=True):
+    while not worker.closing:
+        for entry in await elog.tail(positions, block_ms=500, park_bad=True):
             positions[entry.stream] = entry.id
             if isinstance(entry.event, ControlIssued):
                 ok, detail = await handle(worker, entry.event)

@@ -117,6 +117,7 @@ class Worker:
         self.queues = {q.name: q for q in settings.queues}
         self.paused = False
         self.draining = False
+        self.closing = False
         self.inflight = 0
         self.running: dict[str, Running] = {}
         self.processed = 0
@@ -208,9 +209,13 @@ class Worker:
         if not self._immediate:  # let the outcomes already known reach the log
             while not self._settle_q.empty():
                 await asyncio.sleep(0.01)
+        self.closing = True
         for task in self._loops:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        # A cancel that lands inside a blocking read can be swallowed by the
+        # Redis client; the loops also check `closing`, so they end within
+        # one block period either way.
+        await asyncio.wait(self._loops, timeout=5)
         self.pool.close()
         reason = "stopped at once" if self._immediate else "drained"
         with contextlib.suppress(Exception):
@@ -473,7 +478,7 @@ class Worker:
         self._room.set()
 
     async def _settle_loop(self) -> None:
-        while True:
+        while not self.closing:
             batch = [await self._settle_q.get()]
             while not self._settle_q.empty() and len(batch) < self.options.settle_batch:
                 batch.append(self._settle_q.get_nowait())
@@ -504,7 +509,7 @@ class Worker:
 
     async def _lease_loop(self) -> None:
         last_renew = 0.0
-        while True:
+        while not self.closing:
             await asyncio.sleep(self.options.cancel_poll)
             if not self.running:
                 continue
@@ -537,7 +542,7 @@ class Worker:
                 self.cancel_running(task_id)
 
     async def _reclaim_loop(self) -> None:
-        while True:
+        while not self.closing:
             await asyncio.sleep(self.settings.worker.reclaim_interval)
             if self.paused or self.draining:
                 continue
@@ -562,7 +567,7 @@ class Worker:
                             self._dispatch(entry)
 
     async def _release_loop(self) -> None:
-        while True:
+        while not self.closing:
             await self.log.release_due()
             await asyncio.sleep(self.settings.worker.release_interval)
 
@@ -581,7 +586,7 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         ws = self.settings.worker
-        while True:
+        while not self.closing:
             await append_node_event(self.log, self.heartbeat())
             now = time.time()
             for node, seen in (await last_seen(self.log)).items():

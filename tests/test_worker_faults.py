@@ -1,0 +1,153 @@
+"""Real worker processes killed, frozen and crashed: every task still ends exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from eventcore.events import NodeStopped, TaskSpec
+from eventcore.keys import Keys
+from eventcore.log import EventLog
+from tests.workerkit import LEASE_MS, event_types, spawn_worker, spec, wait_ended
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
+
+
+@pytest.fixture
+def elog(r, namespace) -> EventLog:
+    return EventLog(r, Keys(namespace))
+
+
+async def _wait_started(elog: EventLog, task_id: str, timeout: float = 20) -> str:
+    """The node that started the task."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for e in await elog.history(task_id):
+            if e.event.type_name() == "task.started":
+                return e.event.node
+        await asyncio.sleep(0.02)
+    raise AssertionError("never started")
+
+
+def _stop(*procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+        if p.stderr:
+            p.stderr.close()
+
+
+async def test_sigkilled_worker_task_completes_elsewhere_once(elog, redis_url, namespace) -> None:
+    a = spawn_worker(redis_url, namespace, "a", ["--cpu"])
+    try:
+        res = await elog.submit(spec("sleep", seconds=1.0))
+        assert await _wait_started(elog, res.task_id) == "a"
+        os.kill(a.pid, signal.SIGKILL)
+        b = spawn_worker(redis_url, namespace, "b", ["--cpu"])
+        try:
+            assert await wait_ended(elog, res.task_id, timeout=30) == "task.succeeded"
+        finally:
+            _stop(b)
+    finally:
+        _stop(a)
+    history = [e.event for e in await elog.history(res.task_id)]
+    done = [e for e in history if e.type_name() == "task.succeeded"]
+    assert len(done) == 1 and done[0].node == "b"
+    claims = [e for e in history if e.type_name() == "task.claimed"]
+    assert [(c.node, c.deliveries) for c in claims] == [("a", 1), ("b", 2)]
+
+
+async def test_crash_after_result_before_ack(elog, redis_url, namespace) -> None:
+    """The worker dies between knowing the outcome and writing it: another
+    worker runs the task again and it ends once."""
+    a = spawn_worker(
+        redis_url, namespace, "a", ["--cpu"], env={"EVENTCORE_CRASH_AT": "after_result_before_ack"}
+    )
+    res = await elog.submit(spec("sleep", seconds=0.2))
+    assert a.wait(30) == 137
+    b = spawn_worker(redis_url, namespace, "b", ["--cpu"])
+    try:
+        assert await wait_ended(elog, res.task_id, timeout=30) == "task.succeeded"
+    finally:
+        _stop(a, b)
+    assert (await event_types(elog, res.task_id)).count("task.succeeded") == 1
+
+
+async def test_poison_task_is_dead_lettered_at_max_deliveries(elog, redis_url, namespace) -> None:
+    w = spawn_worker(redis_url, namespace, "w", ["--cpu"])
+    try:
+        poison = await elog.submit(spec("crash"))
+        fine = await elog.submit(spec("noop"))
+        assert await wait_ended(elog, fine.task_id, timeout=20) == "task.succeeded"
+        assert await wait_ended(elog, poison.task_id, timeout=40) == "task.dead_lettered"
+    finally:
+        _stop(w)
+    history = [e.event for e in await elog.history(poison.task_id)]
+    starts = [e for e in history if e.type_name() == "task.started"]
+    assert len(starts) == 3  # max_deliveries = 3 runs, the 4th delivery parks it
+    dead = history[-1]
+    assert dead.deliveries == 4 and "max_deliveries 3" in dead.reason
+    assert len(await elog.redis.xrange(elog.keys.dead_letters(0))) == 1
+
+
+async def test_zombie_worker_result_is_stale(elog, redis_url, namespace) -> None:
+    a = spawn_worker(redis_url, namespace, "a", ["--cpu"])
+    b = None
+    try:
+        res = await elog.submit(spec("sleep", seconds=1.5, steps=1))
+        assert await _wait_started(elog, res.task_id) == "a"
+        os.kill(a.pid, signal.SIGSTOP)  # frozen past its lease: its child runs on
+        b = spawn_worker(redis_url, namespace, "b", ["--cpu"])
+        assert await wait_ended(elog, res.task_id, timeout=30) == "task.succeeded"
+        await asyncio.sleep(LEASE_MS / 1000)
+        os.kill(a.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 20
+        while "task.result_stale" not in await event_types(elog, res.task_id):
+            assert time.monotonic() < deadline, "the zombie's result was never recorded"
+            await asyncio.sleep(0.05)
+    finally:
+        _stop(a, *(x for x in [b] if x))
+    history = [e.event for e in await elog.history(res.task_id)]
+    assert [e.node for e in history if e.type_name() == "task.succeeded"] == ["b"]
+    stale = [e for e in history if e.type_name() == "task.result_stale"]
+    assert stale[0].node == "a" and stale[0].outcome == "task.succeeded"
+    assert await elog.ended_as(res.task_id) == "task.succeeded"
+
+
+async def test_sigterm_drains_running_tasks(elog, redis_url, namespace) -> None:
+    w = spawn_worker(redis_url, namespace, "w", ["--cpu"])
+    try:
+        res = await elog.submit(spec("sleep", seconds=1.0))
+        await _wait_started(elog, res.task_id)
+        w.send_signal(signal.SIGTERM)
+        later = await elog.submit(spec("noop"))
+        assert w.wait(20) == 0
+    finally:
+        _stop(w)
+    assert await elog.ended_as(res.task_id) == "task.succeeded"
+    assert await elog.ended_as(later.task_id) is None  # no claiming while draining
+    nodes = [e.event for e in await elog.read(elog.keys.nodes())]
+    assert isinstance(nodes[-1], NodeStopped) and nodes[-1].reason == "drained"
+
+
+async def test_second_sigint_stops_at_once_leaving_work_for_reclaim(
+    elog, redis_url, namespace
+) -> None:
+    w = spawn_worker(redis_url, namespace, "w", ["--cpu"])
+    res = await elog.submit(TaskSpec(kind="sleep", queue="q", params={"seconds": 30}))
+    try:
+        await _wait_started(elog, res.task_id)
+        w.send_signal(signal.SIGINT)
+        await asyncio.sleep(0.3)
+        w.send_signal(signal.SIGINT)
+        assert w.wait(20) == 0
+    finally:
+        _stop(w)
+    assert await elog.ended_as(res.task_id) is None
+    pending = await elog.redis.xpending(elog.keys.work(0, "q", "normal"), "workers")
+    assert pending["pending"] == 1  # still there for another worker to reclaim

@@ -1,0 +1,120 @@
+"""Helpers for worker tests: short leases and intervals, a worker in the test's
+event loop or as a real process, and waiting for a task to end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from eventcore.config import QueueConfig, Settings, WorkerSettings
+from eventcore.events import Capabilities, RetryPolicy, TaskSpec
+from eventcore.log import EventLog
+from workers.handlers import Registry
+from workers.worker import Worker, WorkerOptions
+
+LEASE_MS = 600
+
+
+def fast_settings(namespace: str, partitions: int = 1, **queue: Any) -> Settings:
+    q = QueueConfig(
+        name="q",
+        lease_ms=queue.pop("lease_ms", LEASE_MS),
+        max_deliveries=queue.pop("max_deliveries", 3),
+        retry=queue.pop("retry", RetryPolicy(max_retries=0)),
+        **queue,
+    )
+    return Settings(
+        namespace=namespace,
+        partitions=partitions,
+        queues=(q,),
+        worker=WorkerSettings(
+            heartbeat_interval=0.2,
+            heartbeat_timeout=1.0,
+            reclaim_interval=0.2,
+            release_interval=0.05,
+            shutdown_grace=5.0,
+        ),
+    )
+
+
+def spec(kind: str, **params: Any) -> TaskSpec:
+    return TaskSpec(kind=kind, queue="q", params=params)
+
+
+def make_worker(elog: EventLog, settings: Settings, node: str, concurrency: int = 4) -> Worker:
+    options = WorkerOptions(
+        node=node,
+        queues=settings.queues,
+        concurrency=concurrency,
+        capabilities=Capabilities(cpu_cores=2, memory_mb=1024),
+        cancel_grace=0.5,
+        block_ms=200,
+    )
+    return Worker(elog, settings, options, Registry())
+
+
+@contextlib.asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop_now()
+        await asyncio.wait_for(task, 15)
+
+
+async def wait_ended(elog: EventLog, task_id: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (ended := await elog.ended_as(task_id)) is not None:
+            return ended
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"task {task_id} did not end within {timeout}s")
+
+
+async def event_types(elog: EventLog, task_id: str) -> list[str]:
+    return [e.event.type_name() for e in await elog.history(task_id)]
+
+
+def spawn_worker(
+    redis_url: str, namespace: str, node: str, extra: Sequence[str] = (), env: dict | None = None
+) -> subprocess.Popen[bytes]:
+    """A real worker process on queue q with short leases."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
+    full_env.update(
+        {
+            "REDIS_URL": redis_url,
+            "EVENTCORE_NAMESPACE": namespace,
+            "EVENTCORE_QUEUES": (
+                f'[{{"name": "q", "lease_ms": {LEASE_MS}, "max_deliveries": 3, '
+                '"retry": {"max_retries": 0}}]'
+            ),
+            "EVENTCORE_WORKER__RECLAIM_INTERVAL": "0.2",
+            "EVENTCORE_WORKER__HEARTBEAT_INTERVAL": "0.2",
+            "EVENTCORE_WORKER__HEARTBEAT_TIMEOUT": "1.0",
+            "EVENTCORE_WORKER__SHUTDOWN_GRACE": "10",
+            **(env or {}),
+        }
+    )
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "eventcore.cli",
+            "worker",
+            "--node",
+            node,
+            "--concurrency",
+            "4",
+            *extra,
+        ],
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
