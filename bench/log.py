@@ -20,9 +20,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from redis.asyncio import Redis
-
 from eventcore.codec import encode
+from eventcore.connection import make_client
 from eventcore.events import TaskSpec, TaskSubmitted
 from eventcore.ids import new_task_id
 from eventcore.keys import Keys
@@ -56,7 +55,7 @@ async def main(tasks: int, batch: int, runs: int) -> None:
 
 
 async def measure(binary: ServerBinary, url: str, tasks: int, batch: int, runs: int) -> None:
-    redis = Redis.from_url(url)
+    redis = make_client(url)
     try:
         payload = encode(TaskSubmitted(task_id=new_task_id(), spec=SPEC))
         single_n = max(1000, tasks // 4)

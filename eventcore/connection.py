@@ -12,9 +12,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import (
+    Connection,
+    ConnectionPool,
+    SSLConnection,
+    UnixDomainSocketConnection,
+)
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
@@ -26,6 +33,11 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
+    hiredis = None
 
 from eventcore.errors import RedisUnavailable
 from eventcore.servers import MIN_VERSION
@@ -70,6 +82,42 @@ def check_url(url: str) -> str:
     return url
 
 
+class _HiredisPacking:
+    """Packs commands with hiredis's C packer.
+
+    redis-py's asyncio connections pack in Python; for the large batched
+    script calls of the claim and settle paths that was about 40% of a
+    worker's CPU time. The command-name splitting matches redis-py's.
+    """
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str):
+            args = (*first.encode().split(), *args[1:])
+        elif b" " in first:
+            args = (*first.split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
+class _FastConnection(_HiredisPacking, Connection):
+    pass
+
+
+class _FastUnixConnection(_HiredisPacking, UnixDomainSocketConnection):
+    pass
+
+
+class _FastSSLConnection(_HiredisPacking, SSLConnection):
+    pass
+
+
+_FAST = {
+    Connection: _FastConnection,
+    UnixDomainSocketConnection: _FastUnixConnection,
+    SSLConnection: _FastSSLConnection,
+}
+
+
 def make_client(url: str, options: ClientOptions | None = None) -> Redis:
     """A client that retries transient errors with capped, jittered backoff."""
     opts = options or ClientOptions()
@@ -78,7 +126,7 @@ def make_client(url: str, options: ClientOptions | None = None) -> Redis:
         ExponentialWithJitterBackoff(cap=opts.retry_backoff_cap, base=opts.retry_backoff_base),
         opts.retry_attempts,
     )
-    return Redis.from_url(
+    pool = ConnectionPool.from_url(
         url,
         socket_connect_timeout=opts.connect_timeout,
         socket_timeout=opts.socket_timeout,
@@ -86,6 +134,9 @@ def make_client(url: str, options: ClientOptions | None = None) -> Redis:
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
         health_check_interval=30,
     )
+    if hiredis is not None and hasattr(hiredis, "pack_command"):
+        pool.connection_class = _FAST.get(pool.connection_class, pool.connection_class)
+    return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
 async def connect(url: str, options: ClientOptions | None = None) -> Redis:

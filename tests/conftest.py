@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
+from eventcore.connection import ClientOptions, make_client
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.servers import (
@@ -43,7 +44,7 @@ def namespace() -> str:
 
 @pytest.fixture
 async def r(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    client = make_client(redis_url, ClientOptions(retry_attempts=2))
     yield client
     await client.aclose()
 

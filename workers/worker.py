@@ -580,7 +580,7 @@ class Worker:
             free_slots=max(0, self.free),
             load=self.inflight / max(1, self.concurrency),
             memory_free_mb=free_memory_mb(),
-            gpu_memory_free_mb=free_gpu_memory_mb(),
+            gpu_memory_free_mb=free_gpu_memory_mb() if self.options.capabilities.gpus else (),
             warm_models=(),
         )
 
