@@ -122,3 +122,30 @@ def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "eventcore stopped" in out
     assert (tmp_path / ".eventcore" / "appendonlydir").is_dir()
+
+
+@pytest.mark.slow
+def test_worker_and_submit_wait(redis_url: str, tmp_path: Path) -> None:
+    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": "cli" + os.urandom(4).hex()}
+    worker = start("worker", "--cpu", "--concurrency", "2", env=env, cwd=tmp_path)
+    try:
+        ok = run("submit", "sleep", "-p", "seconds=0.3", "-p", "steps=3", "--wait", env=env)
+        assert ok.returncode == 0, ok.stderr
+        lines = ok.stdout.splitlines()
+        assert "submitted" in lines[1] and "progress 100%" in ok.stdout
+        assert lines[-1].endswith('succeeded: {"slept": 0.3}')
+        bad = run("submit", "fail", "-p", "retryable=false", "--wait", env=env)
+        assert bad.returncode == 1 and "failed TaskError: asked to fail" in bad.stdout
+        unknown = run("submit", "noop", "--queue", "nowhere", env=env)
+        assert unknown.returncode == 1 and "nowhere" in unknown.stderr
+        assert "Traceback" not in unknown.stderr
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=20)
+    assert worker.returncode == 0, err
+
+
+def test_worker_refuses_queues_it_cannot_serve(redis_url: str) -> None:
+    res = run("worker", "--cpu", "--queues", "gpu-high", env={"REDIS_URL": redis_url})
+    assert res.returncode == 1 and "gpu-high" in res.stderr and "GPU" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from eventcore.config import DEFAULT_QUEUES, QueueConfig
 from eventcore.errors import EventcoreError
-from workers.routing import RoutingError, accepts, route
+from eventcore.routing import RoutingError, accepts, route
 
 INPAINT = QueueConfig(name="inpaint", kinds=("inpaint",), models=("lama", "mat"))
 UPSCALE = QueueConfig(name="upscale", kinds=("upscale",))
@@ -144,3 +144,22 @@ def test_explicit_queue_is_taken_or_refused_never_replaced(
     else:
         with pytest.raises(RoutingError):
             route(kind, None, name, queues, backlog)
+
+
+async def test_backlog_counts_waiting_and_running_entries(r, namespace) -> None:
+    from eventcore import groups
+    from eventcore.events import TaskSpec
+    from eventcore.keys import Keys
+    from eventcore.log import EventLog, Submission
+    from eventcore.routing import backlog
+
+    log = EventLog(r, Keys(namespace, partitions=2))
+    await log.submit_many(
+        [Submission(spec=TaskSpec(kind="k", queue="a", priority=p)) for p in ("high", "low")] * 3
+    )
+    await log.submit(TaskSpec(kind="k", queue="b"))
+    taken = await log.submit(TaskSpec(kind="k", queue="b"))
+    stream = log.keys.work(log.keys.partition(taken.task_id), "b", "normal")
+    await groups.ensure_group(r, stream, "workers")
+    await groups.read_group(r, "workers", "c", [stream], count=5)  # running still counts
+    assert await backlog(log, ["a", "b", "c"]) == {"a": 6, "b": 2, "c": 0}

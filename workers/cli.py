@@ -15,7 +15,6 @@ from eventcore.config import Settings
 from eventcore.connection import connect
 from eventcore.errors import EventcoreError
 from eventcore.events import (
-    PRIORITIES_HIGH_FIRST,
     TERMINAL_EVENT_TYPES,
     GpuInfo,
     Priority,
@@ -25,9 +24,9 @@ from eventcore.events import (
 )
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.routing import backlog, route
 from workers.capabilities import detect, eligible_queues, unmet
 from workers.handlers import Registry
-from workers.routing import route
 from workers.worker import Worker, WorkerOptions, default_node_id
 
 __all__ = ["add_commands"]
@@ -173,25 +172,6 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     params = parse_params(args.param)
     with redis_for(settings) as target:
         return asyncio.run(_submit(target.url, settings, args, params))
-
-
-async def backlog(elog: EventLog, queues: list[str]) -> dict[str, int]:
-    """Entries waiting or running per queue (work streams keep only unacked entries)."""
-    k = elog.keys
-    names = [
-        (q, k.work(p, q, prio))
-        for q in queues
-        for p in k.all_partitions()
-        for prio in PRIORITIES_HIGH_FIRST
-    ]
-    async with elog.redis.pipeline(transaction=False) as pipe:
-        for _, stream in names:
-            pipe.xlen(stream)
-        lengths = await pipe.execute()
-    out: dict[str, int] = dict.fromkeys(queues, 0)
-    for (q, _), n in zip(names, lengths):
-        out[q] += n
-    return out
 
 
 async def _submit(

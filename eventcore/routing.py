@@ -28,11 +28,16 @@ the task's priority.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from eventcore.config import QueueConfig
 from eventcore.errors import EventcoreError
+from eventcore.events import PRIORITIES_HIGH_FIRST
 
-__all__ = ["RoutingError", "accepts", "route"]
+if TYPE_CHECKING:
+    from eventcore.log import EventLog
+
+__all__ = ["RoutingError", "accepts", "backlog", "route"]
 
 
 class RoutingError(EventcoreError):
@@ -102,3 +107,23 @@ def _describe(queues: Sequence[QueueConfig]) -> str:
         f"{q.name} (kinds: {', '.join(q.kinds) or 'any'}; models: {', '.join(q.models) or 'any'})"
         for q in queues
     )
+
+
+async def backlog(elog: EventLog, queues: Sequence[str]) -> dict[str, int]:
+    """Entries waiting or running per queue, in one round trip: work streams
+    keep only entries not yet acked, so their lengths add up to exactly that."""
+    k = elog.keys
+    names = [
+        (q, k.work(p, q, prio))
+        for q in queues
+        for p in k.all_partitions()
+        for prio in PRIORITIES_HIGH_FIRST
+    ]
+    async with elog.redis.pipeline(transaction=False) as pipe:
+        for _, stream in names:
+            pipe.xlen(stream)
+        lengths = await pipe.execute()
+    out: dict[str, int] = dict.fromkeys(queues, 0)
+    for (q, _), n in zip(names, lengths):
+        out[q] += n
+    return out
