@@ -39,7 +39,6 @@ from eventcore.events import (
     Capabilities,
     ErrorInfo,
     Event,
-    NodeHeartbeat,
     NodeStarted,
     NodeStopped,
     TaskCancelled,
@@ -53,8 +52,7 @@ from eventcore.events import (
 )
 from eventcore.groups import WorkEntry
 from eventcore.log import EventLog, Settlement
-from eventcore.nodes import append_node_event, last_seen, mark_lost
-from workers.capabilities import free_gpu_memory_mb, free_memory_mb
+from eventcore.nodes import append_node_event
 from workers.context import TaskContext
 from workers.executor import ChildSlot, ProcessPool
 from workers.faults import crash_point
@@ -161,15 +159,17 @@ class Worker:
                 version="0.1.0",
             ),
         )
-        from workers.commands import control_loop  # here: commands imports this module
+        # Imported here: both modules import this one for its types.
+        from workers import upkeep
+        from workers.commands import control_loop
 
         loops = [
             self._claim_loop,
             self._settle_loop,
-            self._lease_loop,
-            self._reclaim_loop,
-            self._release_loop,
-            self._heartbeat_loop,
+            lambda: upkeep.lease_loop(self),
+            lambda: upkeep.reclaim_loop(self),
+            lambda: upkeep.release_loop(self),
+            lambda: upkeep.heartbeat_loop(self),
             lambda: control_loop(self),
         ]
         self._loops = [asyncio.create_task(self._guard(loop)) for loop in loops]
@@ -501,102 +501,3 @@ class Worker:
             self.processed += len(batch)
             self.inflight -= len(batch)
             self._room.set()
-
-    # -- leases, reclaim, release ------------------------------------------------------
-
-    def _lease_ms(self) -> int:
-        return min(q.lease_ms for q in self.options.queues)
-
-    async def _lease_loop(self) -> None:
-        last_renew = 0.0
-        while not self.closing:
-            await asyncio.sleep(self.options.cancel_poll)
-            if not self.running:
-                continue
-            runs = list(self.running.values())
-            if time.monotonic() - last_renew >= self._lease_ms() / 3000:
-                last_renew = time.monotonic()
-                by_stream: dict[str, list[Running]] = {}
-                for run in runs:
-                    by_stream.setdefault(run.entry.stream, []).append(run)
-                for stream, rs in by_stream.items():
-                    held = set(
-                        await groups.renew(
-                            self.log.redis,
-                            self.log.scripts,
-                            stream,
-                            self.log.group,
-                            self.node,
-                            [r.entry.id for r in rs],
-                        )
-                    )
-                    for r in rs:
-                        if r.entry.id not in held and not r.lease_lost:
-                            r.lease_lost = True
-                            log.warning(
-                                "lost the lease of task %s; its result will be stale",
-                                r.entry.task_id,
-                            )
-            wanted = await self.log.cancel_requested(r.entry.task_id for r in runs)
-            for task_id in wanted:
-                self.cancel_running(task_id)
-
-    async def _reclaim_loop(self) -> None:
-        while not self.closing:
-            await asyncio.sleep(self.settings.worker.reclaim_interval)
-            if self.paused or self.draining:
-                continue
-            for streams in self.streams.values():
-                for stream in streams:
-                    if self.free <= 0:
-                        break
-                    res = await groups.autoclaim(
-                        self.log.redis,
-                        stream,
-                        self.log.group,
-                        self.node,
-                        self.stream_queue[stream].lease_ms,
-                        start=self._reclaim_cursor.get(stream, "0-0"),
-                        count=self.free,
-                    )
-                    self._reclaim_cursor[stream] = res.next_start
-                    if res.entries:
-                        flags = await self.log.cancel_requested(e.task_id for e in res.entries)
-                        for entry in res.entries:
-                            entry.cancel_requested = entry.task_id in flags
-                            self._dispatch(entry)
-
-    async def _release_loop(self) -> None:
-        while not self.closing:
-            await self.log.release_due()
-            await asyncio.sleep(self.settings.worker.release_interval)
-
-    # -- heartbeat ------------------------------------------------------------------------
-
-    def heartbeat(self) -> NodeHeartbeat:
-        return NodeHeartbeat(
-            node=self.node,
-            running=tuple(self.running),
-            free_slots=max(0, self.free),
-            load=self.inflight / max(1, self.concurrency),
-            memory_free_mb=free_memory_mb(),
-            gpu_memory_free_mb=free_gpu_memory_mb() if self.options.capabilities.gpus else (),
-            warm_models=(),
-        )
-
-    async def _heartbeat_loop(self) -> None:
-        ws = self.settings.worker
-        while not self.closing:
-            await append_node_event(self.log, self.heartbeat())
-            now = time.time()
-            for node, seen in (await last_seen(self.log)).items():
-                if node != self.node and now - seen > ws.heartbeat_timeout:
-                    if await mark_lost(
-                        self.log,
-                        node,
-                        silent_for=ws.heartbeat_timeout,
-                        noticed_by=self.node,
-                        now=now,
-                    ):
-                        log.warning("node %s is lost (silent for %.0fs)", node, now - seen)
-            await asyncio.sleep(ws.heartbeat_interval)
