@@ -37,6 +37,7 @@ from eventcore.keys import check_name
 
 __all__ = [
     "DEFAULT_QUEUES",
+    "BlobSettings",
     "ModelSettings",
     "QueueConfig",
     "RedisSettings",
@@ -144,6 +145,13 @@ class ModelSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     files: dict[str, str] = {}
 
 
+class BlobSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Blobs (uploaded images, results): kept ``ttl`` seconds, at most ``max_bytes`` each."""
+
+    ttl: Positive = 86_400.0
+    max_bytes: Annotated[int, Meta(ge=1)] = 64 * 1024 * 1024
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything configurable, for every role (web, projector, worker, CLI).
 
@@ -162,6 +170,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     worker: WorkerSettings = WorkerSettings()
     web: WebSettings = WebSettings()
     models: ModelSettings = ModelSettings()
+    blobs: BlobSettings = BlobSettings()
 
 
 def load_settings(
