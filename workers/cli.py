@@ -27,6 +27,7 @@ from eventcore.log import EventLog
 from eventcore.routing import backlog, route
 from workers.capabilities import detect, eligible_queues, unmet
 from workers.handlers import Registry
+from workers.resources import ResourceConfig
 from workers.worker import Worker, WorkerOptions, default_node_id
 
 __all__ = ["add_commands"]
@@ -103,14 +104,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         why = "; ".join(f"{q.name}: {', '.join(unmet(caps, q))}" for q in candidates)
         raise EventcoreError(f"this node can serve none of the queues ({why})")
     concurrency = args.concurrency or ws.concurrency or caps.cpu_cores
-    options = WorkerOptions(
-        node=args.node or default_node_id(),
-        queues=tuple(queues),
-        concurrency=concurrency,
-        capabilities=caps,
-        handler_specs=tuple([*ws.handlers, *args.handlers]),
-    )
     with redis_for(settings) as target:
+        options = WorkerOptions(
+            node=args.node or default_node_id(),
+            queues=tuple(queues),
+            concurrency=concurrency,
+            capabilities=caps,
+            handler_specs=tuple([*ws.handlers, *args.handlers]),
+            resources=ResourceConfig.from_settings(settings, target.url),
+        )
         asyncio.run(_run_worker(target.url, settings, options, registry))
     return 0
 

@@ -32,6 +32,7 @@ class TaskContext:
         "kind",
         "model",
         "params",
+        "resources",
         "task_id",
     )
 
@@ -46,6 +47,7 @@ class TaskContext:
         progress_sink: Callable[[float, str], None] | None = None,
         cancel_flag: Callable[[], bool] = _never,
         soft_flag: Callable[[], bool] = _never,
+        resources: Any = None,
     ) -> None:
         self.task_id = task_id
         self.kind = kind
@@ -55,6 +57,17 @@ class TaskContext:
         self._progress_sink = progress_sink
         self._cancel_flag = cancel_flag
         self._soft_flag = soft_flag
+        self.resources = resources
+
+    @property
+    def blobs(self) -> Any:
+        """The blob store (``get(ref) -> bytes``, ``put(data) -> BlobRef``)."""
+        return self.resources.blobs
+
+    @property
+    def models(self) -> Any:
+        """The model store (``get(name)`` -> a warm TorchScript model)."""
+        return self.resources.models
 
     def progress(self, fraction: float, message: str = "") -> None:
         """Report progress (0..1) with an optional step name. Cheap to call

@@ -23,6 +23,7 @@ from eventcore.events import ErrorInfo
 from workers.context import TaskContext
 from workers.handlers import Registry
 from workers.outcomes import Ending, Outcome, error_info, outcome_of_exception
+from workers.resources import ResourceConfig, Resources
 
 __all__ = ["ChildSlot", "ProcessPool"]
 
@@ -36,9 +37,11 @@ def child_main(
     cancel: Any,
     soft: Any,
     specs: Sequence[str],
+    resources: dict[str, Any],
 ) -> None:
     """The child's loop: run tasks one by one until told to stop."""
     registry = Registry(specs)
+    res = Resources(msgspec.convert(resources, ResourceConfig))
     while True:
         try:
             msg = _decode(conn.recv_bytes())
@@ -60,28 +63,37 @@ def child_main(
             progress_sink=lambda f, m: conn.send_bytes(_encode(["progress", f, m])),
             cancel_flag=cancel.is_set,
             soft_flag=soft.is_set,
+            resources=res,
         )
         t0 = time.perf_counter()
         try:
             if h is None:
                 raise LookupError(f"no handler for kind {kind!r} in the child process")
             result = h.fn(ctx)
-            reply = ["ok", result, time.perf_counter() - t0]
+            reply = ["ok", result, time.perf_counter() - t0, res.warm_models()]
         except BaseException as exc:  # the task boundary: every error becomes an outcome
             o = outcome_of_exception(exc, time.perf_counter() - t0)
-            reply = [o.ending.value, msgspec.to_builtins(o.error), o.retry_delay, o.duration]
+            reply = [
+                o.ending.value,
+                msgspec.to_builtins(o.error),
+                o.retry_delay,
+                o.duration,
+                res.warm_models(),
+            ]
         try:
             conn.send_bytes(_encode(reply))
         except TypeError as exc:  # a result msgpack cannot carry
             info = error_info(TypeError(f"result of {kind!r} is not serialisable: {exc}"))
-            conn.send_bytes(_encode(["error", msgspec.to_builtins(info), None, 0.0]))
+            conn.send_bytes(_encode(["error", msgspec.to_builtins(info), None, 0.0, []]))
 
 
 class ChildSlot:
     """One child process and the flags it shares with the worker."""
 
-    def __init__(self, specs: Sequence[str]) -> None:
+    def __init__(self, specs: Sequence[str], resources: ResourceConfig) -> None:
         self.specs = tuple(specs)
+        self.resources = resources
+        self.warm: tuple[str, ...] = ()  # models the child holds loaded, as of its last task
         self.cancel = _mp.Event()
         self.soft = _mp.Event()
         self._proc: Any = None
@@ -94,7 +106,15 @@ class ChildSlot:
                 self._conn.close()
             parent, child = _mp.Pipe()
             self._proc = _mp.Process(
-                target=child_main, args=(child, self.cancel, self.soft, self.specs), daemon=True
+                target=child_main,
+                args=(
+                    child,
+                    self.cancel,
+                    self.soft,
+                    self.specs,
+                    msgspec.to_builtins(self.resources),
+                ),
+                daemon=True,
             )
             self._proc.start()
             child.close()
@@ -131,10 +151,12 @@ class ChildSlot:
                         on_progress(msg[1], msg[2])
                         continue
                     if not done.done():
+                        self.warm = tuple(msg[-1])
                         done.set_result(_outcome(msg))
                     return
             except (EOFError, OSError):
                 if not done.done():
+                    self.warm = ()
                     ending = Ending.TIMEOUT if self.killed else Ending.DIED
                     done.set_result(Outcome(ending=ending, error=_died(self._proc)))
 
@@ -175,6 +197,7 @@ class ChildSlot:
 def _outcome(msg: list[Any]) -> Outcome:
     if msg[0] == "ok":
         return Outcome(ending=Ending.OK, result=msg[1], duration=msg[2])
+    # [ending, error, retry_delay, duration, warm models]
     error = msgspec.convert(msg[1], ErrorInfo) if msg[1] is not None else None
     return Outcome(ending=Ending(msg[0]), error=error, retry_delay=msg[2], duration=msg[3])
 
@@ -191,14 +214,15 @@ def _died(proc: Any) -> ErrorInfo:
 class ProcessPool:
     """Child slots, at most ``size`` busy at once; grown or shrunk on demand."""
 
-    def __init__(self, size: int, specs: Sequence[str]) -> None:
+    def __init__(self, size: int, specs: Sequence[str], resources: ResourceConfig) -> None:
         self.specs = tuple(specs)
+        self.resources = resources
         self.size = size
         self._idle: list[ChildSlot] = []
         self._busy: set[ChildSlot] = set()
 
     def acquire(self) -> ChildSlot:
-        slot = self._idle.pop() if self._idle else ChildSlot(self.specs)
+        slot = self._idle.pop() if self._idle else ChildSlot(self.specs, self.resources)
         self._busy.add(slot)
         return slot
 
@@ -208,6 +232,9 @@ class ProcessPool:
             slot.close()  # shrunk by set_concurrency
         else:
             self._idle.append(slot)
+
+    def warm_models(self) -> tuple[str, ...]:
+        return tuple(sorted({m for s in [*self._idle, *self._busy] for m in s.warm}))
 
     def reload(self) -> None:
         for slot in self._idle:

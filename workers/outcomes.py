@@ -84,11 +84,13 @@ def closing_event(
     """The event that ends this attempt's work entry."""
     match outcome.ending:
         case Ending.OK:
+            blob = outcome.result.get("blob") if isinstance(outcome.result, dict) else None
             return TaskSucceeded(
                 task_id=task_id,
                 node=node,
                 attempt=attempt,
                 result=outcome.result,
+                result_ref=blob if isinstance(blob, str) else None,
                 duration=outcome.duration,
             )
         case Ending.CANCELLED:

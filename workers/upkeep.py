@@ -107,7 +107,7 @@ def heartbeat(worker: Worker) -> NodeHeartbeat:
         load=worker.inflight / max(1, worker.concurrency),
         memory_free_mb=free_memory_mb(),
         gpu_memory_free_mb=free_gpu_memory_mb() if worker.options.capabilities.gpus else (),
-        warm_models=(),
+        warm_models=worker.pool.warm_models(),
     )
 
 

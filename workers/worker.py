@@ -58,6 +58,7 @@ from workers.executor import ChildSlot, ProcessPool
 from workers.faults import crash_point
 from workers.handlers import Handler, Registry
 from workers.outcomes import Ending, Outcome, closing_event, outcome_of_exception
+from workers.resources import ResourceConfig, Resources
 
 __all__ = ["Worker", "WorkerOptions"]
 
@@ -72,6 +73,7 @@ class WorkerOptions(msgspec.Struct, kw_only=True):
     concurrency: int
     capabilities: Capabilities
     handler_specs: tuple[str, ...] = ()
+    resources: ResourceConfig = ResourceConfig()
     block_ms: int = 1000
     progress_interval: float = 0.2
     cancel_poll: float = 0.25
@@ -111,7 +113,8 @@ class Worker:
         self.node = options.node
         self.registry = registry
         self.concurrency = options.concurrency
-        self.pool = ProcessPool(options.concurrency, options.handler_specs)
+        self.pool = ProcessPool(options.concurrency, options.handler_specs, options.resources)
+        self.resources = Resources(options.resources)  # for inline handlers
         self.queues = {q.name: q for q in settings.queues}
         self.paused = False
         self.draining = False
@@ -344,6 +347,7 @@ class Worker:
             progress_sink=lambda f, m: progress.append(
                 TaskProgress(task_id=t, attempt=entry.attempt, progress=f, message=m)
             ),
+            resources=self.resources,
         )
         started = TaskStarted(task_id=t, node=self.node, attempt=entry.attempt, pid=os.getpid())
         t0 = time.perf_counter()
