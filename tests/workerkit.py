@@ -83,7 +83,12 @@ async def event_types(elog: EventLog, task_id: str) -> list[str]:
 
 
 def spawn_worker(
-    redis_url: str, namespace: str, node: str, extra: Sequence[str] = (), env: dict | None = None
+    redis_url: str,
+    namespace: str,
+    node: str,
+    extra: Sequence[str] = (),
+    env: dict | None = None,
+    partitions: int = 1,
 ) -> subprocess.Popen[bytes]:
     """A real worker process on queue q with short leases."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
@@ -91,6 +96,7 @@ def spawn_worker(
         {
             "REDIS_URL": redis_url,
             "EVENTCORE_NAMESPACE": namespace,
+            "EVENTCORE_PARTITIONS": str(partitions),
             "EVENTCORE_QUEUES": (
                 f'[{{"name": "q", "lease_ms": {LEASE_MS}, "max_deliveries": 3, '
                 '"retry": {"max_retries": 0}}]'
