@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from eventcore.cli import client_options, redis_for
@@ -78,6 +79,12 @@ def add_commands(sub: Any) -> dict[str, Any]:
 # -- worker --------------------------------------------------------------------------
 
 
+def installed_models(settings: Settings) -> list[str]:
+    """Configured models whose files are present under the model root."""
+    root = Path(settings.models.root)
+    return [name for name, rel in settings.models.files.items() if (root / rel).is_file()]
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     ws = settings.worker
     registry = Registry([*ws.handlers, *args.handlers])
@@ -89,7 +96,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     caps = detect(
         gpu=args.gpu or ws.gpu,
         handlers=registry.names(),
-        models=registry.models(),
+        models=[*registry.models(), *installed_models(settings)],
         declared_gpus=declared,
     )
     wanted = args.queues.split(",") if args.queues else list(ws.queues)

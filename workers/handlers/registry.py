@@ -21,7 +21,7 @@ from eventcore.errors import EventcoreError
 __all__ = ["ENTRY_POINT_GROUP", "Handler", "HandlerLoadError", "Registry", "handler"]
 
 ENTRY_POINT_GROUP = "eventcore.handlers"
-BUILTIN_MODULES = ("workers.handlers.diagnostic",)
+BUILTIN_MODULES = ("workers.handlers.diagnostic", "workers.handlers.image_tasks")
 
 
 class HandlerLoadError(EventcoreError):
