@@ -12,6 +12,7 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:{p0}:dlq                  dead-lettered work entries (stream)
     ec:nodes                     node event stream
     ec:nodes:seen                node -> time of its last sign of life, ms (hash)
+    ec:nodes:info                node -> its NodeStarted event, while it lives (hash)
     ec:ctl:node:<node>           control commands for one node (stream)
     ec:ctl:all                   broadcast control commands (stream)
     ec:ctl:acks                  control acknowledgements (stream)
@@ -113,6 +114,9 @@ class Keys:
 
     def nodes_seen(self) -> str:
         return f"{self.namespace}:nodes:seen"
+
+    def nodes_info(self) -> str:
+        return f"{self.namespace}:nodes:info"
 
     def control(self, node: str) -> str:
         return f"{self.namespace}:ctl:node:{node}"

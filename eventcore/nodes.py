@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import time
 
-from eventcore.codec import encode
-from eventcore.events import Event, NodeLost, NodeStopped
+from eventcore.codec import NODE, encode
+from eventcore.events import Event, NodeLost, NodeStarted, NodeStopped
 from eventcore.log import EventLog
 
-__all__ = ["append_node_event", "last_seen", "mark_lost"]
+__all__ = ["append_node_event", "last_seen", "live_nodes", "mark_lost"]
 
 
 async def append_node_event(log: EventLog, event: Event, *, now: float | None = None) -> str:
@@ -24,8 +24,11 @@ async def append_node_event(log: EventLog, event: Event, *, now: float | None = 
     node = event.node  # type: ignore[attr-defined]
     mode = "gone" if isinstance(event, NodeStopped) else "seen"
     now_ms = int((time.time() if now is None else now) * 1000)
+    data = encode(event)
+    started = data if isinstance(event, NodeStarted) else b""
     eid = await log.scripts.node_event(
-        keys=[log.keys.nodes(), log.keys.nodes_seen()], args=[node, encode(event), mode, now_ms]
+        keys=[log.keys.nodes(), log.keys.nodes_seen(), log.keys.nodes_info()],
+        args=[node, data, mode, now_ms, started],
     )
     return eid.decode() if isinstance(eid, bytes) else eid
 
@@ -48,6 +51,28 @@ async def mark_lost(
     event = NodeLost(node=node, last_seen=seen, noticed_by=noticed_by)
     deadline_ms = int((now - silent_for) * 1000)
     eid = await log.scripts.mark_lost(
-        keys=[log.keys.nodes(), log.keys.nodes_seen()], args=[node, deadline_ms, encode(event)]
+        keys=[log.keys.nodes(), log.keys.nodes_seen(), log.keys.nodes_info()],
+        args=[node, deadline_ms, encode(event)],
     )
     return eid is not None
+
+
+async def live_nodes(
+    log: EventLog, *, silent_for: float, now: float | None = None
+) -> dict[str, NodeStarted]:
+    """The ``NodeStarted`` of every node heard from in the last ``silent_for``
+    seconds (one round trip)."""
+    now = time.time() if now is None else now
+    async with log.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(log.keys.nodes_seen())
+        pipe.hgetall(log.keys.nodes_info())
+        seen, info = await pipe.execute()
+    out: dict[str, NodeStarted] = {}
+    for raw_node, raw_ms in seen.items():
+        data = info.get(raw_node)
+        if data is None or now - int(raw_ms) / 1000 > silent_for:
+            continue
+        event = NODE.decode(data, stream=log.keys.nodes_info(), entry_id=raw_node.decode())
+        if isinstance(event, NodeStarted):
+            out[raw_node.decode()] = event
+    return out

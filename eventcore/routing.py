@@ -27,7 +27,7 @@ the task's priority.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from eventcore.config import QueueConfig
@@ -57,15 +57,23 @@ def route(
     queue: str | None,
     queues: Sequence[QueueConfig],
     backlog: Mapping[str, int],
+    served: Collection[str] | None = None,
 ) -> str:
     """The name of the queue a task of ``kind`` (using ``model``) goes to.
 
     ``queue`` is the submitter's explicit choice, if any. ``backlog`` maps queue
     names to the number of tasks waiting; a queue missing from it counts as
-    empty. Raises :class:`RoutingError` when the task cannot be placed.
+    empty. ``served`` names the queues live workers read: when one of them
+    accepts the task, only those are considered, so a task does not wait in
+    a queue nobody reads while another would run it now. Raises
+    :class:`RoutingError` when the task cannot be placed.
     """
     if queue is not None:
         return _explicit(kind, queue, queues)
+    if served:
+        live = [q for q in queues if q.name in served and accepts(q, kind, model)]
+        if live:
+            queues = live
     best: QueueConfig | None = None
     for q in queues:
         # Strictly less: on a tie the queue declared first stays.

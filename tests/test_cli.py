@@ -149,3 +149,48 @@ def test_worker_refuses_queues_it_cannot_serve(redis_url: str) -> None:
     res = run("worker", "--cpu", "--queues", "gpu-high", env={"REDIS_URL": redis_url})
     assert res.returncode == 1 and "gpu-high" in res.stderr and "GPU" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_inpaint_from_files_writes_the_png(redis_url: str, tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    img = np.zeros((60, 80, 3), np.uint8)
+    img[:, :40] = (200, 30, 30)
+    cv2.putText(img, "ec", (30, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255), 2)
+    mask = np.zeros((60, 80), np.uint8)
+    mask[20:40, 30:50] = 255
+    cv2.imwrite(str(tmp_path / "in.png"), img)
+    cv2.imwrite(str(tmp_path / "mask.png"), mask)
+    env = {
+        "REDIS_URL": redis_url,
+        "EVENTCORE_NAMESPACE": "cli" + os.urandom(4).hex(),
+        # a CPU box with image handlers serves the cpu queues
+        "EVENTCORE_QUEUES": '[{"name": "cpu-light"}]',
+    }
+    worker = start("worker", "--cpu", "--concurrency", "1", env=env, cwd=tmp_path)
+    try:
+        res = run(
+            "submit",
+            "inpaint",
+            "-f",
+            f"image={tmp_path / 'in.png'}",
+            "-f",
+            f"mask={tmp_path / 'mask.png'}",
+            "-p",
+            "hd_strategy=Original",
+            "--wait",
+            "-o",
+            str(tmp_path / "out.png"),
+            env=env,
+            timeout=60,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        missing = run("submit", "inpaint", "-f", f"image={tmp_path / 'nope.png'}", env=env)
+        assert missing.returncode == 1 and "cannot read" in missing.stderr
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=20)
+    out = cv2.imread(str(tmp_path / "out.png"))
+    assert np.array_equal(out, cv2.inpaint(img, mask, 4, cv2.INPAINT_NS))

@@ -68,3 +68,22 @@ async def test_claim_new_takes_in_order_and_flags_cancels(log: EventLog) -> None
     assert [e.task_id for e in rest.entries] == [low[1].task_id, low[2].task_id]
     none = await groups.claim_new(log.scripts, keys.cancels(0), streams, "g", "c2", 10)
     assert none.entries == []
+
+
+async def test_live_nodes_know_their_queues(log: EventLog) -> None:
+    from eventcore.nodes import live_nodes
+
+    await append_node_event(
+        log, NodeStarted(node="a", capabilities=CAPS, queues=("q1",)), now=100.0
+    )
+    await append_node_event(
+        log, NodeStarted(node="b", capabilities=CAPS, queues=("q2",)), now=100.0
+    )
+    await append_node_event(log, NodeHeartbeat(node="a"), now=118.0)
+    alive = await live_nodes(log, silent_for=10, now=120.0)
+    assert {n: s.queues for n, s in alive.items()} == {"a": ("q1",)}
+    await append_node_event(log, NodeStopped(node="a"), now=121.0)
+    assert await live_nodes(log, silent_for=10, now=121.0) == {}
+    assert await log.redis.hlen(log.keys.nodes_info()) == 1  # b: lost later, not stopped
+    assert await mark_lost(log, "b", silent_for=10, noticed_by="x", now=130.0)
+    assert await log.redis.hlen(log.keys.nodes_info()) == 0

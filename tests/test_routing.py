@@ -163,3 +163,12 @@ async def test_backlog_counts_waiting_and_running_entries(r, namespace) -> None:
     await groups.ensure_group(r, stream, "workers")
     await groups.read_group(r, "workers", "c", [stream], count=5)  # running still counts
     assert await backlog(log, ["a", "b", "c"]) == {"a": 6, "b": 2, "c": 0}
+
+
+def test_queues_live_workers_read_come_first() -> None:
+    backlog = {"gpu-high": 0, "gpu-low": 0, "cpu-heavy": 0, "cpu-light": 40}
+    assert route("inpaint", None, None, DEFAULT_QUEUES, backlog) == "gpu-high"
+    served = {"cpu-light"}
+    assert route("inpaint", None, None, DEFAULT_QUEUES, backlog, served=served) == "cpu-light"
+    # a served queue that does not take the kind changes nothing
+    assert route("inpaint", None, None, QUEUES, {}, served={"upscale"}) == "inpaint"

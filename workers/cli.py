@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eventcore.blobs import RedisBlobStore
 from eventcore.cli import client_options, redis_for
 from eventcore.config import Settings
 from eventcore.connection import connect
@@ -25,6 +26,7 @@ from eventcore.events import (
 )
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.nodes import live_nodes
 from eventcore.routing import backlog, route
 from workers.capabilities import detect, eligible_queues, unmet
 from workers.handlers import Registry
@@ -66,6 +68,20 @@ def add_commands(sub: Any) -> dict[str, Any]:
         default=[],
         metavar="KEY=VALUE",
         help="a parameter; VALUE is JSON if it parses, else text (repeatable)",
+    )
+    s.add_argument(
+        "--file",
+        "-f",
+        action="append",
+        default=[],
+        metavar="KEY=PATH",
+        help="upload a file as a blob; the param KEY gets its reference (repeatable)",
+    )
+    s.add_argument(
+        "--out",
+        "-o",
+        metavar="PATH",
+        help="with --wait: write the result blob (e.g. the PNG) to PATH",
     )
     s.add_argument("--queue", help="queue (default: routed by kind and model)")
     s.add_argument("--model")
@@ -195,9 +211,28 @@ async def _submit(
             idempotency_ttl=settings.idempotency_ttl,
         )
         names = [q.name for q in settings.queues]
+        alive = await live_nodes(elog, silent_for=settings.worker.heartbeat_timeout)
+        served = {q for n in alive.values() for q in n.queues}
         queue = route(
-            args.kind, args.model, args.queue, settings.queues, await backlog(elog, names)
+            args.kind,
+            args.model,
+            args.queue,
+            settings.queues,
+            await backlog(elog, names),
+            served=served,
         )
+        blobs = RedisBlobStore(
+            elog.redis, elog.keys, ttl=settings.blobs.ttl, max_bytes=settings.blobs.max_bytes
+        )
+        for pair in args.file:
+            key, sep, path = pair.partition("=")
+            if not sep or not key:
+                raise EventcoreError(f"--file {pair!r}: expected KEY=PATH")
+            try:
+                data = Path(path).read_bytes()
+            except OSError as exc:
+                raise EventcoreError(f"--file {key}: cannot read {path}: {exc.strerror}") from None
+            params[key] = (await blobs.put(data)).ref
         spec = TaskSpec(
             kind=args.kind,
             queue=queue,
@@ -212,7 +247,13 @@ async def _submit(
         )
         if not args.wait:
             return 0
-        return await follow(elog, res.task_id, args.timeout)
+        code = await follow(elog, res.task_id, args.timeout)
+        if code == 0 and args.out:
+            done = (await elog.history(res.task_id))[-1].event
+            if done.result_ref:
+                Path(args.out).write_bytes(await blobs.get(done.result_ref))
+                print(f"result written to {args.out}", flush=True)
+        return code
     finally:
         await redis.aclose()
 

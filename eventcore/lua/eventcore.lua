@@ -288,16 +288,19 @@ return {entries, last}
 --- script: node_event
 -- Appends a node event and keeps the node's last sign of life:
 -- mode "seen" records now_ms, "gone" forgets the node (it stopped).
--- KEYS: nodes stream, nodes_seen hash
--- ARGV: node, event, mode (seen|gone), now_ms
+-- A non-empty `started` (the encoded NodeStarted) is kept as the node's info.
+-- KEYS: nodes stream, nodes_seen hash, nodes_info hash
+-- ARGV: node, event, mode (seen|gone), now_ms, started
 if ARGV[1] == nil or ARGV[1] == '' or ARGV[2] == nil or ARGV[2] == '' or (ARGV[3] ~= 'seen' and ARGV[3] ~= 'gone') or not tonumber(ARGV[4]) then
   return redis.error_reply('ERR eventcore node_event: node, event, mode and now_ms are needed')
 end
 local eid = redis.call('XADD', KEYS[1], '*', 'node', ARGV[1], 'e', ARGV[2])
 if ARGV[3] == 'seen' then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[4])
+  if ARGV[5] ~= nil and ARGV[5] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[5]) end
 else
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
 end
 return eid
 
@@ -305,7 +308,7 @@ return eid
 -- Declares a node lost, once: only if its last sign of life is still at or
 -- before deadline_ms (so two watchers, or a node that just came back, never
 -- produce a second NodeLost).
--- KEYS: nodes stream, nodes_seen hash
+-- KEYS: nodes stream, nodes_seen hash, nodes_info hash
 -- ARGV: node, deadline_ms, event
 if ARGV[1] == nil or ARGV[1] == '' or not tonumber(ARGV[2]) or ARGV[3] == nil or ARGV[3] == '' then
   return redis.error_reply('ERR eventcore mark_lost: node, deadline_ms and event are needed')
@@ -313,4 +316,5 @@ end
 local seen = redis.call('HGET', KEYS[2], ARGV[1])
 if not seen or tonumber(seen) > tonumber(ARGV[2]) then return false end
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
 return redis.call('XADD', KEYS[1], '*', 'node', ARGV[1], 'e', ARGV[3])
