@@ -125,6 +125,12 @@ async def test_sigterm_drains_running_tasks(elog, redis_url, namespace) -> None:
         res = await elog.submit(spec("sleep", seconds=1.0))
         await _wait_started(elog, res.task_id)
         w.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while not any(
+            e.event.type_name() == "node.draining" for e in await elog.read(elog.keys.nodes())
+        ):
+            assert time.monotonic() < deadline, "no NodeDraining after SIGTERM"
+            await asyncio.sleep(0.01)
         later = await elog.submit(spec("noop"))
         assert w.wait(20) == 0
     finally:

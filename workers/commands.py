@@ -19,7 +19,6 @@ from eventcore.events import (
     ControlAcked,
     ControlIssued,
     ControlKind,
-    NodeDraining,
     NodePaused,
     NodeResumed,
 )
@@ -79,10 +78,7 @@ async def handle(worker: Worker, cmd: ControlIssued) -> tuple[bool, str]:
                 await append_node_event(worker.log, NodeResumed(node=worker.node, by=by))
                 return True, "resumed"
             case ControlKind.DRAIN | ControlKind.SHUTDOWN:
-                await append_node_event(
-                    worker.log, NodeDraining(node=worker.node, reason=f"{cmd.kind.value} by {by}")
-                )
-                worker.drain()
+                worker.drain(f"{cmd.kind.value} by {by}")
                 return True, f"draining {worker.inflight} tasks, then stopping"
             case ControlKind.SET_CONCURRENCY:
                 n = int(args["concurrency"])

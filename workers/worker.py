@@ -39,6 +39,7 @@ from eventcore.events import (
     Capabilities,
     ErrorInfo,
     Event,
+    NodeDraining,
     NodeStarted,
     NodeStopped,
     TaskCancelled,
@@ -118,6 +119,7 @@ class Worker:
         self.queues = {q.name: q for q in settings.queues}
         self.paused = False
         self.draining = False
+        self._draining_noted: asyncio.Future[Any] | None = None
         self.closing = False
         self.inflight = 0
         self.running: dict[str, Running] = {}
@@ -191,8 +193,12 @@ class Worker:
                 log.exception("worker loop failed; restarting it in 1s")
                 await asyncio.sleep(1)
 
-    def drain(self) -> None:
+    def drain(self, reason: str = "SIGTERM") -> None:
         """Stop claiming; finish what runs within the grace period, then stop."""
+        if not self.draining:
+            self._draining_noted = asyncio.ensure_future(
+                append_node_event(self.log, NodeDraining(node=self.node, reason=reason))
+            )
         self.draining = True
         self._stopped.set()
         self._room.set()
@@ -200,7 +206,7 @@ class Worker:
     def stop_now(self) -> None:
         """Stop at once: running tasks are killed and stay pending for reclaim."""
         self._immediate = True
-        self.drain()
+        self.drain("stopped at once")
 
     async def _finish(self) -> None:
         grace = 0.0 if self._immediate else self.settings.worker.shutdown_grace
@@ -222,6 +228,8 @@ class Worker:
         self.pool.close()
         reason = "stopped at once" if self._immediate else "drained"
         with contextlib.suppress(Exception):
+            if self._draining_noted is not None:
+                await self._draining_noted
             await append_node_event(self.log, NodeStopped(node=self.node, reason=reason))
 
     # -- claim -------------------------------------------------------------------
