@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -26,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import redis as sync_redis
+
+# Run as a script, this folder is on sys.path.
+from throughput import start_worker, wait_started
 
 from eventcore.blobs import RedisBlobStore, SyncRedisBlobStore
 from eventcore.connection import make_client
@@ -80,29 +80,9 @@ async def system(url: str, refs: tuple[str, str], n: int, concurrency: int, ns: 
     elog = EventLog(redis, keys)
     params = {"image": refs[0], "mask": refs[1], "hd_strategy": "Original"}
     spec = TaskSpec(kind="inpaint", queue="cpu-light", params=params)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
-    env.update(REDIS_URL=url, EVENTCORE_NAMESPACE=ns)
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "eventcore.cli",
-            "worker",
-            "--cpu",
-            "--queues",
-            "cpu-light",
-            "--concurrency",
-            str(concurrency),
-            "--node",
-            f"img-{ns}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    worker = start_worker(url, ns, concurrency)
     try:
-        while not await redis.hexists(keys.nodes_seen(), f"img-{ns}"):
-            await asyncio.sleep(0.01)
+        await wait_started(redis, keys, f"bench-{ns}")
         # warm the children (fork server, cv2 import) before timing
         warm = await elog.submit_many([Submission(spec=spec)] * concurrency)
         while await redis.hlen(keys.done(0)) < len(warm):
