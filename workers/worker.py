@@ -94,7 +94,8 @@ class Running:
     lease_lost: bool = False
     cancel_requested: bool = False
     cancel_killed: bool = False
-    last_progress: float = 0.0
+    last_progress: float = 0.0  # monotonic time of the last progress written
+    fraction: float = 0.0  # the highest progress reported
     pending: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -385,13 +386,14 @@ class Worker:
         timers: list[asyncio.TimerHandle] = []
         try:
             slot._ensure()
-            await self.log.append_many(
-                [
-                    claimed,
-                    TaskStarted(task_id=t, node=self.node, attempt=entry.attempt, pid=slot.pid),
-                ]
+            # Written while the child already starts: the child's first
+            # progress waits for it (see _write), so the log keeps its order.
+            self._write(
+                run,
+                claimed,
+                TaskStarted(task_id=t, node=self.node, attempt=entry.attempt, pid=slot.pid),
             )
-            crash_point("after_claim")
+            run.pending[0].add_done_callback(lambda _: crash_point("after_claim"))
             loop = asyncio.get_running_loop()
             soft = spec.soft_timeout or queue.soft_timeout
             hard = spec.hard_timeout or queue.hard_timeout
@@ -447,21 +449,39 @@ class Worker:
         if fraction < 1.0 and now - run.last_progress < self.options.progress_interval:
             return  # throttled: the log gets a few updates a second, not every call
         run.last_progress = now
+        run.fraction = max(run.fraction, fraction)  # progress never goes back in an attempt
         event = TaskProgress(
-            task_id=run.entry.task_id, attempt=run.entry.attempt, progress=fraction, message=message
+            task_id=run.entry.task_id,
+            attempt=run.entry.attempt,
+            progress=run.fraction,
+            message=message,
         )
-        run.pending.append(asyncio.create_task(self.log.append(event)))
+        self._write(run, event)
+
+    def _write(self, run: Running, *events: Event) -> None:
+        """Append a running task's events in order, without waiting: each write
+        starts after the one before it ends, and the settle waits for all."""
+        previous = run.pending[-1] if run.pending else None
+        run.pending.append(asyncio.create_task(self._append_after(previous, events)))
+
+    async def _append_after(
+        self, previous: asyncio.Task[Any] | None, events: tuple[Event, ...]
+    ) -> None:
+        if previous is not None:
+            with contextlib.suppress(Exception):
+                await previous
+        await self.log.append_many(events)
 
     def _soft_timeout(self, run: Running, soft: float) -> None:
         run.slot.soft.set()
         event = TaskProgress(
             task_id=run.entry.task_id,
             attempt=run.entry.attempt,
-            progress=0.0,
+            progress=run.fraction,
             message="",
             warning=f"soft timeout of {soft}s passed",
         )
-        run.pending.append(asyncio.create_task(self.log.append(event)))
+        self._write(run, event)
 
     def cancel_running(self, task_id: str) -> bool:
         """Ask a running task to stop; kill it if it has not after the grace period."""
