@@ -40,6 +40,8 @@ SIZE = 512
 
 
 def scene() -> tuple[bytes, bytes]:
+    # workers.images sets OpenCV's pixel cap, which must come before cv2 loads.
+    import workers.images  # noqa: F401, I001
     import cv2
 
     x = np.linspace(0, 255, SIZE, dtype=np.uint8)

@@ -88,3 +88,14 @@ async def test_pending_filters_by_consumer_and_idle(log: EventLog, r: Redis) -> 
     assert [p.consumer for p in await groups.pending(r, stream, log.group, consumer="y")] == ["y"]
     idle = await groups.pending(r, stream, log.group, min_idle_ms=80)
     assert [p.consumer for p in idle] == ["x"]
+
+
+async def test_renew_resets_every_entry_it_holds(log: EventLog, r: Redis) -> None:
+    """Regression: the renew script passed its ids with unpack() in the middle of
+    XCLAIM's arguments, where Lua keeps only the first value, so only the first
+    entry of a batch was renewed and the others were reclaimed from a live worker."""
+    stream = await _queue(log, 3)
+    held = await groups.read_group(r, log.group, "me", [stream], count=3)
+    await asyncio.sleep(0.15)
+    await groups.renew(r, log.scripts, stream, log.group, "me", [e.id for e in held])
+    assert all(p.idle_ms < 100 for p in await groups.pending(r, stream, log.group))

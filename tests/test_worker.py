@@ -256,3 +256,25 @@ async def _wait_for_node_event(elog, cls, timeout: float = 5) -> None:
 def test_settings_helper_is_valid(namespace) -> None:
     s = fast_settings(namespace)
     assert msgspec.convert(msgspec.to_builtins(s), type(s)) == s
+
+
+async def test_prefetched_entries_keep_their_lease(elog, settings) -> None:
+    """concurrency 1 + prefetch 1: the second task waits for the child while
+    another worker reclaims idle entries; it is never taken from its worker."""
+    lease = settings.queues[0].lease_ms / 1000
+    a = make_worker(elog, settings, "a", concurrency=1)
+    async with running(a):
+        first = await elog.submit(spec("sleep", seconds=2 * lease, steps=2))
+        second = await elog.submit(spec("sleep", seconds=0.1))
+        await _wait_for_event(elog, first.task_id, "task.started")
+        await asyncio.sleep(0.2)
+        assert list(a.waiting) == [second.task_id]  # held, not yet running
+        async with running(make_worker(elog, settings, "b", concurrency=2)):
+            assert await wait_ended(elog, second.task_id, timeout=15) == "task.succeeded"
+    for res in (first, second):
+        claims = [
+            e.event.node
+            for e in await elog.history(res.task_id)
+            if e.event.type_name() == "task.claimed"
+        ]
+        assert claims == ["a"]

@@ -58,6 +58,14 @@ def add_commands(sub: Any) -> dict[str, Any]:
         help="extra handlers to load (repeatable)",
     )
     w.add_argument("--node", help="node id (default: host-pid)")
+    w.add_argument(
+        "--prefetch",
+        type=int,
+        default=1,
+        metavar="N",
+        help="entries held beyond --concurrency for handlers in child processes, "
+        "so a child never waits for the next claim (default 1; 0 turns it off)",
+    )
 
     s = sub.add_parser("submit", help="submit a task (and optionally wait for it)")
     s.add_argument("kind")
@@ -135,6 +143,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             capabilities=caps,
             handler_specs=tuple([*ws.handlers, *args.handlers]),
             resources=ResourceConfig.from_settings(settings, target.url),
+            prefetch=max(0, args.prefetch),
         )
         asyncio.run(_run_worker(target.url, settings, options, registry))
     return 0

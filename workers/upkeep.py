@@ -34,35 +34,33 @@ async def lease_loop(worker: Worker) -> None:
     last_renew = 0.0
     while not worker.closing:
         await asyncio.sleep(worker.options.cancel_poll)
-        if not worker.running:
+        if not worker.running and not worker.waiting:
             continue
         runs = list(worker.running.values())
         if time.monotonic() - last_renew >= lease_ms(worker) / 3000:
             last_renew = time.monotonic()
-            by_stream: dict[str, list[Running]] = {}
-            for run in runs:
-                by_stream.setdefault(run.entry.stream, []).append(run)
-            for stream, rs in by_stream.items():
-                held = set(
-                    await groups.renew(
-                        worker.log.redis,
-                        worker.log.scripts,
-                        stream,
-                        worker.log.group,
-                        worker.node,
-                        [r.entry.id for r in rs],
-                    )
-                )
-                for r in rs:
-                    if r.entry.id not in held and not r.lease_lost:
-                        r.lease_lost = True
-                        log.warning(
-                            "lost the lease of task %s; its result will be stale",
-                            r.entry.task_id,
-                        )
+            await _renew(worker, runs)
         wanted = await worker.log.cancel_requested(r.entry.task_id for r in runs)
         for task_id in wanted:
             worker.cancel_running(task_id)
+
+
+async def _renew(worker: Worker, runs: list[Running]) -> None:
+    """Renew the leases of running and prefetched entries, stream by stream."""
+    entries: dict[str, list[str]] = {}
+    for entry in [*(r.entry for r in runs), *worker.waiting.values()]:
+        entries.setdefault(entry.stream, []).append(entry.id)
+    held: set[str] = set()
+    for stream, ids in entries.items():
+        held |= set(
+            await groups.renew(
+                worker.log.redis, worker.log.scripts, stream, worker.log.group, worker.node, ids
+            )
+        )
+    for r in runs:
+        if r.entry.id not in held and not r.lease_lost:
+            r.lease_lost = True
+            log.warning("lost the lease of task %s; its result will be stale", r.entry.task_id)
 
 
 async def reclaim_loop(worker: Worker) -> None:
@@ -103,7 +101,7 @@ def heartbeat(worker: Worker) -> NodeHeartbeat:
     return NodeHeartbeat(
         node=worker.node,
         running=tuple(worker.running),
-        free_slots=max(0, worker.free),
+        free_slots=max(0, worker.concurrency - worker.inflight),
         load=worker.inflight / max(1, worker.concurrency),
         memory_free_mb=free_memory_mb(),
         gpu_memory_free_mb=free_gpu_memory_mb() if worker.options.capabilities.gpus else (),

@@ -80,6 +80,10 @@ class WorkerOptions(msgspec.Struct, kw_only=True):
     cancel_poll: float = 0.25
     cancel_grace: float = 5.0
     settle_batch: int = 512
+    # Entries held beyond `concurrency`, waiting for a child to come free, so
+    # a child never idles for the round trips of the next claim (as Celery's
+    # prefetch). Their leases are renewed like those of running tasks.
+    prefetch: int = 1
 
 
 @dataclass(eq=False)
@@ -124,6 +128,8 @@ class Worker:
         self.closing = False
         self.inflight = 0
         self.running: dict[str, Running] = {}
+        self.waiting: dict[str, WorkEntry] = {}  # prefetched, waiting for a child
+        self._child_free = asyncio.Event()
         self.processed = 0
         self._settle_q: asyncio.Queue[Settlement] = asyncio.Queue()
         self._room = asyncio.Event()
@@ -203,6 +209,7 @@ class Worker:
         self.draining = True
         self._stopped.set()
         self._room.set()
+        self._child_free.set()
 
     def stop_now(self) -> None:
         """Stop at once: running tasks are killed and stay pending for reclaim."""
@@ -237,7 +244,7 @@ class Worker:
 
     @property
     def free(self) -> int:
-        return self.concurrency - self.inflight
+        return self.concurrency + self.options.prefetch - self.inflight
 
     async def _claim_loop(self) -> None:
         redis = self.log.redis
@@ -380,6 +387,9 @@ class Worker:
     ) -> None:
         t = entry.task_id
         spec = sub.spec
+        if not await self._wait_for_child(entry):
+            self._abandon()  # stopping: the entry stays pending for another worker
+            return
         slot = self.pool.acquire()
         run = Running(entry, sub, queue, slot, time.time())
         self.running[t] = run
@@ -417,6 +427,7 @@ class Worker:
                 timer.cancel()
             self.running.pop(t, None)
             self.pool.release(slot)
+            self._child_free.set()
         if run.pending:
             await asyncio.gather(*run.pending, return_exceptions=True)
         if run.cancel_killed:
@@ -428,6 +439,19 @@ class Worker:
             self._abandon()
             return
         self._settle(entry, self._closing(outcome, entry, sub, queue))
+
+    async def _wait_for_child(self, entry: WorkEntry) -> bool:
+        """Wait until fewer than `concurrency` tasks run; False if stopping."""
+        if len(self.running) < self.concurrency:
+            return True
+        self.waiting[entry.task_id] = entry
+        try:
+            while len(self.running) >= self.concurrency and not self.draining:
+                self._child_free.clear()
+                await self._child_free.wait()
+        finally:
+            self.waiting.pop(entry.task_id, None)
+        return not self.draining
 
     def _closing(
         self, outcome: Outcome, entry: WorkEntry, sub: TaskSubmitted, queue: QueueConfig

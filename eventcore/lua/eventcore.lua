@@ -243,7 +243,12 @@ for i = 3, #ARGV do
   if #p == 1 and p[1][2] == consumer then held[#held + 1] = ARGV[i] end
 end
 if #held > 0 then
-  redis.call('XCLAIM', KEYS[1], group, consumer, 0, unpack(held), 'JUSTID')
+  -- unpack() in the middle of an argument list yields only its first value,
+  -- so the command is built as one table.
+  local cmd = {'XCLAIM', KEYS[1], group, consumer, 0}
+  for _, id in ipairs(held) do cmd[#cmd + 1] = id end
+  cmd[#cmd + 1] = 'JUSTID'
+  redis.call(unpack(cmd))
 end
 return held
 
