@@ -15,6 +15,7 @@ import importlib
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -26,6 +27,7 @@ from eventcore.config import Settings, load_settings, to_toml_dict
 from eventcore.connection import ClientOptions, connect, redact
 from eventcore.embedded import EmbeddedRedis
 from eventcore.errors import ConfigError, EventcoreError
+from eventcore.stack import Stack
 
 __all__ = ["main"]
 
@@ -83,14 +85,17 @@ async def describe(url: str, settings: Settings) -> dict[str, str]:
     return {"url": redact(url), "server": f"{flavor} {version}", **conf}
 
 
-def wait_for_stop(embedded: EmbeddedRedis | None) -> None:
-    """Block until Ctrl-C or SIGTERM (or the embedded server dies)."""
+def wait_for_stop(embedded: EmbeddedRedis | None, stack: Stack | None = None) -> None:
+    """Block until Ctrl-C or SIGTERM (or the embedded server or a role dies)."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(1.0):
+    while not stop.wait(0.5):
         if embedded is not None and embedded.owned and not embedded.running:
             raise EventcoreError(f"the embedded Redis in {embedded.data_dir} exited")
+        if stack is not None and (dead := stack.dead()):
+            codes = ", ".join(f"{r.name} (exit {r.proc.returncode})" for r in dead)
+            raise EventcoreError(f"a role exited: {codes}")
 
 
 # -- commands ------------------------------------------------------------------
@@ -123,8 +128,14 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             f"appendfsync={facts.get('appendfsync', '?')}",
             flush=True,
         )
-        print("Ctrl-C stops it.", flush=True)
-        wait_for_stop(target.embedded)
+        stack = Stack(target.url, args.config)
+        try:
+            stack.start("projector", "project")
+            stack.start("worker", "worker", "--node", f"{socket.gethostname()}-cpu-1")
+            print("Ctrl-C stops it.", flush=True)
+            wait_for_stop(target.embedded, stack)
+        finally:
+            stack.stop(settings.worker.shutdown_grace)
     print("eventcore stopped.", flush=True)
     return 0
 
@@ -170,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser(
-        "up", help="run the whole system on this machine (Redis embedded if REDIS_URL is unset)"
+        "up",
+        help="run the system on this machine: Redis (embedded if REDIS_URL is unset), "
+        "the projector and a CPU worker",
     )
     sub.add_parser("redis", help="run only the embedded Redis and print its URL")
     check = sub.add_parser("check", help="connect to Redis and show how it is set up")
@@ -190,7 +203,7 @@ COMMANDS: dict[str, Any] = {
 }
 # The roles add their own commands. Named by string, imported when the parser
 # is built, so the log package itself never imports a role.
-ROLE_MODULES = ("workers.cli",)
+ROLE_MODULES = ("workers.cli", "projections.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

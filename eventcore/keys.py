@@ -16,10 +16,12 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:ctl:node:<node>           control commands for one node (stream)
     ec:ctl:all                   broadcast control commands (stream)
     ec:ctl:acks                  control acknowledgements (stream)
-    ec:feed                      view-change feed (capped stream)
+    ec:{v}:feed                  view-change feed (capped stream)
     ec:parked                    entries that did not decode (stream)
     ec:blob:<sha256>             blobs (string, TTL)
-    ec:v:<view-ns>:...           projection views
+    ec:{v}:<view-ns>:...         projection views (one slot: a batch of view
+                                 changes, its feed entries and the watermark
+                                 are written by one script)
 
 Every key of one partition carries the same hash tag ``{pN}``, so each Lua
 script touches a single slot and the layout runs unchanged on Redis Cluster.
@@ -128,7 +130,7 @@ class Keys:
         return f"{self.namespace}:ctl:acks"
 
     def feed(self) -> str:
-        return f"{self.namespace}:feed"
+        return f"{self.namespace}:{{v}}:feed"
 
     def parked(self) -> str:
         return f"{self.namespace}:parked"
@@ -138,7 +140,7 @@ class Keys:
 
     def view(self, view_ns: str, *parts: str) -> str:
         """A key of the projections' views under view namespace ``view_ns``."""
-        return ":".join((self.namespace, "v", view_ns, *parts))
+        return ":".join((f"{self.namespace}:{{v}}", view_ns, *parts))
 
     def all_keys_pattern(self) -> str:
         """SCAN pattern matching every key of this namespace (for tools and tests)."""

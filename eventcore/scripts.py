@@ -27,6 +27,7 @@ SCRIPT_NAMES = (
     "claim",
     "node_event",
     "mark_lost",
+    "write_views",
 )
 _MARKER = re.compile(r"^--- script: (\w+)\s*$", re.MULTILINE)
 
@@ -57,6 +58,7 @@ class Scripts:
     claim: AsyncScript
     node_event: AsyncScript
     mark_lost: AsyncScript
+    write_views: AsyncScript
 
     def __init__(self, redis: Redis) -> None:
         for name, source in load_sources().items():

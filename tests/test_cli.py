@@ -109,18 +109,47 @@ def test_redis_command_runs_embedded_server_until_interrupted(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
+def test_up_runs_the_stack_and_stops_cleanly(tmp_path: Path) -> None:
+    """`eventcore up`: Redis, projector and worker; a task submitted to it runs,
+    the projector's view shows it, and SIGTERM stops everything."""
+    import asyncio
+
+    from eventcore.connection import make_client
+    from eventcore.keys import Keys
+    from eventcore.log import EventLog
+    from projections.store import ViewStore
+
     proc = start("up", env={"EVENTCORE_REDIS__DURABILITY": "durable"}, cwd=tmp_path)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert "eventcore is up" in first and "embedded" in first
+        url = first.rsplit(" ", 1)[1].strip()
         assert "appendfsync=always" in proc.stdout.readline()
+        lines = [proc.stdout.readline() for _ in range(3)]
+        assert any(line.strip().startswith("worker |") for line in lines), lines
+        res = run("submit", "noop", "-p", "x=7", "--wait", env={"REDIS_URL": url}, timeout=30)
+        assert res.returncode == 0, res.stdout + res.stderr
+        task_id = res.stdout.splitlines()[0]
+
+        async def view():
+            client = make_client(url)
+            try:
+                store = ViewStore(EventLog(client, Keys()))
+                for _ in range(100):
+                    if (v := await store.task(task_id)) and v.status == "succeeded":
+                        return v
+                    await asyncio.sleep(0.05)
+            finally:
+                await client.aclose()
+
+        seen = asyncio.run(view())
+        assert seen is not None and seen.result == {"x": 7}
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=15)
+        out, err = proc.communicate(timeout=40)
     assert proc.returncode == 0, err
-    assert "eventcore stopped" in out
+    assert "eventcore stopped" in out and "projector stopped" in out
     assert (tmp_path / ".eventcore" / "appendonlydir").is_dir()
 
 

@@ -323,3 +323,46 @@ if not seen or tonumber(seen) > tonumber(ARGV[2]) then return false end
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
 return redis.call('XADD', KEYS[1], '*', 'node', ARGV[1], 'e', ARGV[3])
+
+--- script: write_views
+-- Writes one batch of view changes, their feed entries and the watermark at
+-- once, so views never disagree with each other after a crash: the runner
+-- acks the batch's entries only after this returns.
+-- KEYS: feed, watermark, nodes hash, queues hash, stats hash, then one key per task view
+-- ARGV: feed_maxlen, n_tasks, task views..., n_nodes, (field, view)..., n_queues,
+--       (field, view)..., n_stats, (field, view)..., n_feed, 8 fields per feed
+--       entry (entity, id, queue, kind, status, node, tenant, view),
+--       n_marks, (stream, id)...
+local maxlen = tonumber(ARGV[1])
+if not maxlen or maxlen < 1 then return redis.error_reply('ERR eventcore write_views: bad maxlen') end
+local a = 2
+local sections = {}
+for _, width in ipairs({1, 2, 2, 2, 8, 2}) do
+  local n = tonumber(ARGV[a])
+  if not n or n < 0 or n ~= math.floor(n) or a + n * width > #ARGV then
+    return redis.error_reply('ERR eventcore write_views: bad section count at ' .. a)
+  end
+  sections[#sections + 1] = {a + 1, n}
+  a = a + 1 + n * width
+end
+if a ~= #ARGV + 1 then return redis.error_reply('ERR eventcore write_views: extra arguments') end
+if #KEYS ~= 5 + sections[1][2] then return redis.error_reply('ERR eventcore write_views: one key per task view') end
+local s = sections[1]
+for i = 0, s[2] - 1 do redis.call('SET', KEYS[6 + i], ARGV[s[1] + i]) end
+for h = 2, 4 do
+  s = sections[h]
+  for i = 0, s[2] - 1 do redis.call('HSET', KEYS[1 + h], ARGV[s[1] + 2 * i], ARGV[s[1] + 2 * i + 1]) end
+end
+s = sections[5]
+local names = {'entity', 'id', 'queue', 'kind', 'status', 'node', 'tenant', 'view'}
+for i = 0, s[2] - 1 do
+  local cmd = {'XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*'}
+  for f = 1, 8 do
+    cmd[#cmd + 1] = names[f]
+    cmd[#cmd + 1] = ARGV[s[1] + 8 * i + f - 1]
+  end
+  redis.call(unpack(cmd))
+end
+s = sections[6]
+for i = 0, s[2] - 1 do redis.call('HSET', KEYS[2], ARGV[s[1] + 2 * i], ARGV[s[1] + 2 * i + 1]) end
+return s[2]

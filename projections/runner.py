@@ -1,0 +1,122 @@
+"""The projector: reads the log through a consumer group, folds each batch
+into the views, writes them, then acks.
+
+One batch: XREADGROUP over every partition's event stream and the node
+stream; decode (an entry that does not decode is parked with its stream and
+id, counted, and acked); load the views the batch touches; fold with
+:func:`projections.replay.replay` (the same code ``replay verify`` trusts);
+write what changed, the feed entries and the watermark in one script; XACK.
+A crash between the write and the ack redelivers the batch, and the folds
+skip what they already applied: nothing changes twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from eventcore import groups
+from eventcore.codec import Entry
+from eventcore.errors import DecodeError
+from eventcore.log import EventLog
+from projections.replay import replay
+from projections.store import ViewStore
+
+__all__ = ["Projector"]
+
+log = logging.getLogger(__name__)
+
+GROUP = "projector"
+
+
+class Projector:
+    """Applies the log to one view namespace. ``await step()`` does one batch;
+    ``await run(stop)`` loops until ``stop`` is set."""
+
+    def __init__(
+        self,
+        elog: EventLog,
+        store: ViewStore | None = None,
+        *,
+        group: str = GROUP,
+        consumer: str | None = None,
+        batch: int = 1000,
+    ) -> None:
+        self.log = elog
+        self.store = store or ViewStore(elog)
+        self.group = group
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.batch = batch
+        k = elog.keys
+        self.streams = [k.events(p) for p in k.all_partitions()] + [k.nodes()]
+        self.parked = 0
+        self.applied = 0
+        self._ready = False
+        self._backlog = True  # first read this consumer's own pending entries
+
+    async def _setup(self) -> None:
+        for stream in self.streams:
+            await groups.ensure_group(self.log.redis, stream, self.group, start_id="0")
+        self._ready = True
+
+    async def step(self, block_ms: int | None = None) -> int:
+        """Apply one batch; returns how many entries it read (0: nothing new)."""
+        if not self._ready:
+            await self._setup()
+        start = "0" if self._backlog else ">"
+        reply = await self.log.redis.xreadgroup(
+            self.group,
+            self.consumer,
+            dict.fromkeys(self.streams, start),
+            count=self.batch,
+            block=None if self._backlog else block_ms,
+        )
+        raw = [(s.decode(), e) for s, entries in (reply or []) for e in entries]
+        if self._backlog and not any(fields for _, (_, fields) in raw):
+            self._backlog = False  # own pending entries done: now new ones
+            if not raw:
+                return await self.step(block_ms)
+        entries: list[Entry[Any]] = []
+        acks: dict[str, list[str]] = {}
+        marks: dict[str, str] = {}
+        for stream, (eid, fields) in raw:
+            entry_id = eid.decode()
+            acks.setdefault(stream, []).append(entry_id)
+            marks[stream] = entry_id
+            if not fields:  # deleted (trimmed) while pending: nothing to apply
+                continue
+            try:
+                entries.append(self.log.codec_of(stream).decode_fields(stream, entry_id, fields))
+            except DecodeError as exc:
+                self.parked += 1
+                log.error("parked %s", exc)
+                await self.log.park(stream, entry_id, fields, exc.detail)
+        if raw:
+            task_ids = [e.event.task_id for e in entries if hasattr(e.event, "task_id")]
+            before = await self.store.load(task_ids)
+            after = replay(entries, start=before)
+            await self.store.write(before, after, marks)
+            await self._ack(acks)
+            self.applied += len(entries)
+        return len(raw)
+
+    async def _ack(self, acks: dict[str, list[str]]) -> None:
+        async with self.log.redis.pipeline(transaction=False) as pipe:
+            for stream, ids in acks.items():
+                pipe.xack(stream, self.group, *ids)
+            await pipe.execute()
+
+    async def run(self, stop: asyncio.Event, block_ms: int = 1000) -> None:
+        """Apply batches until ``stop`` is set; Redis errors are logged and retried."""
+        while not stop.is_set():
+            try:
+                await self.step(block_ms)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("projector: %s; retrying in 1s", exc)
+                await asyncio.sleep(1)

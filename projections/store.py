@@ -1,0 +1,156 @@
+"""Views in Redis: where they live, how a batch of changes is written, and
+how they are read back.
+
+Under one view namespace (``live`` by default; a rebuild writes another and
+switches):
+
+- ``task:<id>``: one key per task view (MessagePack);
+- ``nodes``, ``queues``, ``stats``: hashes of node, queue and stats views
+  (stats fields: ``*`` for the global view, ``<queue>\\x1f<kind>`` per scope);
+- ``watermark``: stream -> last entry id applied.
+
+Every key carries the ``{v}`` hash tag, so one script writes a whole batch of
+changes, their feed entries and the watermark together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+from eventcore.log import EventLog
+from projections.replay import Views
+from projections.views import NodeView, QueueView, StatsView, TaskView
+
+__all__ = ["GLOBAL", "ViewStore"]
+
+GLOBAL = "*"
+SEP = "\x1f"
+FEED_MAXLEN = 100_000
+
+_enc = msgspec.msgpack.Encoder()
+_task = msgspec.msgpack.Decoder(TaskView)
+_node = msgspec.msgpack.Decoder(NodeView)
+_queue = msgspec.msgpack.Decoder(QueueView)
+_stats = msgspec.msgpack.Decoder(StatsView)
+
+
+def _s(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+class ViewStore:
+    """The views of one view namespace."""
+
+    def __init__(self, elog: EventLog, view_ns: str = "live", feed_maxlen: int = FEED_MAXLEN):
+        self.log = elog
+        self.ns = view_ns
+        self.feed_maxlen = feed_maxlen
+        k = elog.keys
+        self.nodes_key = k.view(view_ns, "nodes")
+        self.queues_key = k.view(view_ns, "queues")
+        self.stats_key = k.view(view_ns, "stats")
+        self.watermark_key = k.view(view_ns, "watermark")
+
+    def task_key(self, task_id: str) -> str:
+        return self.log.keys.view(self.ns, "task", task_id)
+
+    # -- reading -------------------------------------------------------------------
+
+    async def load(self, task_ids: Iterable[str]) -> Views:
+        """The views a batch can touch: the given tasks, every node, queue and
+        stats view (there are few of those), in one round trip."""
+        ids = list(dict.fromkeys(task_ids))
+        async with self.log.redis.pipeline(transaction=False) as pipe:
+            if ids:
+                pipe.mget([self.task_key(t) for t in ids])
+            pipe.hgetall(self.nodes_key)
+            pipe.hgetall(self.queues_key)
+            pipe.hgetall(self.stats_key)
+            replies = await pipe.execute()
+        raw_tasks = replies.pop(0) if ids else []
+        nodes, queues, stats = replies
+        stats_all = {_s(k): _stats.decode(v) for k, v in stats.items()}
+        return Views(
+            tasks={t: _task.decode(v) for t, v in zip(ids, raw_tasks) if v is not None},
+            nodes={_s(k): _node.decode(v) for k, v in nodes.items()},
+            queues={_s(k): _queue.decode(v) for k, v in queues.items()},
+            stats=stats_all.pop(GLOBAL, StatsView()),
+            stats_by={tuple(k.split(SEP, 1)): v for k, v in stats_all.items()},  # type: ignore[misc]
+        )
+
+    async def task(self, task_id: str) -> TaskView | None:
+        raw = await self.log.redis.get(self.task_key(task_id))
+        return None if raw is None else _task.decode(raw)
+
+    async def nodes(self) -> dict[str, NodeView]:
+        return (await self.load(())).nodes
+
+    async def queues(self) -> dict[str, QueueView]:
+        return (await self.load(())).queues
+
+    async def stats(self) -> tuple[StatsView, dict[tuple[str, str], StatsView]]:
+        views = await self.load(())
+        return views.stats, views.stats_by
+
+    async def watermark(self) -> dict[str, str]:
+        """The last entry id applied, per stream (read-your-writes waits on this)."""
+        raw = await self.log.redis.hgetall(self.watermark_key)
+        return {_s(k): _s(v) for k, v in raw.items()}
+
+    # -- writing -------------------------------------------------------------------
+
+    async def write(self, before: Views, after: Views, marks: Mapping[str, str]) -> int:
+        """Write what changed from ``before`` to ``after``, a feed entry per
+        changed view, and the new watermark, in one script call. Returns the
+        number of views written."""
+        tasks = [(t, v) for t, v in after.tasks.items() if before.tasks.get(t) != v]
+        nodes = [(n, v) for n, v in after.nodes.items() if before.nodes.get(n) != v]
+        queues = [(q, v) for q, v in after.queues.items() if before.queues.get(q) != v]
+        stats: list[tuple[str, StatsView]] = []
+        if after.stats != before.stats:
+            stats.append((GLOBAL, after.stats))
+        stats += [
+            (SEP.join(scope), v)
+            for scope, v in after.stats_by.items()
+            if before.stats_by.get(scope) != v
+        ]
+        encoded: dict[int, bytes] = {}
+
+        def enc(v: Any) -> bytes:
+            data = encoded.get(id(v))
+            if data is None:
+                data = encoded[id(v)] = _enc.encode(v)
+            return data
+
+        args: list[Any] = [self.feed_maxlen, len(tasks), *(enc(v) for _, v in tasks)]
+        for section in (nodes, queues, stats):
+            args.append(len(section))
+            for name, v in section:
+                args += [name, enc(v)]
+        feed: list[Any] = []
+        for t, v in tasks:
+            status = v.status.value if v.status is not None else ""
+            feed += ["task", t, v.queue, v.kind, status, v.node or "", v.tenant, enc(v)]
+        for n, v in nodes:
+            feed += ["node", n, "", "", v.state, n, "", enc(v)]
+        for q, v in queues:
+            feed += ["queue", q, q, "", "", "", "", enc(v)]
+        for name, v in stats:
+            queue, _, kind = name.partition(SEP)
+            feed += ["stats", name, "" if name == GLOBAL else queue, kind, "", "", "", enc(v)]
+        args += [len(feed) // 8, *feed, len(marks)]
+        for stream, entry_id in marks.items():
+            args += [stream, entry_id]
+        keys = [
+            self.log.keys.feed(),
+            self.watermark_key,
+            self.nodes_key,
+            self.queues_key,
+            self.stats_key,
+            *(self.task_key(t) for t, _ in tasks),
+        ]
+        await self.log.scripts.write_views(keys=keys, args=args)
+        return len(feed) // 8
