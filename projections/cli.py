@@ -15,6 +15,7 @@ from eventcore.keys import Keys
 from eventcore.log import EventLog
 from projections.runner import Projector
 from projections.store import ViewStore
+from projections.tools import describe, tail, verify
 
 __all__ = ["add_commands"]
 
@@ -23,7 +24,7 @@ def add_commands(sub: Any) -> dict[str, Any]:
     p = sub.add_parser("project", help="run the projector: fold the log into the views")
     p.add_argument("--views", default="live", help="view namespace to write (default: live)")
     p.add_argument("--batch", type=int, default=1000, help="entries per batch")
-    return {"project": cmd_project}
+    return {"project": cmd_project, **add_tool_commands(sub)}
 
 
 def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
@@ -50,3 +51,68 @@ async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
+
+
+def add_tool_commands(sub: Any) -> dict[str, Any]:
+    ev = sub.add_parser("events", help="read the log: history of a task, tail")
+    evsub = ev.add_subparsers(dest="events_command", required=True, metavar="WHAT")
+    h = evsub.add_parser("history", help="a task's timeline")
+    h.add_argument("task")
+    h.add_argument("--json", action="store_true")
+    t = evsub.add_parser("tail", help="the log's events, in order; --follow for new ones")
+    t.add_argument("--follow", "-f", action="store_true")
+    t.add_argument("--task")
+    t.add_argument("--kind", help="event type prefix, e.g. task.failed or node.")
+    t.add_argument("--json", action="store_true")
+    rp = sub.add_parser("replay", help="check the views against the log")
+    rpsub = rp.add_subparsers(dest="replay_command", required=True, metavar="WHAT")
+    v = rpsub.add_parser("verify", help="replay the log from zero and compare with the views")
+    v.add_argument("--views", default="live")
+    return {"events": cmd_events, "replay": cmd_replay}
+
+
+def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
+    with redis_for(settings) as target:
+        return asyncio.run(_events(target.url, settings, args))
+
+
+async def _events(url: str, settings: Settings, args: argparse.Namespace) -> int:
+    redis = await connect(url, client_options(settings))
+    elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
+    try:
+        if args.events_command == "history":
+            entries = await elog.history(args.task)
+            if not entries:
+                print(f"eventcore: no events for task {args.task}", file=sys.stderr)
+                return 1
+            for entry in entries:
+                print(describe(entry, as_json=args.json), flush=True)
+            return 0
+        async for entry in tail(elog, follow=args.follow, task=args.task, kind=args.kind):
+            print(describe(entry, as_json=args.json), flush=True)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        await redis.aclose()
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    with redis_for(settings) as target:
+        return asyncio.run(_verify(target.url, settings, args.views))
+
+
+async def _verify(url: str, settings: Settings, views: str) -> int:
+    redis = await connect(url, client_options(settings))
+    elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
+    try:
+        problems = await verify(elog, ViewStore(elog, views))
+    finally:
+        await redis.aclose()
+    for line in problems[:50]:
+        print(line)
+    if problems:
+        print(f"views {views!r} differ from a replay of the log in {len(problems)} places")
+        return 1
+    print(f"views {views!r} equal a replay of the log")
+    return 0

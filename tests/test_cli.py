@@ -223,3 +223,37 @@ def test_inpaint_from_files_writes_the_png(redis_url: str, tmp_path: Path) -> No
         worker.communicate(timeout=20)
     out = cv2.imread(str(tmp_path / "out.png"))
     assert np.array_equal(out, cv2.inpaint(img, mask, 4, cv2.INPAINT_NS))
+
+
+def test_events_and_replay_commands(redis_url: str) -> None:
+    import asyncio
+
+    from eventcore.connection import make_client
+    from eventcore.events import TaskProgress, TaskSpec
+    from eventcore.keys import Keys
+    from eventcore.log import EventLog
+
+    ns = "cli" + os.urandom(4).hex()
+    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": ns}
+
+    async def seed() -> str:
+        client = make_client(redis_url)
+        try:
+            elog = EventLog(client, Keys(ns))
+            res = await elog.submit(TaskSpec(kind="noop", queue="cpu-light", params={"n": 1}))
+            await elog.append(TaskProgress(task_id=res.task_id, attempt=1, progress=0.5))
+            return res.task_id
+        finally:
+            await client.aclose()
+
+    task_id = asyncio.run(seed())
+    history = run("events", "history", task_id, env=env)
+    assert history.returncode == 0, history.stderr
+    assert "task.submitted" in history.stdout and "task.progress" in history.stdout
+    as_json = run("events", "tail", "--task", task_id, "--json", env=env)
+    lines = [json.loads(x) for x in as_json.stdout.splitlines()]
+    assert [x["type"] for x in lines] == ["task.submitted", "task.progress"]
+    missing = run("events", "history", "0190a8a0-0000-7000-8000-000000000009", env=env)
+    assert missing.returncode == 1 and "no events" in missing.stderr
+    behind = run("replay", "verify", env=env)  # no projector ran: views are behind
+    assert behind.returncode == 1 and "missing from the views" in behind.stdout

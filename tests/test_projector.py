@@ -118,3 +118,21 @@ async def test_undecodable_entry_is_parked_and_counted(r, namespace) -> None:
     ((_, fields),) = await r.xrange(elog.keys.parked())
     assert fields[b"entry"] == bad.encode()
     assert (await projector.store.queues())["q"].submitted == 2
+
+
+async def test_verify_finds_a_hand_corrupted_view(r, namespace) -> None:
+    from projections.store import ViewStore
+    from projections.tools import verify
+
+    elog = await _workload(r, namespace)
+    await _drain(Projector(elog))
+    store = ViewStore(elog)
+    assert await verify(elog, store) == []
+    some = next(iter(replay(await _whole_log(elog)).tasks))
+    view = await store.task(some)
+    await r.set(
+        store.task_key(some), msgspec.msgpack.encode(msgspec.structs.replace(view, attempt=99))
+    )
+    assert await verify(elog, store) == [f"tasks[{some}]: differs"]
+    await r.delete(store.task_key(some))
+    assert await verify(elog, store) == [f"tasks[{some}]: missing from the views"]
