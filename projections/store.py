@@ -7,7 +7,9 @@ switches):
 - ``task:<id>``: one key per task view (MessagePack);
 - ``nodes``, ``queues``, ``stats``: hashes of node, queue and stats views
   (stats fields: ``*`` for the global view, ``<queue>\\x1f<kind>`` per scope);
-- ``watermark``: stream -> last entry id applied.
+- ``watermark``: stream -> last entry id applied;
+- ``idx:all``, ``idx:<field>:<value>`` (status, queue, kind, node, tenant):
+  sorted sets of task ids by submission time, for listing.
 
 Every key carries the ``{v}`` hash tag, so one script writes a whole batch of
 changes, their feed entries and the watermark together.
@@ -56,6 +58,26 @@ class ViewStore:
 
     def task_key(self, task_id: str) -> str:
         return self.log.keys.view(self.ns, "task", task_id)
+
+    def index_key(self, field: str, value: str = "") -> str:
+        """The sorted set (score: submission time, ms) of tasks with ``field`` = ``value``."""
+        return (
+            self.log.keys.view(self.ns, "idx", field, value)
+            if field != "all"
+            else (self.log.keys.view(self.ns, "idx", "all"))
+        )
+
+    def index_keys(self, view: TaskView | None) -> set[str]:
+        """Every index a task view belongs to: all, and its status, queue, kind,
+        node and tenant."""
+        if view is None or view.status is None:
+            return set()
+        keys = {self.index_key("all"), self.index_key("status", view.status.value)}
+        for field in ("queue", "kind", "node", "tenant"):
+            value = getattr(view, field)
+            if value:
+                keys.add(self.index_key(field, value))
+        return keys
 
     # -- reading -------------------------------------------------------------------
 
@@ -144,6 +166,14 @@ class ViewStore:
         args += [len(feed) // 8, *feed, len(marks)]
         for stream, entry_id in marks.items():
             args += [stream, entry_id]
+        ops: list[Any] = []
+        for t, v in tasks:
+            old = self.index_keys(before.tasks.get(t))
+            new = self.index_keys(v)
+            score = int((v.submitted_at or 0) * 1000)
+            ops += [x for key in old - new for x in ("r", key, 0, t)]
+            ops += [x for key in new - old for x in ("a", key, score, t)]
+        args += [len(ops) // 4, *ops]
         keys = [
             self.log.keys.feed(),
             self.watermark_key,

@@ -332,12 +332,15 @@ return redis.call('XADD', KEYS[1], '*', 'node', ARGV[1], 'e', ARGV[3])
 -- ARGV: feed_maxlen, n_tasks, task views..., n_nodes, (field, view)..., n_queues,
 --       (field, view)..., n_stats, (field, view)..., n_feed, 8 fields per feed
 --       entry (entity, id, queue, kind, status, node, tenant, view),
---       n_marks, (stream, id)...
+--       n_marks, (stream, id)..., n_index, 4 fields per index op (a|r, key, score, member)
+-- Index keys come in ARGV: which indexes a task enters or leaves (its status,
+-- queue, node...) is known only from its views; keys.py builds them, all
+-- under the same {v} tag as KEYS.
 local maxlen = tonumber(ARGV[1])
 if not maxlen or maxlen < 1 then return redis.error_reply('ERR eventcore write_views: bad maxlen') end
 local a = 2
 local sections = {}
-for _, width in ipairs({1, 2, 2, 2, 8, 2}) do
+for _, width in ipairs({1, 2, 2, 2, 8, 2, 4}) do
   local n = tonumber(ARGV[a])
   if not n or n < 0 or n ~= math.floor(n) or a + n * width > #ARGV then
     return redis.error_reply('ERR eventcore write_views: bad section count at ' .. a)
@@ -346,6 +349,12 @@ for _, width in ipairs({1, 2, 2, 2, 8, 2}) do
   a = a + 1 + n * width
 end
 if a ~= #ARGV + 1 then return redis.error_reply('ERR eventcore write_views: extra arguments') end
+for i = 0, sections[7][2] - 1 do
+  local o = sections[7][1] + 4 * i
+  if (ARGV[o] ~= 'a' and ARGV[o] ~= 'r') or not tonumber(ARGV[o + 2]) or ARGV[o + 1] == '' then
+    return redis.error_reply('ERR eventcore write_views: bad index op')
+  end
+end
 if #KEYS ~= 5 + sections[1][2] then return redis.error_reply('ERR eventcore write_views: one key per task view') end
 local s = sections[1]
 for i = 0, s[2] - 1 do redis.call('SET', KEYS[6 + i], ARGV[s[1] + i]) end
@@ -365,4 +374,14 @@ for i = 0, s[2] - 1 do
 end
 s = sections[6]
 for i = 0, s[2] - 1 do redis.call('HSET', KEYS[2], ARGV[s[1] + 2 * i], ARGV[s[1] + 2 * i + 1]) end
-return s[2]
+local marks = s[2]
+s = sections[7]
+for i = 0, s[2] - 1 do
+  local o = s[1] + 4 * i
+  if ARGV[o] == 'a' then
+    redis.call('ZADD', ARGV[o + 1], ARGV[o + 2], ARGV[o + 3])
+  else
+    redis.call('ZREM', ARGV[o + 1], ARGV[o + 3])
+  end
+end
+return marks

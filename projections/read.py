@@ -1,0 +1,123 @@
+"""The read API the web app uses: one task, filtered task lists with cursor
+pagination, nodes, queues, stats, and waiting until the views have caught up
+with an entry a caller wrote (read-your-writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+
+from projections.store import ViewStore
+from projections.views import TaskView
+
+__all__ = ["TaskFilter", "TaskPage", "caught_up", "list_tasks", "wait_for"]
+
+# Filters in the order an index is chosen: the most selective first.
+INDEXED = ("status", "node", "queue", "kind", "tenant")
+
+
+class TaskFilter(msgspec.Struct, frozen=True, kw_only=True):
+    status: str | None = None
+    queue: str | None = None
+    kind: str | None = None
+    node: str | None = None
+    tenant: str | None = None
+    since: float | None = None  # submitted at or after (seconds since the epoch)
+    until: float | None = None  # submitted before
+
+    def matches(self, view: TaskView) -> bool:
+        for field in INDEXED:
+            want = getattr(self, field)
+            if want is not None:
+                have = getattr(view, field)
+                have = have.value if hasattr(have, "value") else have
+                if have != want:
+                    return False
+        return True
+
+
+class TaskPage(msgspec.Struct, frozen=True):
+    tasks: list[TaskView]
+    next_cursor: str | None  # pass back for the next page; None: no more
+
+
+def _cursor(score: float, task_id: str) -> str:
+    return f"{int(score)}:{task_id}"
+
+
+async def list_tasks(
+    store: ViewStore, flt: TaskFilter, *, limit: int = 50, cursor: str | None = None
+) -> TaskPage:
+    """Tasks matching ``flt``, newest first, ``limit`` at most per page.
+
+    Reads the index of the most selective filter given and checks the other
+    filters on the views; a page scans at most ``20 * limit`` index entries, so
+    a rare combination returns a short page with a cursor rather than a slow
+    one.
+    """
+    limit = max(1, min(limit, 500))
+    field = next((f for f in INDEXED if getattr(flt, f) is not None), "all")
+    key = (
+        store.index_key(field, getattr(flt, field) or "")
+        if field != "all"
+        else (store.index_key("all"))
+    )
+    high: float | str = "+inf" if flt.until is None else f"({int(flt.until * 1000)}"
+    low: float | str = "-inf" if flt.since is None else int(flt.since * 1000)
+    after: tuple[int, str] | None = None
+    if cursor:
+        score_text, _, after_id = cursor.partition(":")
+        try:
+            after = (int(score_text), after_id)
+        except ValueError:
+            raise ValueError(f"cursor {cursor!r} is not one this API gave out") from None
+        high = after[0]
+    out: list[TaskView] = []
+    scanned, offset, chunk = 0, 0, max(limit * 2, 50)
+    last: tuple[float, str] | None = None
+    while len(out) < limit and scanned < 20 * limit:
+        rows = await store.log.redis.zrevrangebyscore(
+            key, high, low, start=offset, num=chunk, withscores=True
+        )
+        if not rows:
+            return TaskPage(out, None)
+        offset += len(rows)
+        scanned += len(rows)
+        ids = []
+        for member, score in rows:
+            tid = member.decode()
+            if after and int(score) == after[0] and tid >= after[1]:
+                continue  # on or before the cursor (same millisecond, larger id)
+            ids.append((score, tid))
+        views = (await store.load(t for _, t in ids)).tasks
+        for score, tid in ids:
+            last = (score, tid)
+            view = views.get(tid)
+            if view is not None and flt.matches(view):
+                out.append(view)
+                if len(out) == limit:
+                    break
+        if len(rows) < chunk and len(out) < limit:
+            return TaskPage(out, None)
+    return TaskPage(out, _cursor(*last) if last else None)
+
+
+async def caught_up(store: ViewStore, stream: str, entry_id: str) -> bool:
+    """Whether the views include entry ``entry_id`` of ``stream``."""
+    mark = (await store.watermark()).get(stream)
+    if mark is None:
+        return False
+    return tuple(map(int, mark.split("-"))) >= tuple(map(int, entry_id.split("-")))
+
+
+async def wait_for(store: ViewStore, stream: str, entry_id: str, *, timeout: float = 2.0) -> bool:
+    """Wait (polling the watermark) until the views include the entry; False
+    if ``timeout`` runs out first."""
+    deadline = time.monotonic() + timeout
+    while not await caught_up(store, stream, entry_id):
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
