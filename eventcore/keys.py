@@ -142,6 +142,10 @@ class Keys:
         """A key of the projections' views under view namespace ``view_ns``."""
         return ":".join((f"{self.namespace}:{{v}}", view_ns, *parts))
 
+    def view_pointer(self) -> str:
+        """Which view namespace readers and the projector use (a rebuild switches it)."""
+        return f"{self.namespace}:{{v}}:current"
+
     def all_keys_pattern(self) -> str:
         """SCAN pattern matching every key of this namespace (for tools and tests)."""
         return f"{self.namespace}:*"

@@ -14,15 +14,17 @@ from eventcore.connection import connect
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from projections.runner import Projector
-from projections.store import ViewStore
-from projections.tools import describe, tail, verify
+from projections.store import ViewStore, current_views
+from projections.tools import describe, rebuild, tail, verify
 
 __all__ = ["add_commands"]
 
 
 def add_commands(sub: Any) -> dict[str, Any]:
     p = sub.add_parser("project", help="run the projector: fold the log into the views")
-    p.add_argument("--views", default="live", help="view namespace to write (default: live)")
+    p.add_argument(
+        "--views", help="view namespace to write (default: the one in use, following rebuilds)"
+    )
     p.add_argument("--batch", type=int, default=1000, help="entries per batch")
     return {"project": cmd_project, **add_tool_commands(sub)}
 
@@ -36,12 +38,15 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
     redis = await connect(url, client_options(settings))
     elog = EventLog(redis, Keys(settings.namespace, settings.partitions), group=settings.group)
-    projector = Projector(elog, ViewStore(elog, args.views), batch=args.batch)
+    views = args.views or await current_views(elog)
+    projector = Projector(
+        elog, ViewStore(elog, views), batch=args.batch, follow_pointer=args.views is None
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"projector {projector.consumer}: views {args.views!r}", file=sys.stderr, flush=True)
+    print(f"projector {projector.consumer}: views {views!r}", file=sys.stderr, flush=True)
     try:
         await projector.run(stop)
     finally:
@@ -67,7 +72,9 @@ def add_tool_commands(sub: Any) -> dict[str, Any]:
     rp = sub.add_parser("replay", help="check the views against the log")
     rpsub = rp.add_subparsers(dest="replay_command", required=True, metavar="WHAT")
     v = rpsub.add_parser("verify", help="replay the log from zero and compare with the views")
-    v.add_argument("--views", default="live")
+    v.add_argument("--views", help="view namespace (default: the one in use)")
+    rb = rpsub.add_parser("rebuild", help="fold the log into fresh views and switch to them")
+    rb.add_argument("--batch", type=int, default=5000)
     return {"events": cmd_events, "replay": cmd_replay}
 
 
@@ -99,13 +106,45 @@ async def _events(url: str, settings: Settings, args: argparse.Namespace) -> int
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     with redis_for(settings) as target:
+        if args.replay_command == "rebuild":
+            return asyncio.run(_rebuild(target.url, settings, args.batch))
         return asyncio.run(_verify(target.url, settings, args.views))
 
 
-async def _verify(url: str, settings: Settings, views: str) -> int:
+async def _rebuild(url: str, settings: Settings, batch: int) -> int:
+    redis = await connect(url, client_options(settings))
+    elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
+    last = [0.0]
+
+    def progress(done: int, seconds: float) -> None:
+        if seconds - last[0] >= 0.5:
+            last[0] = seconds
+            rate = done / seconds if seconds else 0.0
+            print(
+                f"\rrebuilding: {done:,} entries, {rate:,.0f}/s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    try:
+        res = await rebuild(elog, batch=batch, progress=progress)
+    finally:
+        await redis.aclose()
+    rate = res.entries / res.seconds if res.seconds else 0.0
+    print(
+        f"\rrebuilt {res.entries:,} entries in {res.seconds:.1f}s ({rate:,.0f}/s) into views "
+        f"{res.views!r}; switched from {res.previous!r}",
+        flush=True,
+    )
+    return 0
+
+
+async def _verify(url: str, settings: Settings, views: str | None) -> int:
     redis = await connect(url, client_options(settings))
     elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
     try:
+        views = views or await current_views(elog)
         problems = await verify(elog, ViewStore(elog, views))
     finally:
         await redis.aclose()

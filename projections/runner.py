@@ -26,13 +26,11 @@ from eventcore.codec import Entry
 from eventcore.errors import DecodeError
 from eventcore.log import EventLog
 from projections.replay import replay
-from projections.store import ViewStore
+from projections.store import ViewStore, current_views, group_for
 
 __all__ = ["Projector"]
 
 log = logging.getLogger(__name__)
-
-GROUP = "projector"
 
 
 class Projector:
@@ -44,13 +42,18 @@ class Projector:
         elog: EventLog,
         store: ViewStore | None = None,
         *,
-        group: str = GROUP,
+        group: str | None = None,
         consumer: str | None = None,
         batch: int = 1000,
+        follow_pointer: bool = False,
     ) -> None:
         self.log = elog
         self.store = store or ViewStore(elog)
-        self.group = group
+        self.group = group or group_for(self.store.ns)
+        # With follow_pointer the projector moves to the view namespace a
+        # rebuild switched to, and its consumer group, which the rebuild
+        # already brought up to date.
+        self.follow_pointer = follow_pointer
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
         k = elog.keys
@@ -67,6 +70,14 @@ class Projector:
 
     async def step(self, block_ms: int | None = None) -> int:
         """Apply one batch; returns how many entries it read (0: nothing new)."""
+        if self.follow_pointer:
+            ns = await current_views(self.log)
+            if ns != self.store.ns:
+                log.info("projector: views switched from %s to %s", self.store.ns, ns)
+                self.store = ViewStore(self.log, ns, self.store.feed_maxlen)
+                self.group = group_for(ns)
+                self._ready = False
+                self._backlog = True
         if not self._ready:
             await self._setup()
         start = "0" if self._backlog else ">"

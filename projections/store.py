@@ -26,9 +26,23 @@ from eventcore.log import EventLog
 from projections.replay import Views
 from projections.views import NodeView, QueueView, StatsView, TaskView
 
-__all__ = ["GLOBAL", "ViewStore"]
+__all__ = ["DEFAULT_VIEWS", "GLOBAL", "ViewStore", "current_views", "group_for"]
 
 GLOBAL = "*"
+DEFAULT_VIEWS = "live"
+
+
+async def current_views(elog: EventLog) -> str:
+    """The view namespace in use: ``live`` until a rebuild switches it."""
+    value = await elog.redis.get(elog.keys.view_pointer())
+    return DEFAULT_VIEWS if value is None else value.decode()
+
+
+def group_for(view_ns: str) -> str:
+    """The projector's consumer group for a view namespace."""
+    return "projector" if view_ns == DEFAULT_VIEWS else f"projector:{view_ns}"
+
+
 SEP = "\x1f"
 FEED_MAXLEN = 100_000
 

@@ -3,19 +3,30 @@ views against a replay from zero."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
+from redis.exceptions import ResponseError
 
 from eventcore.codec import Entry
 from eventcore.log import EventLog
 from projections.replay import Views, replay
-from projections.store import ViewStore
+from projections.store import ViewStore, current_views, group_for
 
-__all__ = ["describe", "diff_views", "tail", "verify", "whole_log"]
+__all__ = [
+    "RebuildResult",
+    "describe",
+    "diff_views",
+    "drop_views",
+    "rebuild",
+    "tail",
+    "verify",
+    "whole_log",
+]
 
 
 def describe(entry: Entry[Any], *, as_json: bool = False) -> str:
@@ -103,3 +114,56 @@ async def verify(elog: EventLog, store: ViewStore) -> list[str]:
             live, tasks={**live.tasks, **(await store.load(extra)).tasks}
         )
     return diff_views(live, expected)
+
+
+class RebuildResult(msgspec.Struct, frozen=True):
+    views: str
+    previous: str
+    entries: int
+    seconds: float
+
+
+async def rebuild(
+    elog: EventLog,
+    *,
+    batch: int = 5000,
+    progress: Callable[[int, float], None] | None = None,
+) -> RebuildResult:
+    """Fold the whole log into a fresh view namespace, then switch readers and
+    the live projector to it, and drop the old one.
+
+    Live traffic keeps flowing: the rebuild reads through its own consumer
+    group from the start of the log until it has caught up, then sets the
+    pointer. A projector started with ``follow_pointer`` moves to the new
+    namespace and carries on with the rebuild's group from where it stopped.
+    """
+    from projections.runner import Projector  # the runner imports this module's neighbours
+
+    previous = await current_views(elog)
+    view_ns = f"r{int(time.time() * 1000)}"
+    projector = Projector(elog, ViewStore(elog, view_ns), batch=batch, consumer="rebuild")
+    t0 = time.monotonic()
+    while await projector.step(block_ms=None):
+        if progress is not None:
+            progress(projector.applied, time.monotonic() - t0)
+    await elog.redis.set(elog.keys.view_pointer(), view_ns)
+    await drop_views(elog, previous)
+    return RebuildResult(view_ns, previous, projector.applied, time.monotonic() - t0)
+
+
+async def drop_views(elog: EventLog, view_ns: str) -> int:
+    """Delete a view namespace's keys and its projector group; returns keys deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in elog.redis.scan_iter(match=elog.keys.view(view_ns, "*"), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += await elog.redis.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += await elog.redis.unlink(*batch)
+    group = group_for(view_ns)
+    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
+        with contextlib.suppress(ResponseError):  # no such group or stream: nothing to drop
+            await elog.redis.xgroup_destroy(stream, group)
+    return deleted

@@ -257,3 +257,14 @@ def test_events_and_replay_commands(redis_url: str) -> None:
     assert missing.returncode == 1 and "no events" in missing.stderr
     behind = run("replay", "verify", env=env)  # no projector ran: views are behind
     assert behind.returncode == 1 and "missing from the views" in behind.stdout
+
+
+def test_replay_rebuild_command(redis_url: str) -> None:
+    ns = "cli" + os.urandom(4).hex()
+    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": ns}
+    assert run("submit", "noop", "--queue", "cpu-light", env=env).returncode == 0
+    res = run("replay", "rebuild", "--batch", "10", env=env)
+    assert res.returncode == 0, res.stderr
+    assert "rebuilt 1 entries" in res.stdout and "switched from 'live'" in res.stdout
+    ok = run("replay", "verify", env=env)
+    assert ok.returncode == 0 and "equal a replay" in ok.stdout, ok.stdout

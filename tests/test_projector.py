@@ -136,3 +136,27 @@ async def test_verify_finds_a_hand_corrupted_view(r, namespace) -> None:
     assert await verify(elog, store) == [f"tasks[{some}]: differs"]
     await r.delete(store.task_key(some))
     assert await verify(elog, store) == [f"tasks[{some}]: missing from the views"]
+
+
+async def test_rebuild_switches_views_while_the_live_projector_goes_on(r, namespace) -> None:
+    from projections.store import ViewStore, current_views
+    from projections.tools import rebuild, verify
+
+    elog = await _workload(r, namespace)
+    live = Projector(elog, follow_pointer=True, batch=50)
+    await _drain(live)
+    assert await current_views(elog) == "live"
+    # corrupt the live views: the rebuild must not care
+    some = next(iter(replay(await _whole_log(elog)).tasks))
+    await r.delete(live.store.task_key(some))
+    result = await rebuild(elog, batch=37)
+    assert result.previous == "live" and result.entries > 0
+    assert await current_views(elog) == result.views
+    assert await r.keys(elog.keys.view("live", "*")) == []  # the old views are gone
+    # new traffic after the switch reaches the new views through the live projector
+    res = await elog.submit(TaskSpec(kind="noop", queue="q"))
+    await _drain(live)
+    assert live.store.ns == result.views
+    store = ViewStore(elog, result.views)
+    assert (await store.task(res.task_id)).status == "queued"
+    assert await verify(elog, store) == []
