@@ -20,11 +20,14 @@ from redis.asyncio import Redis
 from eventcore.codec import CONTROL, NODE, TASK, Codec, Entry, encode
 from eventcore.errors import DecodeError, ScriptArgumentError
 from eventcore.events import (
+    NODE_EVENT_TYPES,
     TASK_EVENT_TYPES,
     TERMINAL_EVENT_TYPES,
     ControlAcked,
     ControlIssued,
     Event,
+    NodeStarted,
+    NodeStopped,
     TaskCancelled,
     TaskCancelRequested,
     TaskDeadLettered,
@@ -210,8 +213,9 @@ class EventLog:
 
     async def append_many(self, events: Sequence[Event]) -> list[str]:
         """Append events in order, in one round trip. Task events go through the
-        append script of their partition; node and control events are single
-        XADDs. Ids come back in the order given."""
+        append script of their partition, node events through the script that
+        also keeps the node's liveness, control events are single XADDs. Ids
+        come back in the order given."""
         task_batches: dict[int, list[int]] = defaultdict(list)
         singles: list[tuple[int, str, Event]] = []
         for i, event in enumerate(events):
@@ -226,16 +230,27 @@ class EventLog:
                 for i in idx:
                     args += [events[i].task_id, encode(events[i])]  # type: ignore[attr-defined]
                 await self.scripts.append(keys=[self.keys.events(p)], args=args, client=pipe)
+            now_ms = int(time.time() * 1000)
             for _i, stream, event in singles:
-                pipe.xadd(stream, {"e": encode(event)})
+                if isinstance(event, NODE_EVENT_TYPES):
+                    await self.scripts.node_event(
+                        keys=self.node_event_keys(),
+                        args=node_event_args(event, now_ms),
+                        client=pipe,
+                    )
+                else:
+                    pipe.xadd(stream, {"e": encode(event)})
             replies = await pipe.execute(raise_on_error=False)
-        self._raise_script_error(replies)
+        _raise_script_error(replies)
         for (_p, idx), reply in zip(task_batches.items(), replies):
             for i, eid in zip(idx, reply):
                 out[i] = _s(eid)
         for (i, _stream, _e), eid in zip(singles, replies[len(task_batches) :]):
             out[i] = _s(eid)
         return out
+
+    def node_event_keys(self) -> list[str]:
+        return [self.keys.nodes(), self.keys.nodes_seen(), self.keys.nodes_info()]
 
     def _stream_of(self, event: Event) -> str:
         match event:
@@ -449,12 +464,17 @@ class EventLog:
             for keys, args in calls:
                 await script(keys=keys, args=args, client=pipe)
             replies = await pipe.execute(raise_on_error=False)
-        self._raise_script_error(replies)
+        _raise_script_error(replies)
         return replies
 
-    @staticmethod
-    def _raise_script_error(replies: list[Any]) -> None:
-        _raise_script_error(replies)
+
+def node_event_args(event: Event, now_ms: int) -> list[Any]:
+    """The node_event script's arguments: the event, whether the node is seen
+    (or gone: ``NodeStopped``), and its ``NodeStarted`` kept as its info."""
+    data = encode(event)
+    mode = "gone" if isinstance(event, NodeStopped) else "seen"
+    started = data if isinstance(event, NodeStarted) else b""
+    return [event.node, data, mode, now_ms, started]  # type: ignore[attr-defined]
 
 
 def _raise_script_error(replies: list[Any]) -> None:

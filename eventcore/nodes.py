@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 from eventcore.codec import NODE, encode
-from eventcore.events import Event, NodeLost, NodeStarted, NodeStopped
-from eventcore.log import EventLog
+from eventcore.events import Event, NodeLost, NodeStarted
+from eventcore.log import EventLog, node_event_args
 
 __all__ = ["append_node_event", "last_seen", "live_nodes", "mark_lost"]
 
@@ -21,14 +21,9 @@ __all__ = ["append_node_event", "last_seen", "live_nodes", "mark_lost"]
 async def append_node_event(log: EventLog, event: Event, *, now: float | None = None) -> str:
     """Append a node event (``NodeStarted``, ``NodeHeartbeat``, ...) and update
     the node's liveness; returns the entry id."""
-    node = event.node  # type: ignore[attr-defined]
-    mode = "gone" if isinstance(event, NodeStopped) else "seen"
     now_ms = int((time.time() if now is None else now) * 1000)
-    data = encode(event)
-    started = data if isinstance(event, NodeStarted) else b""
     eid = await log.scripts.node_event(
-        keys=[log.keys.nodes(), log.keys.nodes_seen(), log.keys.nodes_info()],
-        args=[node, data, mode, now_ms, started],
+        keys=log.node_event_keys(), args=node_event_args(event, now_ms)
     )
     return eid.decode() if isinstance(eid, bytes) else eid
 
@@ -51,7 +46,7 @@ async def mark_lost(
     event = NodeLost(node=node, last_seen=seen, noticed_by=noticed_by)
     deadline_ms = int((now - silent_for) * 1000)
     eid = await log.scripts.mark_lost(
-        keys=[log.keys.nodes(), log.keys.nodes_seen(), log.keys.nodes_info()],
+        keys=log.node_event_keys(),
         args=[node, deadline_ms, encode(event)],
     )
     return eid is not None

@@ -24,7 +24,9 @@ from eventcore.log import EventLog, Submission
 SPEC = TaskSpec(kind="noop", queue="q")
 
 
-async def test_append_many_routes_each_event_to_its_stream(log: EventLog, keys: Keys) -> None:
+async def test_append_many_routes_each_event_to_its_stream(
+    log: EventLog, keys: Keys, r: Redis
+) -> None:
     res = await log.submit(SPEC)
     events = [
         NodeHeartbeat(node="n1", free_slots=1),
@@ -36,6 +38,7 @@ async def test_append_many_routes_each_event_to_its_stream(log: EventLog, keys: 
     ids = await log.append_many(events)
     assert all(ids)  # ids are unique per stream, not across streams
     assert [e.event for e in await log.read(keys.nodes())] == [events[0]]
+    assert await r.hexists(keys.nodes_seen(), "n1")  # node events keep liveness however written
     assert [e.event for e in await log.read(keys.control("n1"))] == [events[2]]
     assert [e.event for e in await log.read(keys.control_broadcast())] == [events[3]]
     assert [e.event for e in await log.read(keys.control_acks())] == [events[4]]
