@@ -138,6 +138,18 @@ class Keys:
     def blob(self, digest: str) -> str:
         return f"{self.namespace}:blob:{digest}"
 
+    def api_tokens(self) -> str:
+        """Hash: SHA-256 of an API token -> who holds it (tenant, scopes)."""
+        return f"{self.namespace}:web:tokens"
+
+    def web_secret(self) -> str:
+        """The key that signs short-lived stream tickets, shared by every web process."""
+        return f"{self.namespace}:web:secret"
+
+    def web_model(self) -> str:
+        """The model the IOPaint-compatible routes use when a request names none."""
+        return f"{self.namespace}:web:model"
+
     def view(self, view_ns: str, *parts: str) -> str:
         """A key of the projections' views under view namespace ``view_ns``."""
         return ":".join((f"{self.namespace}:{{v}}", view_ns, *parts))
