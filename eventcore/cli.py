@@ -203,7 +203,7 @@ COMMANDS: dict[str, Any] = {
 }
 # The roles add their own commands. Named by string, imported when the parser
 # is built, so the log package itself never imports a role.
-ROLE_MODULES = ("workers.cli", "projections.cli")
+ROLE_MODULES = ("workers.cli", "projections.cli", "web.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

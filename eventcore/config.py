@@ -130,12 +130,32 @@ class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
 
 
 class WebSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """The HTTP server."""
+    """The HTTP server.
+
+    ``redis_timeout`` bounds every Redis call a request makes, so a Redis that
+    does not answer becomes a 503 within about that long. ``auth`` turns on
+    bearer tokens (``eventcore token``); ``secret`` signs stream tickets (empty:
+    a random key shared through Redis), valid ``ticket_ttl`` seconds.
+    ``read_wait`` is how long a read with ``after=`` waits for the views;
+    ``result_timeout`` how long the IOPaint-compatible routes wait for a
+    result before answering 504. Each SSE client gets ``sse_buffer`` pending
+    messages before it is sent ``resync`` and dropped, and a ping every
+    ``sse_ping`` seconds.
+    """
 
     host: str = "127.0.0.1"
     port: Annotated[int, Meta(ge=0, le=65535)] = 8000
     max_body_bytes: Annotated[int, Meta(ge=1)] = 32 * 1024 * 1024
+    max_files: Annotated[int, Meta(ge=1)] = 8
+    max_fields: Annotated[int, Meta(ge=1)] = 64
+    redis_timeout: Positive = 0.8
     auth: bool = False
+    secret: str = ""
+    ticket_ttl: Positive = 60.0
+    read_wait: NonNegative = 2.0
+    result_timeout: Positive = 120.0
+    sse_buffer: Annotated[int, Meta(ge=1)] = 256
+    sse_ping: Positive = 15.0
 
 
 class ModelSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -1,0 +1,177 @@
+"""The /v1 task routes in process, against a real redis-server and a real
+projector: submit (JSON and multipart), read-your-writes, lists, history,
+results, cancel, retry, and the errors bad requests get."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from eventcore import groups
+from eventcore.events import TaskClaimed, TaskStarted, TaskSucceeded
+from eventcore.log import EventLog, Settlement
+from tests.webkit import announce, j, projector, settings_for, web_client
+
+
+async def test_submit_then_read_your_write(redis_url: str, log: EventLog, namespace: str) -> None:
+    async with projector(log), web_client(redis_url, settings_for(namespace)) as c:
+        r = await c.post("/v1/tasks", json={"kind": "noop", "params": {"x": 1}})
+        assert r.status_code == 202, r.text
+        body = j(r)
+        assert body["queue"] == "cpu-light" and body["created"] is True
+        got = await c.get(f"/v1/tasks/{body['task_id']}", params={"after": body["event_id"]})
+        assert got.status_code == 200, got.text
+        view = j(got)
+        assert view["task_id"] == body["task_id"]
+        assert view["status"] == "queued"
+        assert view["params_summary"] == {"x": 1}
+        assert "x-views-behind" not in got.headers
+
+
+async def test_idempotency_key_header_gives_one_task(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    async with web_client(redis_url, settings_for(namespace)) as c:
+        first = await c.post("/v1/tasks", json={"kind": "noop"}, headers={"Idempotency-Key": "k1"})
+        again = await c.post("/v1/tasks", json={"kind": "noop"}, headers={"Idempotency-Key": "k1"})
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert j(first)["task_id"] == j(again)["task_id"]
+    assert j(again)["created"] is False
+    assert await log.redis.xlen(log.keys.events(0)) == 1
+
+
+async def test_bad_bodies_are_4xx_naming_the_field_and_write_nothing(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    async with web_client(redis_url, settings_for(namespace, max_body_bytes=1000)) as c:
+        cases = [
+            (c.post("/v1/tasks", json={"params": {}}), 422, "kind"),
+            (c.post("/v1/tasks", json={"kind": "noop", "bogus": 1}), 422, "bogus"),
+            (c.post("/v1/tasks", json={"kind": "noop", "priority": "urgent"}), 422, "priority"),
+            (
+                c.post("/v1/tasks", json={"kind": "noop", "max_deliveries": 0}),
+                422,
+                "max_deliveries",
+            ),
+            (
+                c.post("/v1/tasks", content=b"{nope", headers={"content-type": "application/json"}),
+                400,
+                "JSON",
+            ),
+            (
+                c.post("/v1/tasks", content=b"kind=noop", headers={"content-type": "text/plain"}),
+                415,
+                "application/json",
+            ),
+            (c.post("/v1/tasks", json={"kind": "noop", "params": {"p": "x" * 2000}}), 413, "1000"),
+            (c.post("/v1/tasks", json={"kind": "noop", "queue": "nope"}), 400, "nope"),
+        ]
+        for call, status, mention in cases:
+            r = await call
+            assert r.status_code == status, (status, r.text)
+            body = j(r)
+            assert set(body) >= {"error", "detail"}
+            assert mention in body["detail"], body
+    assert await log.redis.exists(log.keys.events(0)) == 0
+
+
+async def test_unknown_kind_is_400_once_workers_announced_their_handlers(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    await announce(log, "n1", ("noop", "inpaint"))
+    async with web_client(redis_url, settings_for(namespace)) as c:
+        r = await c.post("/v1/tasks", json={"kind": "transmogrify"})
+        assert r.status_code == 400
+        assert j(r)["error"] == "unknown_kind"
+        assert "transmogrify" in j(r)["detail"] and "inpaint" in j(r)["detail"]
+        assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
+
+
+async def test_multipart_submit_stores_files_as_blobs(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    image = cv2.imencode(".png", np.full((8, 8, 3), 200, np.uint8))[1].tobytes()
+    async with projector(log), web_client(redis_url, settings_for(namespace)) as c:
+        r = await c.post(
+            "/v1/tasks",
+            data={"kind": "inpaint", "params": '{"cv2_radius": 3}'},
+            files={"image": ("a.png", image, "image/png"), "mask": ("m.png", image, "image/png")},
+        )
+        assert r.status_code == 202, r.text
+        task_id, eid = j(r)["task_id"], j(r)["event_id"]
+        view = j(await c.get(f"/v1/tasks/{task_id}", params={"after": eid}))
+        params = view["params_summary"]
+        assert params["cv2_radius"] == 3
+        submitted = (await log.history(task_id))[0].event
+        blobs = c.app.state.web.blobs  # type: ignore[attr-defined]
+        assert await blobs.get(submitted.spec.params["image"]) == image
+        assert await blobs.get(submitted.spec.params["mask"]) == image
+
+
+async def test_list_filters_and_cursor(redis_url: str, log: EventLog, namespace: str) -> None:
+    async with projector(log), web_client(redis_url, settings_for(namespace)) as c:
+        ids = []
+        for i in range(5):
+            r = await c.post("/v1/tasks", json={"kind": "noop" if i % 2 else "sleep"})
+            ids.append(j(r)["task_id"])
+        last = j(r)["event_id"]
+        page1 = await c.get("/v1/tasks", params={"limit": 2, "after": last})
+        assert page1.status_code == 200, page1.text
+        p1 = j(page1)
+        assert [t["task_id"] for t in p1["tasks"]] == ids[::-1][:2]
+        p2 = j(await c.get("/v1/tasks", params={"limit": 2, "cursor": p1["next_cursor"]}))
+        assert [t["task_id"] for t in p2["tasks"]] == ids[::-1][2:4]
+        noops = j(await c.get("/v1/tasks", params={"kind": "noop"}))["tasks"]
+        assert sorted(t["task_id"] for t in noops) == sorted(ids[1::2])
+        bad = await c.get("/v1/tasks", params={"status": "sleeping"})
+        assert bad.status_code == 422 and "sleeping" in j(bad)["detail"]
+        bad = await c.get("/v1/tasks", params={"colour": "red"})
+        assert bad.status_code == 422 and "colour" in j(bad)["detail"]
+        bad = await c.get("/v1/tasks", params={"cursor": "zzz"})
+        assert bad.status_code == 422
+
+
+async def test_result_history_cancel_retry(redis_url: str, log: EventLog, namespace: str) -> None:
+    async with projector(log), web_client(redis_url, settings_for(namespace)) as c:
+        done = j(await c.post("/v1/tasks", json={"kind": "noop"}))
+        other = j(await c.post("/v1/tasks", json={"kind": "noop"}))
+        # A worker's part, by hand: claim the first and settle it with a result.
+        stream = log.keys.work(0, "cpu-light", "normal")
+        await groups.ensure_group(log.redis, stream, log.group)
+        entry, _ = await groups.read_group(log.redis, log.group, "w1", [stream], count=2)
+        assert entry.task_id == done["task_id"]
+        t = done["task_id"]
+        evs = (
+            TaskClaimed(task_id=t, node="w1", attempt=1, deliveries=1, entry_id=entry.id),
+            TaskStarted(task_id=t, node="w1", attempt=1),
+            TaskSucceeded(task_id=t, node="w1", attempt=1, result={"answer": 42}),
+        )
+        settled = await log.settle("w1", [Settlement(entry, evs)])
+        assert settled[0].ok
+        result = await c.get(
+            f"/v1/tasks/{done['task_id']}/result", params={"after": settled[0].event_id}
+        )
+        assert result.status_code == 200, result.text
+        assert j(result) == {"answer": 42}
+        history = j(await c.get(f"/v1/tasks/{done['task_id']}/events"))
+        assert [h["event"]["type"] for h in history] == [
+            "task.submitted",
+            "task.claimed",
+            "task.started",
+            "task.succeeded",
+        ]
+        # Not finished: no result yet, cancel goes through, then retry makes a new task.
+        pending = await c.get(
+            f"/v1/tasks/{other['task_id']}/result", params={"after": other["event_id"]}
+        )
+        assert pending.status_code == 409 and j(pending)["error"] == "no_result"
+        assert (await c.post(f"/v1/tasks/{other['task_id']}/retry")).status_code == 409
+        cancel = await c.post(
+            f"/v1/tasks/{other['task_id']}/cancel", json={"reason": "changed my mind"}
+        )
+        assert cancel.status_code == 202 and j(cancel)["outcome"] == "requested"
+        again = await c.post(f"/v1/tasks/{done['task_id']}/cancel")
+        assert again.status_code == 409 and j(again)["ended_as"] == "task.succeeded"
+        assert (await c.post(f"/v1/tasks/{done['task_id']}/retry")).status_code == 409
+        missing = await c.get("/v1/tasks/not-a-task")
+        assert missing.status_code == 404 and j(missing)["error"] == "not_found"

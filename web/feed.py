@@ -1,0 +1,228 @@
+"""The live feed: one reader per web process follows the projections' feed
+stream and fans each view change out to the SSE clients whose filters match.
+
+Every client has a bounded queue. A client that falls ``buffer`` messages
+behind is cut off with a ``resync`` event rather than letting its queue grow:
+it reconnects with ``Last-Event-ID`` and reads what it missed from the
+stream itself. A client resuming with ``Last-Event-ID`` is registered first
+and then reads the stream from that id, and only then drains its queue,
+skipping what it already sent, so nothing falls between history and live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+
+import msgspec
+
+from eventcore.log import EventLog
+
+__all__ = ["FeedFilter", "FeedHub", "FeedItem", "Resync", "parse_id"]
+
+log = logging.getLogger("eventcore.web.feed")
+
+_any = msgspec.msgpack.Decoder()
+_json = msgspec.json.Encoder()
+
+
+def parse_id(entry_id: str) -> tuple[int, int]:
+    """``"1700000000000-3"`` as a pair for comparing; ValueError when malformed."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class FeedItem(msgspec.Struct, frozen=True):
+    """One view change as the feed stream holds it, its view as JSON text."""
+
+    id: str
+    entity: str
+    key: str
+    queue: str
+    kind: str
+    status: str
+    node: str
+    tenant: str
+    data: str
+
+    @classmethod
+    def from_entry(cls, entry_id: str, fields: Mapping[bytes, bytes]) -> FeedItem:
+        def f(name: bytes) -> str:
+            return fields.get(name, b"").decode()
+
+        view = _any.decode(fields[b"view"]) if b"view" in fields else None
+        entity = f(b"entity")
+        data = _json.encode(
+            {"entity": entity, "id": f(b"id"), "status": f(b"status") or None, "view": view}
+        ).decode()
+        return cls(
+            entry_id,
+            entity,
+            f(b"id"),
+            f(b"queue"),
+            f(b"kind"),
+            f(b"status"),
+            f(b"node"),
+            f(b"tenant"),
+            data,
+        )
+
+
+class FeedFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """What a client wants. ``tenant`` not None (a tenant-bound token) limits
+    the feed to that tenant's task views: node, queue and stats views mix
+    tenants and are left out."""
+
+    task: str | None = None
+    queue: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    node: str | None = None
+    entity: str | None = None
+    tenant: str | None = None
+
+    def matches(self, item: FeedItem) -> bool:
+        if self.tenant is not None and (item.entity != "task" or item.tenant != self.tenant):
+            return False
+        if self.task is not None and (item.entity != "task" or item.key != self.task):
+            return False
+        return (
+            (self.entity is None or item.entity == self.entity)
+            and (self.queue is None or item.queue == self.queue)
+            and (self.kind is None or item.kind == self.kind)
+            and (self.status is None or item.status == self.status)
+            and (self.node is None or item.node == self.node)
+        )
+
+
+class Resync(Exception):
+    """The client fell too far behind (or asked for entries the capped feed
+    no longer holds) and must re-read the views."""
+
+
+class _Client:
+    def __init__(self, flt: FeedFilter, buffer: int) -> None:
+        self.filter = flt
+        self.queue: asyncio.Queue[FeedItem] = asyncio.Queue(buffer)
+        self.catching_up = False
+        self.overflowed = False
+
+
+class FeedHub:
+    def __init__(self, log: EventLog, *, buffer: int = 256, block_ms: int = 250) -> None:
+        self.log = log
+        self.key = log.keys.feed()
+        self.buffer = buffer
+        self.block_ms = block_ms
+        self.clients: set[_Client] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.position: str | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._closing = False
+        self._task = asyncio.create_task(self._read_loop(), name="feed-reader")
+
+    async def stop(self) -> None:
+        # Let the blocking read return rather than cancel it: a read cancelled
+        # half-way leaves its connection in an unknown state.
+        self._closing = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self._task, self.block_ms / 1000 + 2)
+            self._task = None
+
+    async def _read_loop(self) -> None:
+        backoff = 0.1
+        while not self._closing:
+            try:
+                if self.position is None:
+                    newest = await self.log.redis.xrevrange(self.key, count=1)
+                    self.position = newest[0][0].decode() if newest else "0-0"
+                    self.ready.set()
+                reply = await self.log.redis.xread(
+                    {self.key: self.position}, count=1000, block=self.block_ms
+                )
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis away: keep clients, try again
+                log.warning("feed reader: %s; retrying in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            for _, entries in reply or ():
+                for raw_id, fields in entries:
+                    self.position = raw_id.decode()
+                    self.publish(self.position, fields)
+
+    def publish(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
+        item: FeedItem | None = None
+        for client in list(self.clients):
+            if item is None:
+                item = FeedItem.from_entry(entry_id, fields)
+            if not client.filter.matches(item):
+                continue
+            try:
+                client.queue.put_nowait(item)
+            except asyncio.QueueFull:
+                client.overflowed = True
+                if not client.catching_up:
+                    self.clients.discard(client)
+                    # Wake the client so it notices at once.
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        client.queue.get_nowait()
+                    client.queue.put_nowait(item)
+
+    async def _history(self, after: str, count: int = 500) -> list[FeedItem]:
+        rows = await self.log.redis.xrange(self.key, f"({after}", "+", count=count)
+        return [FeedItem.from_entry(raw_id.decode(), fields) for raw_id, fields in rows]
+
+    async def _oldest(self) -> str | None:
+        rows = await self.log.redis.xrange(self.key, "-", "+", count=1)
+        return rows[0][0].decode() if rows else None
+
+    async def follow(self, flt: FeedFilter, last_id: str | None = None) -> AsyncIterator[FeedItem]:
+        """The matching view changes after ``last_id`` (from the stream), then
+        live ones. Raises :class:`Resync` when the client must re-read the views."""
+        client = _Client(flt, self.buffer)
+        self.clients.add(client)
+        try:
+            sent = (0, 0)
+            if last_id is not None:
+                client.catching_up = True
+                oldest = await self._oldest()
+                if oldest is not None and parse_id(oldest) > parse_id(last_id):
+                    # The capped feed dropped entries this client never saw.
+                    raise Resync()
+                cursor = last_id
+                while True:
+                    batch = await self._history(cursor)
+                    for item in batch:
+                        cursor = item.id
+                        if flt.matches(item):
+                            yield item
+                    sent = parse_id(cursor)
+                    if len(batch) < 500:
+                        if not client.overflowed:
+                            break
+                        client.overflowed = False  # the stream has what the queue dropped
+                        while not client.queue.empty():
+                            client.queue.get_nowait()
+                client.catching_up = False
+            while True:
+                if client.overflowed and client not in self.clients:
+                    raise Resync()
+                item = await client.queue.get()
+                if client.overflowed and client not in self.clients:
+                    raise Resync()
+                here = parse_id(item.id)
+                if here <= sent:
+                    continue
+                sent = here
+                yield item
+        finally:
+            self.clients.discard(client)

@@ -1,0 +1,82 @@
+"""``/openapi.json``: the routes, with schemas of the request and view
+structs generated from the structs themselves, so they cannot drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from projections.views import NodeView, QueueView, StatsView, TaskView
+
+__all__ = ["document"]
+
+SUMMARIES = {
+    ("POST", "/v1/tasks"): "Submit a task (JSON, or multipart with image files)",
+    ("GET", "/v1/tasks"): "List tasks (filters, cursor pagination, after=<event id>)",
+    ("GET", "/v1/tasks/{task_id}"): "A task's view",
+    ("GET", "/v1/tasks/{task_id}/events"): "A task's events, from the log",
+    ("GET", "/v1/tasks/{task_id}/result"): "The result: the image, or JSON",
+    ("POST", "/v1/tasks/{task_id}/cancel"): "Ask for a task to be cancelled",
+    ("POST", "/v1/tasks/{task_id}/retry"): "Submit a finished task again",
+    ("GET", "/v1/stream"): "View changes as Server-Sent Events (Last-Event-ID resumes)",
+    ("POST", "/v1/stream/ticket"): "A short-lived ticket for a browser's EventSource",
+    ("GET", "/v1/nodes"): "Worker nodes",
+    ("POST", "/v1/nodes/{node}/control"): "Send a control command and wait for the ack",
+    ("GET", "/v1/queues"): "Queues",
+    ("GET", "/v1/stats"): "Throughput, success rate and durations",
+    ("GET", "/healthz"): "Health",
+    ("GET", "/metrics"): "Prometheus metrics",
+    ("POST", "/api/v1/inpaint"): "IOPaint-compatible inpaint (answers with the PNG)",
+    ("POST", "/api/v1/run_plugin_gen_image"): "IOPaint-compatible plugin (RealESRGAN: upscale)",
+}
+
+ERROR = {
+    "type": "object",
+    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
+    "required": ["error", "detail"],
+}
+
+
+def document(app: Starlette) -> dict[str, Any]:
+    from web.submit import SubmitRequest
+
+    (submit, *_), components = msgspec.json.schema_components(
+        [SubmitRequest, TaskView, NodeView, QueueView, StatsView],
+        ref_template="#/components/schemas/{name}",
+    )
+    components["Error"] = ERROR
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app.routes:
+        if not isinstance(route, Route):
+            continue
+        for method in sorted((route.methods or set()) - {"HEAD"}):
+            op: dict[str, Any] = {
+                "summary": SUMMARIES.get((method, route.path), route.name),
+                "responses": {
+                    "default": {
+                        "description": "error",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                        },
+                    }
+                },
+            }
+            if (method, route.path) == ("POST", "/v1/tasks"):
+                op["requestBody"] = {"content": {"application/json": {"schema": submit}}}
+            if route.path == "/v1/tasks/{task_id}" and method == "GET":
+                op["responses"]["200"] = {
+                    "description": "the task",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/TaskView"}}
+                    },
+                }
+            paths.setdefault(route.path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "eventcore", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,76 @@
+"""``GET /v1/stream``: view changes as Server-Sent Events.
+
+Each event's ``id`` is the feed stream's entry id, its ``event`` the entity
+(``task``, ``node``, ``queue``, ``stats``) and its data the view as JSON. A
+client reconnecting with ``Last-Event-ID`` (the header ``EventSource`` sends,
+or ``?last_event_id=``) gets every change it missed, in order, then live ones.
+A ``resync`` event means: re-read the views you care about, then reconnect
+without an id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from web.app import state_of
+from web.errors import ApiError
+from web.feed import FeedFilter, Resync, parse_id
+
+__all__ = ["routes"]
+
+FILTERS = ("task", "queue", "kind", "status", "node", "entity")
+
+
+async def stream(request: Request) -> Response:
+    web = state_of(request)
+    who = await web.auth.principal(request, "stream")
+    params = request.query_params
+    unknown = set(params) - {*FILTERS, "ticket", "last_event_id"}
+    if unknown:
+        raise ApiError(422, "invalid", f"unknown query parameter {sorted(unknown)[0]!r}")
+    last_id = request.headers.get("last-event-id") or params.get("last_event_id") or None
+    if last_id is not None:
+        try:
+            parse_id(last_id)
+        except ValueError:
+            raise ApiError(
+                422, "invalid", f"Last-Event-ID {last_id!r} is not a stream id"
+            ) from None
+    tenant = who.tenant if web.auth.enabled and not who.has("admin") else None
+    flt = FeedFilter(tenant=tenant, **{f: params[f] for f in FILTERS if f in params})
+    hub = web.hub
+    web.metrics.sse_clients.inc()
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        try:
+            async for item in hub.follow(flt, last_id):
+                yield ServerSentEvent(item.data, event=item.entity, id=item.id)
+        except Resync:
+            yield ServerSentEvent('{"reason": "fell behind or missed entries"}', event="resync")
+        finally:
+            web.metrics.sse_clients.dec()
+
+    return EventSourceResponse(
+        events(),
+        ping=web.settings.web.sse_ping,
+        send_timeout=10.0,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def ticket(request: Request) -> Response:
+    web = state_of(request)
+    who = await web.auth.principal(request, "stream")
+    value, expires = await web.auth.ticket(who)
+    return JSONResponse({"ticket": value, "expires_at": expires})
+
+
+routes = [
+    Route("/v1/stream", stream, methods=["GET"]),
+    Route("/v1/stream/ticket", ticket, methods=["POST"]),
+]

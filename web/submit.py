@@ -1,0 +1,143 @@
+"""Turning a submit request into a task: the request's shape, the checks a
+task must pass before anything is written (known kind, a queue that takes
+it), routing, and waiting for a task to end (for the routes that answer with
+the result itself)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from eventcore.events import TERMINAL_EVENT_TYPES, Priority, RetryPolicy, TaskSpec
+from eventcore.log import SubmitResult
+from eventcore.routing import RoutingError, backlog, route
+from web.app import WebState
+from web.errors import ApiError
+
+__all__ = ["Finished", "SubmitRequest", "known_kinds", "submit", "wait_until_done"]
+
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+
+
+class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /v1/tasks``. ``queue`` unset: routed by kind, model and backlog.
+    ``run_at`` (epoch seconds) or ``delay`` (seconds) defers the task."""
+
+    kind: Name
+    params: dict[str, Any] = {}
+    queue: Name | None = None
+    priority: Priority = Priority.NORMAL
+    model: Name | None = None
+    retry: RetryPolicy | None = None
+    soft_timeout: Annotated[float, Meta(gt=0)] | None = None
+    hard_timeout: Annotated[float, Meta(gt=0)] | None = None
+    max_deliveries: Annotated[int, Meta(ge=1)] | None = None
+    run_at: float | None = None
+    delay: Annotated[float, Meta(ge=0)] | None = None
+    idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+
+
+_kinds_cache: dict[int, tuple[float, set[str]]] = {}
+
+
+async def known_kinds(web: WebState) -> set[str]:
+    """Kinds some node has announced a handler for (cached for two seconds).
+    Empty when no node ever announced itself: then any kind is taken, and the
+    task waits for a worker that has it."""
+    now = time.monotonic()
+    cached = _kinds_cache.get(id(web))
+    if cached and now - cached[0] < 2.0:
+        return cached[1]
+    kinds: set[str] = set()
+    from eventcore.codec import NODE
+    from eventcore.events import NodeStarted
+
+    info = await web.redis.hgetall(web.log.keys.nodes_info())
+    for node, raw in info.items():
+        try:
+            event = NODE.decode(raw, stream=web.log.keys.nodes_info(), entry_id=node.decode())
+        except Exception:  # a bad record must not block submissions
+            continue
+        if isinstance(event, NodeStarted):
+            kinds.update(event.capabilities.handlers)
+    _kinds_cache[id(web)] = (now, kinds)
+    return kinds
+
+
+async def submit(
+    web: WebState, req: SubmitRequest, *, tenant: str, idempotency_key: str | None = None
+) -> tuple[SubmitResult, str]:
+    """Check, route and submit; returns the result and the queue chosen.
+    Raises 400 for an unknown kind or a task no queue takes."""
+    kinds = await known_kinds(web)
+    if kinds and req.kind not in kinds:
+        raise ApiError(
+            400,
+            "unknown_kind",
+            f"kind {req.kind!r} is not offered by any worker; known kinds: "
+            f"{', '.join(sorted(kinds))}",
+        )
+    settings = web.settings
+    names = [q.name for q in settings.queues]
+    try:
+        queue = route(
+            req.kind, req.model, req.queue, settings.queues, await backlog(web.log, names)
+        )
+    except RoutingError as exc:
+        raise ApiError(400, "unroutable", str(exc)) from None
+    spec = TaskSpec(
+        kind=req.kind,
+        queue=queue,
+        priority=req.priority,
+        params=req.params,
+        tenant=tenant,
+        model=req.model,
+        retry=req.retry,
+        soft_timeout=req.soft_timeout,
+        hard_timeout=req.hard_timeout,
+        max_deliveries=req.max_deliveries,
+    )
+    run_at = (
+        req.run_at if req.run_at is not None else (time.time() + req.delay if req.delay else None)
+    )
+    key = idempotency_key or req.idempotency_key
+    result = await web.log.submit(spec, idempotency_key=key, run_at=run_at)
+    return result, queue
+
+
+class Finished(msgspec.Struct, frozen=True):
+    """How a task ended, read from its log: the terminal event."""
+
+    task_id: str
+    status: str
+    event: Any
+
+
+async def wait_until_done(web: WebState, task_id: str, timeout: float) -> Finished | None:
+    """Follow the task's partition stream until its terminal event; None when
+    ``timeout`` runs out first. Reads the log, not the views, so it does not
+    depend on the projector."""
+    log = web.waiting_log
+    stream = log.keys.events(log.keys.partition(task_id))
+    deadline = time.monotonic() + timeout
+    position = "0-0"
+    for entry in await log.history(task_id):
+        position = entry.id
+        if isinstance(entry.event, TERMINAL_EVENT_TYPES):
+            return _finished(task_id, entry.event)
+    while (left := deadline - time.monotonic()) > 0:
+        block = max(1, min(int(left * 1000), 1000))
+        for entry in await log.tail({stream: position}, count=1000, block_ms=block):
+            position = entry.id
+            if entry.event.task_id == task_id and isinstance(entry.event, TERMINAL_EVENT_TYPES):
+                return _finished(task_id, entry.event)
+        await asyncio.sleep(0)
+    return None
+
+
+def _finished(task_id: str, event: Any) -> Finished:
+    return Finished(task_id, event.type_name().removeprefix("task."), event)

@@ -1,0 +1,148 @@
+"""Nodes, queues, stats, node control, health, metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from eventcore.control import BROADCAST, issue_and_wait
+from eventcore.events import ControlKind
+from eventcore.nodes import live_nodes
+from web.app import state_of
+from web.errors import ApiError
+from web.limits import read_json
+from web.metrics import CONTENT_TYPE, render_views
+from web.openapi import document
+from web.tasks import json_response
+
+__all__ = ["routes"]
+
+
+async def get_nodes(request: Request) -> Response:
+    web = state_of(request)
+    await web.auth.principal(request, "admin" if web.auth.enabled else "read")
+    nodes = await (await web.store()).nodes()
+    return json_response({"nodes": [nodes[n] for n in sorted(nodes)]})
+
+
+async def get_queues(request: Request) -> Response:
+    web = state_of(request)
+    await web.auth.principal(request, "read")
+    queues = await (await web.store()).queues()
+    declared = [q.name for q in web.settings.queues]
+    names = [*declared, *sorted(set(queues) - set(declared))]
+    out = []
+    for name in names:
+        view = queues.get(name)
+        out.append({"queue": name, "declared": name in declared, "view": view})
+    return json_response({"queues": out})
+
+
+async def get_stats(request: Request) -> Response:
+    web = state_of(request)
+    await web.auth.principal(request, "read")
+    overall, by_scope = await (await web.store()).stats()
+    return json_response(
+        {
+            "overall": overall,
+            "by_queue_kind": [by_scope[k] for k in sorted(by_scope)],
+        }
+    )
+
+
+class ControlRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    command: ControlKind
+    args: dict[str, Any] = {}
+    timeout: Annotated[float, Meta(gt=0, le=60)] = 5.0
+
+
+async def control(request: Request) -> Response:
+    """Send a command to a node (``*``: every live node) and wait for the ack(s)."""
+    web = state_of(request)
+    who = await web.auth.principal(request, "admin")
+    node = request.path_params["node"]
+    req = await read_json(request, ControlRequest)
+    alive = await live_nodes(web.log, silent_for=web.settings.worker.heartbeat_timeout)
+    if node != BROADCAST and node not in alive:
+        raise ApiError(
+            404,
+            "not_found",
+            f"no live node {node!r}; live: " + (", ".join(sorted(alive)) or "none"),
+        )
+    expect = len(alive) if node == BROADCAST else 1
+    acks = await issue_and_wait(
+        web.waiting_log,
+        node,
+        req.command,
+        req.args,
+        expect=max(expect, 1),
+        timeout=req.timeout,
+        by=who.name,
+    )
+    body = {
+        "command": req.command.value,
+        "target": node,
+        "expected": expect,
+        "acks": [{"node": a.node, "ok": a.ok, "detail": a.detail} for a in acks],
+    }
+    if len(acks) < expect:
+        return json_response(
+            {
+                **body,
+                "error": "timeout",
+                "detail": f"{len(acks)} of {expect} acks within {req.timeout}s",
+            },
+            504,
+        )
+    return json_response(body, 200 if all(a.ok for a in acks) else 409)
+
+
+async def healthz(request: Request) -> Response:
+    """200 when Redis answers, with the projector's lag; 503 otherwise."""
+    web = state_of(request)
+    started = time.perf_counter()
+    await web.redis.ping()
+    store = await web.store()
+    marks = await store.watermark()
+    return JSONResponse(
+        {
+            "status": "ok",
+            "redis_ms": round((time.perf_counter() - started) * 1000, 2),
+            "views": store.ns,
+            "watermark": marks,
+            "sse_clients": len(web.hub.clients),
+        }
+    )
+
+
+async def metrics(request: Request) -> Response:
+    web = state_of(request)
+    store = await web.store()
+    queues = await store.queues()
+    nodes = await store.nodes()
+    _, by_scope = await store.stats()
+    body = render_views(
+        web.metrics, queues, nodes, by_scope.items(), web.settings.worker.heartbeat_timeout
+    )
+    return Response(body, media_type=CONTENT_TYPE)
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(document(request.app))
+
+
+routes = [
+    Route("/v1/nodes", get_nodes, methods=["GET"]),
+    Route("/v1/nodes/{node}/control", control, methods=["POST"]),
+    Route("/v1/queues", get_queues, methods=["GET"]),
+    Route("/v1/stats", get_stats, methods=["GET"]),
+    Route("/healthz", healthz, methods=["GET"]),
+    Route("/metrics", metrics, methods=["GET"]),
+    Route("/openapi.json", openapi, methods=["GET"]),
+]
