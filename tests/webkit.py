@@ -54,3 +54,61 @@ async def announce(log: EventLog, node: str, handlers: tuple[str, ...]) -> None:
 
 def j(response: httpx.Response) -> Any:
     return msgspec.json.decode(response.content)
+
+
+@contextlib.asynccontextmanager
+async def served(redis_url: str, settings: Settings) -> AsyncIterator[str]:
+    """The app served by uvicorn on a free port in this event loop; yields its
+    base URL. For what the in-process transport cannot do (streaming SSE)."""
+    import uvicorn
+
+    from eventcore.servers import free_port
+
+    app = create_app(settings, redis_url)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+_line_iters: dict[int, Any] = {}
+
+
+async def sse_events(
+    response: httpx.Response, *, limit: int, timeout: float = 10.0
+) -> list[dict[str, str]]:
+    """Up to ``limit`` SSE events (``id``, ``event``, ``data``) from a streaming
+    response, waiting ``timeout`` seconds at most; pings (comments) are
+    skipped. Call again on the same response for the next ones."""
+    lines = _line_iters.setdefault(id(response), response.aiter_lines().__aiter__())
+    out: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+
+    async def read() -> None:
+        async for line in lines:
+            if not line:
+                if current:
+                    out.append(dict(current))
+                    current.clear()
+                    if len(out) >= limit:
+                        return
+                continue
+            if line.startswith(":"):
+                continue
+            field, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            current[field] = current[field] + "\n" + value if field in current else value
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(read(), timeout)
+    return out

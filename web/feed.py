@@ -17,8 +17,10 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 
 import msgspec
+from redis.exceptions import ResponseError
 
 from eventcore.log import EventLog
+from projections.store import FEED_MAXLEN
 
 __all__ = ["FeedFilter", "FeedHub", "FeedItem", "Resync", "parse_id"]
 
@@ -181,9 +183,21 @@ class FeedHub:
         rows = await self.log.redis.xrange(self.key, f"({after}", "+", count=count)
         return [FeedItem.from_entry(raw_id.decode(), fields) for raw_id, fields in rows]
 
-    async def _oldest(self) -> str | None:
-        rows = await self.log.redis.xrange(self.key, "-", "+", count=1)
-        return rows[0][0].decode() if rows else None
+    async def _dropped_after(self, last_id: str) -> bool:
+        """Whether the capped feed has dropped entries newer than ``last_id``."""
+        try:
+            info = await self.log.redis.xinfo_stream(self.key)
+        except ResponseError:  # no feed yet
+            return False
+        deleted = info.get("max-deleted-entry-id")
+        if deleted is not None:  # Redis 7+: exact
+            deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
+            return parse_id(deleted) > parse_id(last_id)
+        first = info.get("first-entry")
+        if not first or int(info.get("length", 0)) < FEED_MAXLEN * 9 // 10:
+            return False  # Redis 6.2: never trimmed while below the cap
+        first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
+        return parse_id(first_id) > parse_id(last_id)
 
     async def follow(self, flt: FeedFilter, last_id: str | None = None) -> AsyncIterator[FeedItem]:
         """The matching view changes after ``last_id`` (from the stream), then
@@ -194,8 +208,7 @@ class FeedHub:
             sent = (0, 0)
             if last_id is not None:
                 client.catching_up = True
-                oldest = await self._oldest()
-                if oldest is not None and parse_id(oldest) > parse_id(last_id):
+                if await self._dropped_after(last_id):
                     # The capped feed dropped entries this client never saw.
                     raise Resync()
                 cursor = last_id

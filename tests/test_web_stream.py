@@ -1,0 +1,106 @@
+"""SSE over a real HTTP server: view changes arrive with the feed's ids,
+filters hold, a client resuming with Last-Event-ID misses nothing and sees
+nothing twice, and a client too slow for its buffer gets ``resync``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from eventcore.events import TaskSpec
+from eventcore.log import EventLog
+from tests.webkit import projector, served, settings_for, sse_events
+
+
+async def _feed_ids(log: EventLog) -> list[str]:
+    return [i.decode() for i, _ in await log.redis.xrange(log.keys.feed())]
+
+
+async def test_stream_sends_view_changes_with_feed_ids(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    async with projector(log), served(redis_url, settings_for(namespace)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            async with c.stream("GET", "/v1/stream", params={"entity": "task"}) as resp:
+                assert resp.status_code == 200
+                assert resp.headers["content-type"].startswith("text/event-stream")
+                sub = await c.post("/v1/tasks", json={"kind": "noop"})
+                task_id = sub.json()["task_id"]
+                (event,) = await sse_events(resp, limit=1)
+    assert event["event"] == "task"
+    data = json.loads(event["data"])
+    assert data["id"] == task_id and data["view"]["status"] == "queued"
+    assert event["id"] in await _feed_ids(log)
+
+
+async def test_resume_with_last_event_id_misses_nothing_and_repeats_nothing(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    spec = TaskSpec(kind="noop", queue="cpu-light")
+    async with projector(log), served(redis_url, settings_for(namespace)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            async with c.stream("GET", "/v1/stream", params={"entity": "task"}) as resp:
+                for _ in range(5):
+                    await log.submit(spec)
+                first = await sse_events(resp, limit=3)
+            # Disconnected after 3 of 5; 20 more happen while away.
+            for _ in range(20):
+                await log.submit(spec)
+            await asyncio.sleep(0.3)
+            headers = {"Last-Event-ID": first[-1]["id"]}
+            async with c.stream(
+                "GET", "/v1/stream", params={"entity": "task"}, headers=headers
+            ) as resp:
+                rest = await sse_events(resp, limit=22)
+                for _ in range(3):  # and live ones after the history
+                    await log.submit(spec)
+                live = await sse_events(resp, limit=3)
+    ids = [e["id"] for e in first + rest + live]
+    assert len(ids) == len(set(ids)) == 28
+    feed = [i for i in await _feed_ids(log)]
+    task_feed = [
+        i.decode() for i, f in await log.redis.xrange(log.keys.feed()) if f[b"entity"] == b"task"
+    ]
+    assert ids == task_feed, (len(ids), len(task_feed))
+    assert set(ids) <= set(feed)
+
+
+async def test_filters_by_task_and_status(redis_url: str, log: EventLog, namespace: str) -> None:
+    spec = TaskSpec(kind="noop", queue="cpu-light")
+    async with projector(log), served(redis_url, settings_for(namespace)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            mine = (await log.submit(spec)).task_id
+            await asyncio.sleep(0.2)
+            async with c.stream(
+                "GET", "/v1/stream", params={"task": mine}, headers={"Last-Event-ID": "0-0"}
+            ) as resp:
+                for _ in range(5):
+                    await log.submit(spec)
+                await log.request_cancel(mine, reason="test")
+                got = await sse_events(resp, limit=10, timeout=2)
+            bad = await c.get("/v1/stream", params={"colour": "red"})
+            assert bad.status_code == 422 and "colour" in bad.json()["detail"]
+            bad = await c.get("/v1/stream", headers={"Last-Event-ID": "yesterday"})
+            assert bad.status_code == 422
+    assert got and {json.loads(e["data"])["id"] for e in got} == {mine}
+
+
+async def test_slow_client_gets_resync_not_unbounded_memory(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    spec = TaskSpec(kind="noop", queue="cpu-light")
+    settings = settings_for(namespace, sse_buffer=5)
+    async with projector(log), served(redis_url, settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            async with c.stream("GET", "/v1/stream") as resp:
+                await asyncio.sleep(0.2)
+                # The client reads nothing while 200 changes are published.
+                for _ in range(200):
+                    await log.submit(spec)
+                await asyncio.sleep(1.0)
+                events = await sse_events(resp, limit=1000, timeout=3)
+    kinds = [e.get("event") for e in events]
+    assert "resync" in kinds, kinds[-5:]
+    assert kinds.index("resync") == len(kinds) - 1  # dropped after it
