@@ -132,6 +132,13 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         try:
             stack.start("projector", "project")
             stack.start("worker", "worker", "--node", f"{socket.gethostname()}-cpu-1")
+            stack.start("web", "web")
+            web = settings.web
+            print(
+                f"  web: http://{web.host}:{web.port}  (API /v1, live feed /v1/stream, "
+                "IOPaint-compatible /api/v1)",
+                flush=True,
+            )
             print("Ctrl-C stops it.", flush=True)
             wait_for_stop(target.embedded, stack)
         finally:
@@ -183,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "up",
         help="run the system on this machine: Redis (embedded if REDIS_URL is unset), "
-        "the projector and a CPU worker",
+        "the web app, the projector and a CPU worker",
     )
     sub.add_parser("redis", help="run only the embedded Redis and print its URL")
     check = sub.add_parser("check", help="connect to Redis and show how it is set up")

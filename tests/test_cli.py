@@ -119,15 +119,21 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path: Path) -> None:
     from eventcore.log import EventLog
     from projections.store import ViewStore
 
-    proc = start("up", env={"EVENTCORE_REDIS__DURABILITY": "durable"}, cwd=tmp_path)
+    from eventcore.servers import free_port
+
+    env = {"EVENTCORE_REDIS__DURABILITY": "durable", "EVENTCORE_WEB__PORT": str(free_port())}
+    proc = start("up", env=env, cwd=tmp_path)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert "eventcore is up" in first and "embedded" in first
         url = first.rsplit(" ", 1)[1].strip()
         assert "appendfsync=always" in proc.stdout.readline()
-        lines = [proc.stdout.readline() for _ in range(3)]
-        assert any(line.strip().startswith("worker |") for line in lines), lines
+        lines = [proc.stdout.readline()]
+        while not lines[-1].strip().startswith("worker |") and len(lines) < 20:
+            lines.append(proc.stdout.readline())
+        assert lines[-1].strip().startswith("worker |"), lines
+        assert any(line.strip().startswith("web: http://") for line in lines), lines
         res = run("submit", "noop", "-p", "x=7", "--wait", env={"REDIS_URL": url}, timeout=30)
         assert res.returncode == 0, res.stdout + res.stderr
         task_id = res.stdout.splitlines()[0]

@@ -121,15 +121,17 @@ class _Views(Collector):
         )
         for (queue, kind), s in sorted(self.stats.items()):
             counts = [0] * (len(LE) + 1)
+            total = 0.0  # the views keep buckets, not sums: each counts at its middle
             for index, n in s.durations.buckets.items():
                 edge = _upper_edge(int(index))
+                total += n * min(edge, HIGH) / (10 ** (0.5 / STEPS_PER_DECADE))
                 slot = next((i for i, le in enumerate(LE) if edge <= le * 1.0001), len(LE))
                 counts[slot] += n
             cumulative, running = [], 0
             for le, n in zip((*map(str, LE), "+Inf"), counts):
                 running += n
                 cumulative.append((le, running))
-            hist.add_metric([queue, kind], cumulative, sum_value=None)
+            hist.add_metric([queue, kind], cumulative, sum_value=total)
         yield hist
 
 

@@ -12,13 +12,16 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from eventcore.events import TERMINAL_EVENT_TYPES, Priority, RetryPolicy, TaskSpec
+from eventcore.codec import NODE
+from eventcore.errors import DecodeError
+from eventcore.events import TERMINAL_EVENT_TYPES, NodeStarted, Priority, RetryPolicy, TaskSpec
 from eventcore.log import SubmitResult
+from eventcore.nodes import live_nodes
 from eventcore.routing import RoutingError, backlog, route
 from web.app import WebState
 from web.errors import ApiError
 
-__all__ = ["Finished", "SubmitRequest", "known_kinds", "submit", "wait_until_done"]
+__all__ = ["Finished", "SubmitRequest", "known_kinds", "known_nodes", "submit", "wait_until_done"]
 
 Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -41,31 +44,41 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
 
 
-_kinds_cache: dict[int, tuple[float, set[str]]] = {}
+class _Nodes(msgspec.Struct, frozen=True):
+    kinds: frozenset[str]  # handlers any announced node offers
+    served: frozenset[str]  # queues live nodes read
+    at: float
 
 
-async def known_kinds(web: WebState) -> set[str]:
-    """Kinds some node has announced a handler for (cached for two seconds).
-    Empty when no node ever announced itself: then any kind is taken, and the
-    task waits for a worker that has it."""
+_nodes_cache: dict[int, _Nodes] = {}
+
+
+async def known_nodes(web: WebState) -> _Nodes:
+    """What the announced nodes offer and the queues live ones read, in one
+    round trip, cached for a second. ``kinds`` is empty when no node ever
+    announced itself: then any kind is taken, and the task waits for a
+    worker that has it."""
     now = time.monotonic()
-    cached = _kinds_cache.get(id(web))
-    if cached and now - cached[0] < 2.0:
-        return cached[1]
-    kinds: set[str] = set()
-    from eventcore.codec import NODE
-    from eventcore.events import NodeStarted
-
+    cached = _nodes_cache.get(id(web))
+    if cached is not None and now - cached.at < 1.0:
+        return cached
+    alive = await live_nodes(web.log, silent_for=web.settings.worker.heartbeat_timeout)
     info = await web.redis.hgetall(web.log.keys.nodes_info())
+    kinds: set[str] = set()
     for node, raw in info.items():
         try:
             event = NODE.decode(raw, stream=web.log.keys.nodes_info(), entry_id=node.decode())
-        except Exception:  # a bad record must not block submissions
+        except DecodeError:  # a bad record must not block submissions
             continue
         if isinstance(event, NodeStarted):
             kinds.update(event.capabilities.handlers)
-    _kinds_cache[id(web)] = (now, kinds)
-    return kinds
+    served = frozenset(q for n in alive.values() for q in n.queues)
+    found = _nodes_cache[id(web)] = _Nodes(frozenset(kinds), served, now)
+    return found
+
+
+async def known_kinds(web: WebState) -> frozenset[str]:
+    return (await known_nodes(web)).kinds
 
 
 async def submit(
@@ -73,7 +86,8 @@ async def submit(
 ) -> tuple[SubmitResult, str]:
     """Check, route and submit; returns the result and the queue chosen.
     Raises 400 for an unknown kind or a task no queue takes."""
-    kinds = await known_kinds(web)
+    nodes = await known_nodes(web)
+    kinds = nodes.kinds
     if kinds and req.kind not in kinds:
         raise ApiError(
             400,
@@ -85,7 +99,12 @@ async def submit(
     names = [q.name for q in settings.queues]
     try:
         queue = route(
-            req.kind, req.model, req.queue, settings.queues, await backlog(web.log, names)
+            req.kind,
+            req.model,
+            req.queue,
+            settings.queues,
+            await backlog(web.log, names),
+            served=nodes.served,
         )
     except RoutingError as exc:
         raise ApiError(400, "unroutable", str(exc)) from None

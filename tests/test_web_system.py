@@ -1,0 +1,71 @@
+"""Nodes, queues, stats, node control (with a real worker answering),
+metrics, health and the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from eventcore.log import EventLog
+from tests.webkit import j, projector, web_client
+from tests.workerkit import fast_settings, make_worker, running, wait_ended
+
+
+async def test_nodes_queues_stats_control_metrics(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    settings = fast_settings(namespace)
+    worker = make_worker(log, settings, "w-sys", concurrency=2)
+    async with projector(log), running(worker), web_client(redis_url, settings) as c:
+        ids = []
+        for _ in range(3):
+            r = await c.post("/v1/tasks", json={"kind": "noop"})
+            assert r.status_code == 202, r.text
+            ids.append(j(r)["task_id"])
+        for t in ids:
+            assert await wait_ended(log, t) == "task.succeeded"
+        await asyncio.sleep(0.5)  # let the projector fold the ends
+        nodes = j(await c.get("/v1/nodes"))["nodes"]
+        assert [n["node"] for n in nodes] == ["w-sys"] and nodes[0]["state"] == "online"
+        queues = {q["queue"]: q for q in j(await c.get("/v1/queues"))["queues"]}
+        assert queues["q"]["view"]["succeeded"] == 3
+        stats = j(await c.get("/v1/stats"))
+        assert stats["overall"]["totals"]["succeeded"] == 3
+        assert [s["kind"] for s in stats["by_queue_kind"]] == ["noop"]
+
+        ping = await c.post("/v1/nodes/w-sys/control", json={"command": "ping"})
+        assert ping.status_code == 200, ping.text
+        assert j(ping)["acks"][0]["node"] == "w-sys" and j(ping)["acks"][0]["ok"]
+        pause = await c.post("/v1/nodes/w-sys/control", json={"command": "pause"})
+        assert pause.status_code == 200 and j(pause)["acks"][0]["ok"]
+        everyone = await c.post("/v1/nodes/*/control", json={"command": "resume"})
+        assert everyone.status_code == 200 and j(everyone)["expected"] == 1
+        missing = await c.post("/v1/nodes/ghost/control", json={"command": "ping"})
+        assert missing.status_code == 404 and "w-sys" in j(missing)["detail"]
+        bad = await c.post("/v1/nodes/w-sys/control", json={"command": "explode"})
+        assert bad.status_code == 422 and "command" in j(bad)["detail"]
+
+        text = (await c.get("/metrics")).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        tasks = {
+            (s.labels["queue"], s.labels["status"]): s.value
+            for s in families["eventcore_tasks"].samples
+            if s.name == "eventcore_tasks_total"
+        }
+        assert tasks[("q", "succeeded")] == 3
+        durations = [
+            s
+            for s in families["eventcore_task_duration_seconds"].samples
+            if s.name.endswith("_count")
+        ]
+        assert durations and durations[0].value == 3
+        assert {s.labels["state"] for s in families["eventcore_nodes"].samples} == {"online"}
+
+        health = await c.get("/healthz")
+        assert health.status_code == 200 and j(health)["status"] == "ok"
+        doc = j(await c.get("/openapi.json"))
+        assert "/v1/tasks" in doc["paths"] and "post" in doc["paths"]["/v1/tasks"]
+        assert "TaskView" in doc["components"]["schemas"]
+        assert (await c.get("/nope")).status_code == 404
+        assert j(await c.delete("/v1/tasks"))["error"] == "method_not_allowed"
