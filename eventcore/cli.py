@@ -101,6 +101,19 @@ def wait_for_stop(embedded: EmbeddedRedis | None, stack: Stack | None = None) ->
 # -- commands ------------------------------------------------------------------
 
 
+def memory_policy_warning(facts: dict[str, str]) -> str | None:
+    """A warning when Redis may evict keys under memory pressure: an evicted
+    stream entry or work entry is lost work. ``noeviction`` makes a full
+    Redis refuse writes instead (the web app answers 507)."""
+    policy = facts.get("maxmemory-policy")
+    if policy in (None, "noeviction"):
+        return None
+    return (
+        f"warning: Redis maxmemory-policy is {policy!r}: under memory pressure it may evict "
+        "events and queued work; set it to 'noeviction'"
+    )
+
+
 def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     if settings.redis.url:
         print(f"redis.url is set ({redact(settings.redis.url)}): no embedded server to run")
@@ -128,6 +141,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             f"appendfsync={facts.get('appendfsync', '?')}",
             flush=True,
         )
+        if warning := memory_policy_warning(facts):
+            print(warning, file=sys.stderr, flush=True)
         stack = Stack(target.url, args.config)
         try:
             stack.start("projector", "project")
@@ -155,6 +170,8 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for key, value in facts.items():
             print(f"{key:>17}: {value}")
+    if warning := memory_policy_warning(facts):
+        print(warning, file=sys.stderr)
     want = {"durable": "always", "fast": "everysec"}[settings.redis.durability]
     if facts.get("appendonly") == "no" or facts.get("appendfsync") not in (want, None):
         print(

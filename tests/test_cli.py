@@ -90,6 +90,25 @@ def test_check_describes_the_server(redis_url: str) -> None:
     assert facts["url"] == redis_url and facts["server"].split()[0] in ("redis", "valkey")
 
 
+def test_check_warns_when_redis_may_evict(tmp_path: Path) -> None:
+    from eventcore.servers import ServerConfig, ServerProcess, free_port
+    from tests.conftest import server_binary
+
+    server = ServerProcess(server_binary(), ServerConfig(tmp_path, port=free_port()))
+    url = server.start()
+    try:
+        quiet = run("check", env={"REDIS_URL": url})
+        assert "maxmemory-policy" not in quiet.stderr  # the default is noeviction
+        import redis
+
+        redis.Redis.from_url(url).config_set("maxmemory-policy", "allkeys-lru")
+        loud = run("check", env={"REDIS_URL": url})
+        assert loud.returncode == 0 and "'allkeys-lru'" in loud.stderr
+        assert "noeviction" in loud.stderr
+    finally:
+        server.stop()
+
+
 @pytest.mark.slow
 def test_redis_command_runs_embedded_server_until_interrupted(tmp_path: Path) -> None:
     proc = start("redis", env={"EVENTCORE_REDIS__DATA_DIR": str(tmp_path / "data")}, cwd=tmp_path)

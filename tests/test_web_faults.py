@@ -54,7 +54,11 @@ async def test_redis_stopped_or_gone_gives_503_within_a_second(
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
     lambda inner: (
         st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
     ),
@@ -122,3 +126,87 @@ async def test_generated_raw_bodies_and_content_types(
         r = await c.post("/v1/tasks", content=raw, headers={"content-type": ctype})
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     assert await log.redis.exists(log.keys.events(0)) == 0
+
+
+async def test_huge_chunked_body_is_cut_off_at_the_cap(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    sent = 0
+
+    async def two_gib():
+        nonlocal sent
+        chunk = b"x" * 65536
+        for _ in range(2**31 // len(chunk)):
+            sent += len(chunk)
+            yield chunk
+
+    async with web_client(redis_url, settings_for(namespace, max_body_bytes=1 << 20)) as c:
+        r = await c.post(
+            "/v1/tasks", content=two_gib(), headers={"content-type": "application/json"}
+        )
+    assert r.status_code == 413 and j(r)["error"] == "too_large"
+    assert sent <= (1 << 20) + 2 * 65536  # read no further than the cap
+    declared = 2**31
+    async with web_client(redis_url, settings_for(namespace, max_body_bytes=1 << 20)) as c:
+        r = await c.post(
+            "/v1/tasks",
+            content=b"{}",
+            headers={"content-type": "application/json", "content-length": str(declared)},
+        )
+    assert r.status_code == 413
+    assert await log.redis.exists(log.keys.events(0)) == 0
+
+
+async def test_multipart_file_count_is_capped(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    files = {f"f{i}": (f"{i}.png", b"x", "image/png") for i in range(4)}
+    async with web_client(redis_url, settings_for(namespace, max_files=3)) as c:
+        r = await c.post("/v1/tasks", data={"kind": "noop"}, files=files)
+        assert r.status_code == 400 and "files" in j(r)["detail"].lower()
+        dup = await c.post(
+            "/v1/tasks",
+            data={"kind": "noop"},
+            files=[
+                ("image", ("a.png", b"x", "image/png")),
+                ("image", ("b.png", b"y", "image/png")),
+            ],
+        )
+        assert dup.status_code == 422 and "image" in j(dup)["detail"]
+    assert await log.redis.exists(log.keys.events(0)) == 0
+
+
+@pytest.mark.slow
+async def test_redis_out_of_memory_gives_507_and_no_half_written_task(
+    tmp_path: Path, namespace: str
+) -> None:
+    server = ServerProcess(server_binary(), ServerConfig(tmp_path, port=free_port()))
+    url = server.start()
+    try:
+        async with web_client(url, settings_for(namespace)) as c:
+            web = c.app.state.web  # type: ignore[attr-defined]
+            await web.redis.config_set("maxmemory-policy", "noeviction")
+            used = int((await web.redis.info("memory"))["used_memory"])
+            await web.redis.config_set("maxmemory", used + 2_000_000)
+            codes: dict[int, int] = {}
+            accepted: list[str] = []
+            for i in range(20_000):
+                r = await c.post("/v1/tasks", json={"kind": "noop", "params": {"pad": "x" * 200}})
+                codes[r.status_code] = codes.get(r.status_code, 0) + 1
+                if r.status_code == 202:
+                    accepted.append(j(r)["task_id"])
+                elif r.status_code == 507:
+                    assert j(r)["error"] == "storage_full"
+                    if codes[507] >= 20:
+                        break
+                else:
+                    raise AssertionError((i, r.status_code, r.text))
+            assert codes.get(507, 0) >= 20 and accepted, codes
+            await web.redis.config_set("maxmemory", 0)
+            log = web.log
+            submitted = {e.event.task_id for e in await log.read(log.keys.events(0), count=100_000)}
+            queued = await log.redis.xlen(log.keys.work(0, "cpu-light", "normal"))
+            assert submitted == set(accepted)
+            assert queued == len(accepted)  # every task has its work entry, no orphans
+    finally:
+        server.stop()

@@ -85,7 +85,7 @@ async def _redis_down(request: Request, exc: Exception) -> Response:
 
 async def _redis_refused(request: Request, exc: Exception) -> Response:
     text = str(exc)
-    if text.startswith("OOM"):
+    if text.startswith("OOM") or "maxmemory" in text:
         err = ApiError(
             507,
             "storage_full",
