@@ -101,7 +101,8 @@ def test_check_warns_when_redis_may_evict(tmp_path: Path) -> None:
         assert "maxmemory-policy" not in quiet.stderr  # the default is noeviction
         import redis
 
-        redis.Redis.from_url(url).config_set("maxmemory-policy", "allkeys-lru")
+        with redis.Redis.from_url(url) as client:
+            client.config_set("maxmemory-policy", "allkeys-lru")
         loud = run("check", env={"REDIS_URL": url})
         assert loud.returncode == 0 and "'allkeys-lru'" in loud.stderr
         assert "noeviction" in loud.stderr
