@@ -294,3 +294,19 @@ def test_replay_rebuild_command(redis_url: str) -> None:
     assert "rebuilt 1 entries" in res.stdout and "switched from 'live'" in res.stdout
     ok = run("replay", "verify", env=env)
     assert ok.returncode == 0 and "equal a replay" in ok.stdout, ok.stdout
+
+
+def test_status_prints_queues_and_pending(redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": "st" + os.urandom(4).hex()}
+    empty = run("status", env=env)
+    assert empty.returncode == 0, empty.stderr
+    assert "no nodes have announced themselves yet" in empty.stdout
+    for _ in range(2):
+        assert run("submit", "noop", env=env).returncode == 0
+    res = run("status", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    rows = {q["queue"]: q for q in json.loads(res.stdout)["queues"]}
+    assert rows["cpu-light"]["entries"] == 2 and rows["cpu-light"]["pending"] == 0
+    table = run("status", env=env).stdout.splitlines()
+    assert table[0].split()[:3] == ["queue", "entries", "pending"]
+    assert any(line.split()[:2] == ["cpu-light", "2"] for line in table)
