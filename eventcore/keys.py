@@ -10,9 +10,11 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:{p0}:done                 task id -> terminal event type (hash)
     ec:{p0}:cancel               task ids with a pending cancel request (set)
     ec:{p0}:dlq                  dead-lettered work entries (stream)
+    ec:{p0}:events:trimmed       lowest id kept by the last trim of the log (string)
     ec:nodes                     node event stream
     ec:nodes:seen                node -> time of its last sign of life, ms (hash)
     ec:nodes:info                node -> its NodeStarted event, while it lives (hash)
+    ec:nodes:trimmed             lowest id kept by the last trim of the node stream (string)
     ec:ctl:node:<node>           control commands for one node (stream)
     ec:ctl:all                   broadcast control commands (stream)
     ec:ctl:acks                  control acknowledgements (stream)
@@ -22,6 +24,9 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:{v}:<view-ns>:...         projection views (one slot: a batch of view
                                  changes, its feed entries and the watermark
                                  are written by one script)
+    ec:{v}:snapshot:latest       id of the latest snapshot of the views (string)
+    ec:{v}:snapshot:<id>         a snapshot: every view and its watermark (hash)
+    ec:{v}:snapshot:<id>:partial a snapshot being written (hash, with a TTL)
 
 Every key of one partition carries the same hash tag ``{pN}``, so each Lua
 script touches a single slot and the layout runs unchanged on Redis Cluster.
@@ -109,6 +114,10 @@ class Keys:
     def dead_letters(self, p: int) -> str:
         return f"{self._p(p)}:dlq"
 
+    def work_pattern(self, p: int) -> str:
+        """SCAN pattern matching every work stream of partition ``p``."""
+        return f"{self.work_prefix(p)}*"
+
     # -- global --------------------------------------------------------------
 
     def nodes(self) -> str:
@@ -128,6 +137,10 @@ class Keys:
 
     def control_acks(self) -> str:
         return f"{self.namespace}:ctl:acks"
+
+    def control_pattern(self) -> str:
+        """SCAN pattern matching every per-node control stream."""
+        return f"{self.control('')}*"
 
     def feed(self) -> str:
         return f"{self.namespace}:{{v}}:feed"
@@ -157,6 +170,24 @@ class Keys:
     def view_pointer(self) -> str:
         """Which view namespace readers and the projector use (a rebuild switches it)."""
         return f"{self.namespace}:{{v}}:current"
+
+    def trim_mark(self, stream: str) -> str:
+        """Lowest entry id a trim kept in ``stream`` (one of :meth:`events` or
+        :meth:`nodes`): entries below it may be gone. Same slot as the stream,
+        so the trim script writes both."""
+        return f"{stream}:trimmed"
+
+    def snapshot(self, snap_id: str) -> str:
+        """A published snapshot of the views (hash)."""
+        return f"{self.namespace}:{{v}}:snapshot:{snap_id}"
+
+    def snapshot_partial(self, snap_id: str) -> str:
+        """A snapshot while it is written; renamed to :meth:`snapshot` when complete."""
+        return f"{self.snapshot(snap_id)}:partial"
+
+    def snapshot_pointer(self) -> str:
+        """Which snapshot is the latest (rebuild, verify, as-of and trim start there)."""
+        return f"{self.namespace}:{{v}}:snapshot:latest"
 
     def all_keys_pattern(self) -> str:
         """SCAN pattern matching every key of this namespace (for tools and tests)."""

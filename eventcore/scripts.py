@@ -28,6 +28,10 @@ SCRIPT_NAMES = (
     "node_event",
     "mark_lost",
     "write_views",
+    "publish_snapshot",
+    "trim_stream",
+    "prune_done",
+    "import_entries",
 )
 _MARKER = re.compile(r"^--- script: (\w+)\s*$", re.MULTILINE)
 
@@ -59,6 +63,10 @@ class Scripts:
     node_event: AsyncScript
     mark_lost: AsyncScript
     write_views: AsyncScript
+    publish_snapshot: AsyncScript
+    trim_stream: AsyncScript
+    prune_done: AsyncScript
+    import_entries: AsyncScript
 
     def __init__(self, redis: Redis) -> None:
         for name, source in load_sources().items():
