@@ -138,10 +138,15 @@ class ViewStore:
 
     # -- writing -------------------------------------------------------------------
 
-    async def write(self, before: Views, after: Views, marks: Mapping[str, str]) -> int:
+    async def write(
+        self, before: Views, after: Views, marks: Mapping[str, str], *, feed: bool = True
+    ) -> int:
         """Write what changed from ``before`` to ``after``, a feed entry per
         changed view, and the new watermark, in one script call. Returns the
-        number of views written."""
+        number of views written.
+
+        ``feed=False`` writes no feed entries: a rebuild seeding fresh views
+        from a snapshot changes nothing a feed reader has not seen already."""
         tasks = [(t, v) for t, v in after.tasks.items() if before.tasks.get(t) != v]
         nodes = [(n, v) for n, v in after.nodes.items() if before.nodes.get(n) != v]
         queues = [(q, v) for q, v in after.queues.items() if before.queues.get(q) != v]
@@ -166,18 +171,21 @@ class ViewStore:
             args.append(len(section))
             for name, v in section:
                 args += [name, enc(v)]
-        feed: list[Any] = []
+        changes: list[Any] = []
         for t, v in tasks:
             status = v.status.value if v.status is not None else ""
-            feed += ["task", t, v.queue, v.kind, status, v.node or "", v.tenant, enc(v)]
+            changes += ["task", t, v.queue, v.kind, status, v.node or "", v.tenant, enc(v)]
         for n, v in nodes:
-            feed += ["node", n, "", "", v.state, n, "", enc(v)]
+            changes += ["node", n, "", "", v.state, n, "", enc(v)]
         for q, v in queues:
-            feed += ["queue", q, q, "", "", "", "", enc(v)]
+            changes += ["queue", q, q, "", "", "", "", enc(v)]
         for name, v in stats:
             queue, _, kind = name.partition(SEP)
-            feed += ["stats", name, "" if name == GLOBAL else queue, kind, "", "", "", enc(v)]
-        args += [len(feed) // 8, *feed, len(marks)]
+            changes += ["stats", name, "" if name == GLOBAL else queue, kind, "", "", "", enc(v)]
+        written = len(changes) // 8
+        if not feed:
+            changes = []
+        args += [len(changes) // 8, *changes, len(marks)]
         for stream, entry_id in marks.items():
             args += [stream, entry_id]
         ops: list[Any] = []
@@ -197,4 +205,4 @@ class ViewStore:
             *(self.task_key(t) for t, _ in tasks),
         ]
         await self.log.scripts.write_views(keys=keys, args=args)
-        return len(feed) // 8
+        return written

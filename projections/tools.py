@@ -1,20 +1,33 @@
-"""Tools over the log: a task's timeline, a live tail, and verifying the
-views against a replay from zero."""
+"""Tools over the log: a task's timeline, a live tail, verifying the views
+against a replay, and rebuilding them.
+
+Verify and rebuild start from the latest snapshot when there is one
+(:mod:`projections.snapshot`): its views, then the entries after its
+watermark. Without one they start from the first entry."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
 from redis.exceptions import ResponseError
 
+from eventcore import groups
 from eventcore.codec import Entry
 from eventcore.log import EventLog
+from projections.points import log_streams
 from projections.replay import Views, replay
+from projections.snapshot import (
+    SnapshotHead,
+    decode_batch,
+    latest_head,
+    load_snapshot,
+    snapshot_tasks,
+)
 from projections.store import ViewStore, current_views, group_for
 
 __all__ = [
@@ -22,7 +35,10 @@ __all__ = [
     "describe",
     "diff_views",
     "drop_views",
+    "expected_views",
+    "log_after",
     "rebuild",
+    "seed_from_snapshot",
     "tail",
     "verify",
     "whole_log",
@@ -95,14 +111,53 @@ def diff_views(live: Views, expected: Views) -> list[str]:
     return out
 
 
-async def verify(elog: EventLog, store: ViewStore) -> list[str]:
-    """Replay the whole log into memory (a shadow of the views) and compare
-    with the stored views; an empty list means they are equal.
+async def log_after(
+    elog: EventLog,
+    marks: Mapping[str, str],
+    *,
+    end: str = "+",
+    batch: int = 10_000,
+    progress: Callable[[int], None] | None = None,
+) -> list[Entry[Any]]:
+    """The entries of every log stream after ``marks`` (stream -> last id
+    already folded; a stream not named starts at its first entry), up to
+    ``end`` inclusive. Entries that do not decode are left out: the projector
+    parks them and they are in no view."""
+    out: list[Entry[Any]] = []
+    read = 0
+    for stream in log_streams(elog.keys):
+        start = "(" + marks[stream] if stream in marks else "-"
+        while True:
+            raw = await elog.redis.xrange(stream, min=start, max=end, count=batch)
+            out += decode_batch(elog, stream, raw)[0]
+            read += len(raw)
+            if progress is not None and raw:
+                progress(read)
+            if len(raw) < batch:
+                break
+            start = "(" + raw[-1][0].decode()
+    return out
+
+
+async def expected_views(elog: EventLog, *, progress: Callable[[int], None] | None = None) -> Views:
+    """What the views must be: the latest snapshot's views (or nothing) with
+    every entry after its watermark folded on top."""
+    loaded = await load_snapshot(elog)
+    start, marks = (loaded[1], loaded[0].watermark) if loaded is not None else (Views(), {})
+    return replay(await log_after(elog, marks, progress=progress), start=start)
+
+
+async def verify(
+    elog: EventLog, store: ViewStore, *, progress: Callable[[int], None] | None = None
+) -> list[str]:
+    """Replay the log into memory (a shadow of the views), from the latest
+    snapshot when there is one, and compare with the stored views; an empty
+    list means they are equal.
 
     Run it when the projector has caught up (or stopped): views behind the log
     show up as differences.
     """
-    expected = replay(await whole_log(elog))
+    expected = await expected_views(elog, progress=progress)
     live = await store.load(expected.tasks)
     stored_ids = [
         k.decode().rsplit(":", 1)[1]
@@ -119,8 +174,10 @@ async def verify(elog: EventLog, store: ViewStore) -> list[str]:
 class RebuildResult(msgspec.Struct, frozen=True):
     views: str
     previous: str
-    entries: int
+    entries: int  # entries folded (after the snapshot's watermark, if any)
     seconds: float
+    snapshot: str = ""  # the snapshot it started from, "" for none
+    seeded: int = 0  # task views taken from the snapshot
 
 
 async def rebuild(
@@ -129,26 +186,68 @@ async def rebuild(
     batch: int = 5000,
     progress: Callable[[int, float], None] | None = None,
 ) -> RebuildResult:
-    """Fold the whole log into a fresh view namespace, then switch readers and
-    the live projector to it, and drop the old one.
+    """Fold the log into a fresh view namespace, then switch readers and the
+    live projector to it, and drop the old one.
 
+    With a snapshot, the fresh views start as the snapshot's and the rebuild's
+    group starts at its watermark; without one, at the start of the log.
     Live traffic keeps flowing: the rebuild reads through its own consumer
-    group from the start of the log until it has caught up, then sets the
-    pointer. A projector started with ``follow_pointer`` moves to the new
-    namespace and carries on with the rebuild's group from where it stopped.
+    group until it has caught up, then sets the pointer. A projector started
+    with ``follow_pointer`` moves to the new namespace and carries on with the
+    rebuild's group from where it stopped. ``progress`` gets the views seeded
+    plus the entries folded so far, and the seconds since the start.
     """
     from projections.runner import Projector  # the runner imports this module's neighbours
 
     previous = await current_views(elog)
     view_ns = f"r{int(time.time() * 1000)}"
-    projector = Projector(elog, ViewStore(elog, view_ns), batch=batch, consumer="rebuild")
+    store = ViewStore(elog, view_ns)
     t0 = time.monotonic()
-    while await projector.step(block_ms=None):
+
+    def report(done: int) -> None:
         if progress is not None:
-            progress(projector.applied, time.monotonic() - t0)
+            progress(done, time.monotonic() - t0)
+
+    head = await latest_head(elog)
+    seeded = 0 if head is None else await seed_from_snapshot(elog, store, head, progress=report)
+    projector = Projector(elog, store, batch=batch, consumer="rebuild")
+    while await projector.step(block_ms=None):
+        report(seeded + projector.applied)
     await elog.redis.set(elog.keys.view_pointer(), view_ns)
     await drop_views(elog, previous)
-    return RebuildResult(view_ns, previous, projector.applied, time.monotonic() - t0)
+    return RebuildResult(
+        view_ns,
+        previous,
+        projector.applied,
+        time.monotonic() - t0,
+        snapshot=head.id if head is not None else "",
+        seeded=seeded,
+    )
+
+
+async def seed_from_snapshot(
+    elog: EventLog,
+    store: ViewStore,
+    head: SnapshotHead,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write a snapshot's views into ``store`` (no feed entries: nothing
+    changed), its watermark as the store's, and start the store's projector
+    group right after the watermark. Returns the number of task views written."""
+    written = 0
+    async for chunk in snapshot_tasks(elog, head):
+        await store.write(Views(), Views(tasks=chunk), {}, feed=False)
+        written += len(chunk)
+        if progress is not None:
+            progress(written)
+    await store.write(Views(), head.views(), head.watermark, feed=False)
+    group = group_for(store.ns)
+    for stream in log_streams(elog.keys):
+        start = head.watermark.get(stream, "0")
+        if not await groups.ensure_group(elog.redis, stream, group, start_id=start):
+            await elog.redis.xgroup_setid(stream, group, start)
+    return written
 
 
 async def drop_views(elog: EventLog, view_ns: str) -> int:

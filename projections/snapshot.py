@@ -1,0 +1,256 @@
+"""Snapshots of the views: every view, and the watermark (the last entry id
+folded, per stream) they are the fold of.
+
+A snapshot is what a rebuild, ``replay verify`` and as-of queries start from
+instead of the first entry, and what lets the log be trimmed
+(:mod:`projections.trim`): the views of the entries below its watermark live on
+in it.
+
+Layout: one hash per snapshot, ``keys.snapshot(id)``, with a field
+``t:<task id>`` per task view and a field ``head`` (:class:`SnapshotHead`:
+the watermark, the node, queue and stats views, counts), all MessagePack.
+``keys.snapshot_pointer()`` names the latest one. A snapshot is written into
+a staging hash (with a TTL, so a crashed writer leaves nothing for long) and
+published by one script that checks it is complete, renames it, moves the
+pointer and drops the snapshot it replaces. Readers see the old snapshot or
+the new one, never half of one.
+
+A new snapshot starts from the latest one (a server-side copy) and folds only
+the entries after its watermark, loading the task views each batch touches:
+memory stays bounded by the batch, whatever the number of tasks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+from redis.exceptions import ResponseError
+
+from eventcore.codec import Entry
+from eventcore.errors import DecodeError, EventcoreError
+from eventcore.log import EventLog
+from projections.points import id_lt, log_streams
+from projections.replay import Views, replay
+from projections.views import NodeView, QueueView, StatsView, TaskView
+
+__all__ = [
+    "SnapshotHead",
+    "decode_batch",
+    "latest_head",
+    "load_snapshot",
+    "snapshot_tasks",
+    "take_snapshot",
+    "task_views",
+]
+
+HEAD = b"head"
+TASK = "t:"
+# A staging hash lives this long after its last write: long enough for any
+# batch, short enough that a crashed writer's leftovers go away by themselves.
+STAGING_TTL = 3600
+
+_enc = msgspec.msgpack.Encoder()
+_task = msgspec.msgpack.Decoder(TaskView)
+
+
+class SnapshotHead(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything in a snapshot but the task views."""
+
+    id: str
+    created_at: float
+    watermark: dict[str, str]  # stream key -> last entry id folded in
+    tasks: int  # task views in the snapshot
+    entries: int  # entries folded in, over this snapshot and those it grew from
+    undecodable: int = 0  # entries left out because they do not decode (parked)
+    nodes: dict[str, NodeView] = {}
+    queues: dict[str, QueueView] = {}
+    stats: StatsView = StatsView()
+    stats_by: list[tuple[str, str, StatsView]] = []
+
+    def views(self, tasks: dict[str, TaskView] | None = None) -> Views:
+        """The snapshot's views, with the given task views."""
+        return Views(
+            tasks=tasks or {},
+            nodes=self.nodes,
+            queues=self.queues,
+            stats=self.stats,
+            stats_by={(q, k): v for q, k, v in self.stats_by},
+        )
+
+
+_head = msgspec.msgpack.Decoder(SnapshotHead)
+
+
+def _s(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+def _head_views(views: Views) -> dict[str, Any]:
+    """The head's fields for the views other than tasks."""
+    return {
+        "nodes": views.nodes,
+        "queues": views.queues,
+        "stats": views.stats,
+        "stats_by": [(q, k, v) for (q, k), v in sorted(views.stats_by.items())],
+    }
+
+
+# -- reading -----------------------------------------------------------------------
+
+
+async def latest_head(elog: EventLog) -> SnapshotHead | None:
+    """The latest snapshot's head, or None when there is no snapshot."""
+    snap_id = await elog.redis.get(elog.keys.snapshot_pointer())
+    if snap_id is None:
+        return None
+    raw = await elog.redis.hget(elog.keys.snapshot(_s(snap_id)), HEAD)
+    if raw is None:
+        raise EventcoreError(
+            f"{elog.keys.snapshot_pointer()} names snapshot {_s(snap_id)!r}, "
+            f"but {elog.keys.snapshot(_s(snap_id))} has no head"
+        )
+    return _head.decode(raw)
+
+
+async def snapshot_tasks(
+    elog: EventLog, head: SnapshotHead, *, chunk: int = 1000
+) -> AsyncIterator[dict[str, TaskView]]:
+    """The snapshot's task views, a chunk at a time."""
+    out: dict[str, TaskView] = {}
+    async for field, value in elog.redis.hscan_iter(elog.keys.snapshot(head.id), count=chunk):
+        name = _s(field)
+        if name.startswith(TASK):
+            out[name[len(TASK) :]] = _task.decode(value)
+            if len(out) >= chunk:
+                yield out
+                out = {}
+    if out:
+        yield out
+
+
+async def task_views(elog: EventLog, key: str, task_ids: list[str]) -> dict[str, TaskView]:
+    """The views of these tasks held in a snapshot hash (missing ones left out)."""
+    if not task_ids:
+        return {}
+    raw = await elog.redis.hmget(key, [TASK + t for t in task_ids])
+    return {t: _task.decode(v) for t, v in zip(task_ids, raw) if v is not None}
+
+
+async def load_snapshot(elog: EventLog) -> tuple[SnapshotHead, Views] | None:
+    """The latest snapshot with every view in memory, or None."""
+    head = await latest_head(elog)
+    if head is None:
+        return None
+    tasks: dict[str, TaskView] = {}
+    async for chunk in snapshot_tasks(elog, head):
+        tasks.update(chunk)
+    return head, head.views(tasks)
+
+
+def decode_batch(elog: EventLog, stream: str, raw: list[Any]) -> tuple[list[Entry[Any]], list[str]]:
+    """Decode raw entries; undecodable ones are left out and their ids returned
+    (the projector parks them, and they are in no view)."""
+    codec = elog.codec_of(stream)
+    entries: list[Entry[Any]] = []
+    bad: list[str] = []
+    for eid, fields in raw:
+        try:
+            entries.append(codec.decode_fields(stream, eid, fields))
+        except DecodeError as exc:
+            bad.append(exc.entry_id)
+    return entries, bad
+
+
+# -- writing -----------------------------------------------------------------------
+
+
+async def take_snapshot(
+    elog: EventLog,
+    *,
+    batch: int = 5000,
+    progress: Callable[[int], None] | None = None,
+) -> SnapshotHead:
+    """Fold the log into a new snapshot and publish it as the latest.
+
+    Starts from the latest snapshot when there is one and folds the entries
+    after its watermark, up to each stream's newest entry when the call began
+    (entries that arrive meanwhile go to the next snapshot).
+    """
+    redis = elog.redis
+    keys = elog.keys
+    previous = await latest_head(elog)
+    snap_id = str(int(time.time() * 1000))
+    if previous is not None and not id_lt(previous.id, snap_id):
+        snap_id = str(int(previous.id) + 1)
+    staging = keys.snapshot_partial(snap_id)
+    await redis.delete(staging)
+    if previous is not None:
+        await redis.copy(keys.snapshot(previous.id), staging)
+    marks = dict(previous.watermark) if previous is not None else {}
+    small = previous.views() if previous is not None else Views()
+    tasks = previous.tasks if previous is not None else 0
+    folded = previous.entries if previous is not None else 0
+    undecodable = previous.undecodable if previous is not None else 0
+    done = 0
+    for stream in log_streams(keys):
+        newest = await redis.xrevrange(stream, count=1)
+        if not newest:
+            continue
+        end = _s(newest[0][0])
+        start = "(" + marks[stream] if stream in marks else "-"
+        while stream not in marks or id_lt(marks[stream], end):
+            raw = await redis.xrange(stream, min=start, max=end, count=batch)
+            if not raw:
+                break
+            entries, bad = decode_batch(elog, stream, raw)
+            touched = list(
+                dict.fromkeys(e.event.task_id for e in entries if hasattr(e.event, "task_id"))
+            )
+            before = await task_views(elog, staging, touched)
+            after = replay(entries, start=msgspec.structs.replace(small, tasks=before))
+            changed = {
+                TASK + t: _enc.encode(v) for t, v in after.tasks.items() if before.get(t) != v
+            }
+            async with redis.pipeline(transaction=False) as pipe:
+                if changed:
+                    pipe.hset(staging, mapping=changed)  # type: ignore[arg-type]
+                pipe.expire(staging, STAGING_TTL)
+                replies = await pipe.execute()
+            if changed:
+                tasks += int(replies[0])  # fields that are new: tasks not seen before
+            small = msgspec.structs.replace(after, tasks={})
+            marks[stream] = _s(raw[-1][0])
+            start = "(" + marks[stream]
+            folded += len(entries)
+            undecodable += len(bad)
+            done += len(raw)
+            if progress is not None:
+                progress(done)
+    head = SnapshotHead(
+        id=snap_id,
+        created_at=time.time(),
+        watermark=dict(sorted(marks.items())),
+        tasks=tasks,
+        entries=folded,
+        undecodable=undecodable,
+        **_head_views(small),
+    )
+    await redis.hset(staging, HEAD, _enc.encode(head))
+    prev_id = previous.id if previous is not None else ""
+    try:
+        await elog.scripts.publish_snapshot(
+            keys=[
+                keys.snapshot_pointer(),
+                staging,
+                keys.snapshot(snap_id),
+                keys.snapshot(prev_id) if prev_id else keys.snapshot(snap_id),
+            ],
+            args=[snap_id, tasks + 1, prev_id],
+        )
+    except ResponseError as exc:
+        await redis.delete(staging)
+        raise EventcoreError(f"snapshot {snap_id} not published: {exc}") from None
+    return head

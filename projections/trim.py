@@ -1,0 +1,141 @@
+"""Trimming the log behind a snapshot, without losing work or views.
+
+Each task log stream and the node stream is trimmed (XTRIM MINID) below the
+lowest of:
+
+- the latest snapshot's watermark for it: the views of what goes are in the
+  snapshot, and rebuilds, verify and as-of start there;
+- for every consumer group on the stream, its oldest pending entry and its
+  last-delivered id: a group never loses an entry it has not read or not
+  acked (the projector's group, a rebuild's group, any other reader's).
+
+The trim script reads the groups and trims in one step, and records the
+lowest id kept in the stream's trim mark. Work streams are never trimmed:
+acked work entries are deleted when they are acked, so everything in a work
+stream is backlog or in flight.
+
+Then the ``done`` hash (task -> outcome, which makes ``settle`` answer stale
+to a second outcome) forgets the tasks whose every event is below the trim
+mark: the task ended before the snapshot, so no worker holds it, and nothing
+legitimate can append to it again. A task that still has a work entry (a
+duplicate from a re-sent submit), sits in the delayed set or has a cancel
+request on record keeps its field.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from eventcore.errors import EventcoreError
+from eventcore.log import EventLog
+from eventcore.transitions import TERMINAL
+from projections.points import id_lt, log_streams
+from projections.snapshot import SnapshotHead, latest_head, snapshot_tasks
+
+__all__ = ["StreamTrim", "TrimResult", "busy_tasks", "prune_done", "trim_log", "trim_marks"]
+
+
+class StreamTrim(msgspec.Struct, frozen=True):
+    """How one stream was trimmed."""
+
+    stream: str
+    watermark: str  # the snapshot's watermark for the stream
+    minid: str  # entries below this were removed
+    trimmed: int
+    held_by: str  # the group that held the trim below the watermark, or ""
+
+
+class TrimResult(msgspec.Struct, frozen=True):
+    snapshot: str
+    streams: list[StreamTrim]
+    done_pruned: int
+
+
+def _s(x: Any) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+async def trim_log(elog: EventLog, *, prune: bool = True) -> TrimResult:
+    """Trim every log stream behind the latest snapshot (see the module
+    docstring for the rules), then, with ``prune``, the ``done`` hashes."""
+    head = await latest_head(elog)
+    if head is None:
+        raise EventcoreError(
+            "there is no snapshot to trim behind: run `eventcore replay snapshot` first"
+        )
+    keys = elog.keys
+    out: list[StreamTrim] = []
+    for stream in log_streams(keys):
+        mark = head.watermark.get(stream)
+        if mark is None:
+            continue  # the snapshot holds nothing of this stream
+        minid, trimmed, held = await elog.scripts.trim_stream(
+            keys=[stream, keys.trim_mark(stream)], args=[mark]
+        )
+        out.append(StreamTrim(stream, mark, _s(minid), int(trimmed), _s(held)))
+    pruned = await prune_done(elog, head) if prune else 0
+    return TrimResult(head.id, out, pruned)
+
+
+async def trim_marks(elog: EventLog) -> dict[str, str]:
+    """The lowest id kept, per log stream that has been trimmed."""
+    streams = log_streams(elog.keys)
+    values = await elog.redis.mget([elog.keys.trim_mark(s) for s in streams])
+    return {s: _s(v) for s, v in zip(streams, values) if v is not None}
+
+
+async def busy_tasks(elog: EventLog, p: int, *, batch: int = 1000) -> set[str]:
+    """Tasks with an entry in a work stream of partition ``p`` (waiting or held)."""
+    busy: set[str] = set()
+    async for key in elog.redis.scan_iter(match=elog.keys.work_pattern(p), _type="stream"):
+        start = "-"
+        while True:
+            raw = await elog.redis.xrange(key, min=start, max="+", count=batch)
+            busy.update(_s(f.get(b"task", b"")) for _, f in raw)
+            if len(raw) < batch:
+                break
+            start = "(" + _s(raw[-1][0])
+    return busy
+
+
+async def prune_done(elog: EventLog, head: SnapshotHead, *, chunk: int = 1000) -> int:
+    """Forget the outcome of ended tasks whose every event was trimmed; returns
+    how many fields were removed."""
+    keys = elog.keys
+    marks = await trim_marks(elog)
+    by_part = {p: marks[keys.events(p)] for p in keys.all_partitions() if keys.events(p) in marks}
+    if not by_part:
+        return 0
+    busy = {p: await busy_tasks(elog, p) for p in by_part}
+    pending: dict[int, list[str]] = {p: [] for p in by_part}
+    pruned = 0
+
+    async def flush(p: int) -> int:
+        ids, pending[p] = pending[p], []
+        if not ids:
+            return 0
+        return int(
+            await elog.scripts.prune_done(
+                keys=[keys.done(p), keys.delayed(p), keys.cancels(p)], args=ids
+            )
+        )
+
+    async for views in snapshot_tasks(elog, head, chunk=chunk):
+        for task_id, view in views.items():
+            p = keys.partition(task_id)
+            mark = by_part.get(p)
+            if (
+                mark is not None
+                and view.status in TERMINAL
+                and view.last_event_id
+                and id_lt(view.last_event_id, mark)
+                and task_id not in busy[p]
+            ):
+                pending[p].append(task_id)
+                if len(pending[p]) >= chunk:
+                    pruned += await flush(p)
+    for p in by_part:
+        pruned += await flush(p)
+    return pruned
