@@ -1,21 +1,47 @@
-"""``eventcore project``: run the projector."""
+"""``eventcore project`` (run the projector) and the tools over the log:
+``events history|tail|export|import|trim``, ``replay verify|rebuild|snapshot``
+and ``as-of``.
+
+Errors a person can fix (a bad ``--at``, an unknown task, a line of an import
+file that does not parse) are raised as :class:`EventcoreError` and printed
+by ``eventcore.cli`` as one line; long operations draw a progress line on
+stderr when it is a terminal (:mod:`projections.progress`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import json
+import os
 import signal
 import sys
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import msgspec
+from redis.exceptions import RedisError
 
 from eventcore.cli import client_options, redis_for
 from eventcore.config import Settings
 from eventcore.connection import connect
+from eventcore.errors import EventcoreError
+from eventcore.events import TaskSubmitted
+from eventcore.ids import is_task_id
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from projections.asof import task_as_of, views_as_of
+from projections.export import export_log, export_streams, import_log
+from projections.points import parse_point
+from projections.progress import Progress
+from projections.replay import Views
 from projections.runner import Projector
+from projections.snapshot import take_snapshot
 from projections.store import ViewStore, current_views
 from projections.tools import describe, rebuild, tail, verify
+from projections.trim import trim_log, trim_marks
 
 __all__ = ["add_commands"]
 
@@ -59,7 +85,7 @@ async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
 
 
 def add_tool_commands(sub: Any) -> dict[str, Any]:
-    ev = sub.add_parser("events", help="read the log: history of a task, tail")
+    ev = sub.add_parser("events", help="read the log: history, tail, export, import, trim")
     evsub = ev.add_subparsers(dest="events_command", required=True, metavar="WHAT")
     h = evsub.add_parser("history", help="a task's timeline")
     h.add_argument("task")
@@ -69,85 +95,237 @@ def add_tool_commands(sub: Any) -> dict[str, Any]:
     t.add_argument("--task")
     t.add_argument("--kind", help="event type prefix, e.g. task.failed or node.")
     t.add_argument("--json", action="store_true")
-    rp = sub.add_parser("replay", help="check the views against the log")
+    x = evsub.add_parser(
+        "export", help="write the log as JSON Lines, one entry a line (stdout by default)"
+    )
+    x.add_argument("--since", metavar="TIME|ID", help="first entry: a time or an entry id")
+    x.add_argument("--until", metavar="TIME|ID", help="last entry: a time or an entry id")
+    x.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    i = evsub.add_parser(
+        "import", help="append an export to this log, keeping entry ids (idempotent)"
+    )
+    i.add_argument("file", metavar="FILE", help="the export file, or - for stdin")
+    tr = evsub.add_parser(
+        "trim",
+        help="remove log entries behind the latest snapshot, never ones a consumer "
+        "group has not read or acked",
+    )
+    tr.add_argument(
+        "--keep-done",
+        action="store_true",
+        help="keep the recorded outcome of tasks whose events are trimmed",
+    )
+    rp = sub.add_parser("replay", help="check, rebuild and snapshot the views")
     rpsub = rp.add_subparsers(dest="replay_command", required=True, metavar="WHAT")
-    v = rpsub.add_parser("verify", help="replay the log from zero and compare with the views")
+    v = rpsub.add_parser("verify", help="replay the log and compare with the views")
     v.add_argument("--views", help="view namespace (default: the one in use)")
     rb = rpsub.add_parser("rebuild", help="fold the log into fresh views and switch to them")
     rb.add_argument("--batch", type=int, default=5000)
-    return {"events": cmd_events, "replay": cmd_replay}
+    sn = rpsub.add_parser(
+        "snapshot", help="store the views and their watermark; rebuild, verify and trim start there"
+    )
+    sn.add_argument("--batch", type=int, default=5000)
+    a = sub.add_parser(
+        "as-of", help="the views as they were at a time or entry id (JSON on stdout)"
+    )
+    a.add_argument("task", nargs="?", help="a task id: show its view")
+    which = a.add_mutually_exclusive_group()
+    which.add_argument("--nodes", action="store_true", help="the node views")
+    which.add_argument("--queues", action="store_true", help="the queue views")
+    which.add_argument("--stats", action="store_true", help="the stats, global and per queue/kind")
+    a.add_argument(
+        "--at",
+        required=True,
+        metavar="TIME|ID",
+        help="ISO-8601 time (UTC when no offset), seconds since the epoch, or an entry id",
+    )
+    return {"events": cmd_events, "replay": cmd_replay, "as-of": cmd_as_of}
+
+
+# -- plumbing ------------------------------------------------------------------------
+
+
+def _tool(settings: Settings, fn: Callable[[EventLog], Awaitable[int]]) -> int:
+    """Run ``fn`` with the deployment's log; Redis errors become one line."""
+
+    async def main(url: str) -> int:
+        redis = await connect(url, client_options(settings))
+        elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
+        try:
+            return await fn(elog)
+        except RedisError as exc:
+            raise EventcoreError(f"Redis: {exc}") from None
+        finally:
+            await redis.aclose()
+
+    with redis_for(settings) as target:
+        return asyncio.run(main(target.url))
+
+
+def _say(text: str, *, err: bool = False) -> None:
+    print(text, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+def _to_json(value: Any) -> str:
+    return json.dumps(msgspec.to_builtins(value), indent=2, sort_keys=False)
+
+
+# -- events ----------------------------------------------------------------------------
 
 
 def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
-    with redis_for(settings) as target:
-        return asyncio.run(_events(target.url, settings, args))
+    match args.events_command:
+        case "export":
+            since = parse_point(args.since, "--since") if args.since else None
+            until = parse_point(args.until, "--until") if args.until else None
+
+            async def run(elog: EventLog) -> int:
+                with _output(args.output) as out:
+                    await _export(elog, out, since, until)
+                return 0
+
+            return _tool(settings, run)
+        case "import":
+            return _tool(settings, lambda elog: _import(elog, args.file))
+        case "trim":
+            return _tool(settings, lambda elog: _trim(elog, keep_done=args.keep_done))
+        case "history":
+            return _tool(settings, lambda elog: _history(elog, args.task, as_json=args.json))
+    return _tool(settings, lambda elog: _tail(elog, args))
 
 
-async def _events(url: str, settings: Settings, args: argparse.Namespace) -> int:
-    redis = await connect(url, client_options(settings))
-    elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
+async def _history(elog: EventLog, task_id: str, *, as_json: bool) -> int:
+    if not is_task_id(task_id):
+        raise EventcoreError(f"no task {task_id!r}: task ids are UUIDv7s")
+    entries = await elog.history(task_id)
+    if not entries:
+        raise EventcoreError(f"no events for task {task_id}")
+    if not isinstance(entries[0].event, TaskSubmitted) and await trim_marks(elog):
+        _say("note: the start of this task's history was trimmed", err=True)
+    for entry in entries:
+        print(describe(entry, as_json=as_json), flush=True)
+    return 0
+
+
+async def _tail(elog: EventLog, args: argparse.Namespace) -> int:
     try:
-        if args.events_command == "history":
-            entries = await elog.history(args.task)
-            if not entries:
-                print(f"eventcore: no events for task {args.task}", file=sys.stderr)
-                return 1
-            for entry in entries:
-                print(describe(entry, as_json=args.json), flush=True)
-            return 0
         async for entry in tail(elog, follow=args.follow, task=args.task, kind=args.kind):
             print(describe(entry, as_json=args.json), flush=True)
-        return 0
     except KeyboardInterrupt:
-        return 0
-    finally:
-        await redis.aclose()
+        pass
+    return 0
 
 
-def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    with redis_for(settings) as target:
-        if args.replay_command == "rebuild":
-            return asyncio.run(_rebuild(target.url, settings, args.batch))
-        return asyncio.run(_verify(target.url, settings, args.views))
-
-
-async def _rebuild(url: str, settings: Settings, batch: int) -> int:
-    redis = await connect(url, client_options(settings))
-    elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
-    last = [0.0]
-
-    def progress(done: int, seconds: float) -> None:
-        if seconds - last[0] >= 0.5:
-            last[0] = seconds
-            rate = done / seconds if seconds else 0.0
-            print(
-                f"\rrebuilding: {done:,} entries, {rate:,.0f}/s",
-                end="",
-                file=sys.stderr,
-                flush=True,
-            )
-
+@contextlib.contextmanager
+def _output(path: str | None) -> Iterator[IO[bytes]]:
+    """stdout, or a file written beside its name and moved into place when
+    complete, so a failed export never leaves a half file under that name."""
+    if path is None or path == "-":
+        try:
+            yield sys.stdout.buffer
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            # The reader went away (| head): stop quietly, as cat does.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
+    final = Path(path)
+    partial = final.with_name(final.name + ".partial")
     try:
-        res = await rebuild(elog, batch=batch, progress=progress)
-    finally:
-        await redis.aclose()
-    rate = res.entries / res.seconds if res.seconds else 0.0
-    print(
-        f"\rrebuilt {res.entries:,} entries in {res.seconds:.1f}s ({rate:,.0f}/s) into views "
-        f"{res.views!r}; switched from {res.previous!r}",
-        flush=True,
+        out = partial.open("wb")
+    except OSError as exc:
+        raise EventcoreError(f"cannot write {partial}: {exc.strerror}") from None
+    try:
+        with out:
+            yield out
+        partial.replace(final)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+
+
+async def _export(elog: EventLog, out: IO[bytes], since: Any, until: Any) -> int:
+    total = None
+    if since is None and until is None:
+        streams = await export_streams(elog)
+        async with elog.redis.pipeline(transaction=False) as pipe:
+            for stream in streams:
+                pipe.xlen(stream)
+            total = sum(await pipe.execute())
+    with Progress("exporting", total=total) as bar:
+        res = await export_log(elog, out, since=since, until=until, progress=bar.update)
+    _say(
+        f"exported {res.entries:,} entries of {res.streams} streams in {bar.elapsed:.1f}s"
+        + (f" ({res.raw:,} with raw fields, {res.undecodable:,} undecodable)" if res.raw else ""),
+        err=True,
     )
     return 0
 
 
-async def _verify(url: str, settings: Settings, views: str | None) -> int:
-    redis = await connect(url, client_options(settings))
-    elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
+async def _import(elog: EventLog, path: str) -> int:
+    if path == "-":
+        source: IO[bytes] = sys.stdin.buffer
+        size = None
+    else:
+        try:
+            source = open(path, "rb")
+            size = os.fstat(source.fileno()).st_size
+        except OSError as exc:
+            raise EventcoreError(f"cannot read {path}: {exc.strerror}") from None
     try:
-        views = views or await current_views(elog)
-        problems = await verify(elog, ViewStore(elog, views))
+        with Progress("importing", unit="lines") as bar:
+
+            def progress(lines: int, read: int) -> None:
+                bar.update(lines, fraction=read / size if size else None)
+
+            res = await import_log(elog, source, progress=progress)
     finally:
-        await redis.aclose()
+        if source is not sys.stdin.buffer:
+            source.close()
+    _say(
+        f"imported {path}: {res.added:,} entries added, {res.present:,} already there, "
+        f"{res.trimmed:,} below the trim mark ({res.lines:,} lines, {bar.elapsed:.1f}s)"
+    )
+    return 0
+
+
+async def _trim(elog: EventLog, *, keep_done: bool) -> int:
+    res = await trim_log(elog, prune=not keep_done)
+    for s in res.streams:
+        why = f" (held back by group {s.held_by!r})" if s.held_by else ""
+        _say(f"{s.stream}: {s.trimmed:,} entries trimmed, kept from {s.minid}{why}")
+    if not keep_done:
+        _say(f"done: {res.done_pruned:,} outcomes of fully trimmed tasks forgotten")
+    return 0
+
+
+# -- replay ----------------------------------------------------------------------------
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    match args.replay_command:
+        case "rebuild":
+            return _tool(settings, lambda elog: _rebuild(elog, args.batch))
+        case "snapshot":
+            return _tool(settings, lambda elog: _snapshot(elog, args.batch))
+    return _tool(settings, lambda elog: _verify(elog, args.views))
+
+
+async def _rebuild(elog: EventLog, batch: int) -> int:
+    with Progress("rebuilding") as bar:
+        res = await rebuild(elog, batch=batch, progress=lambda done, _s: bar.update(done))
+    rate = res.entries / res.seconds if res.seconds else 0.0
+    base = f" on top of snapshot {res.snapshot} ({res.seeded:,} task views)" if res.snapshot else ""
+    _say(
+        f"rebuilt {res.entries:,} entries{base} in {res.seconds:.1f}s ({rate:,.0f}/s) into "
+        f"views {res.views!r}; switched from {res.previous!r}"
+    )
+    return 0
+
+
+async def _verify(elog: EventLog, views: str | None) -> int:
+    views = views or await current_views(elog)
+    with Progress("verifying") as bar:
+        problems = await verify(elog, ViewStore(elog, views), progress=bar.update)
     for line in problems[:50]:
         print(line)
     if problems:
@@ -155,3 +333,50 @@ async def _verify(url: str, settings: Settings, views: str | None) -> int:
         return 1
     print(f"views {views!r} equal a replay of the log")
     return 0
+
+
+async def _snapshot(elog: EventLog, batch: int) -> int:
+    t0 = time.monotonic()
+    with Progress("snapshot") as bar:
+        head = await take_snapshot(elog, batch=batch, progress=bar.update)
+    marks = ", ".join(f"{k} {v}" for k, v in head.watermark.items()) or "empty log"
+    _say(
+        f"snapshot {head.id}: {head.tasks:,} task views, {bar.done:,} new entries folded in "
+        f"{time.monotonic() - t0:.1f}s; watermark {marks}"
+    )
+    if head.undecodable:
+        _say(f"note: {head.undecodable:,} entries do not decode and are in no view", err=True)
+    return 0
+
+
+# -- as-of -------------------------------------------------------------------------------
+
+
+def cmd_as_of(args: argparse.Namespace, settings: Settings) -> int:
+    point = parse_point(args.at)
+    if bool(args.task) == (args.nodes or args.queues or args.stats):
+        raise EventcoreError("as-of: give a task id, or one of --nodes, --queues, --stats")
+
+    async def run(elog: EventLog) -> int:
+        if args.task:
+            print(_to_json(await task_as_of(elog, args.task, point)))
+            return 0
+        with Progress("folding") as bar:
+            views = await views_as_of(elog, point, progress=bar.update)
+        print(_to_json(_part(views, args)))
+        return 0
+
+    return _tool(settings, run)
+
+
+def _part(views: Views, args: argparse.Namespace) -> Any:
+    if args.nodes:
+        return views.nodes
+    if args.queues:
+        return views.queues
+    return {
+        "global": views.stats,
+        "by_queue_kind": [
+            {"queue": q, "kind": k, "stats": v} for (q, k), v in sorted(views.stats_by.items())
+        ],
+    }
