@@ -294,7 +294,7 @@ async def _trim(elog: EventLog, *, keep_done: bool) -> int:
         why = f" (held back by group {s.held_by!r})" if s.held_by else ""
         _say(f"{s.stream}: {s.trimmed:,} entries trimmed, kept from {s.minid}{why}")
     if not keep_done:
-        _say(f"done: {res.done_pruned:,} outcomes of fully trimmed tasks forgotten")
+        _say(f"done: forgot the outcome of {res.done_pruned:,} tasks whose events were all trimmed")
     return 0
 
 

@@ -7,6 +7,7 @@ watermark. Without one they start from the first entry."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -18,17 +19,18 @@ from redis.exceptions import ResponseError
 
 from eventcore import groups
 from eventcore.codec import Entry
+from eventcore.errors import EventcoreError
 from eventcore.log import EventLog
-from projections.points import log_streams
+from projections.points import id_lt, log_streams
 from projections.replay import Views, replay
 from projections.snapshot import (
     SnapshotHead,
     decode_batch,
     latest_head,
-    load_snapshot,
     snapshot_tasks,
 )
 from projections.store import ViewStore, current_views, group_for
+from projections.trim import trim_marks
 
 __all__ = [
     "RebuildResult",
@@ -39,6 +41,7 @@ __all__ = [
     "log_after",
     "rebuild",
     "seed_from_snapshot",
+    "starting_snapshot",
     "tail",
     "verify",
     "whole_log",
@@ -142,9 +145,14 @@ async def log_after(
 async def expected_views(elog: EventLog, *, progress: Callable[[int], None] | None = None) -> Views:
     """What the views must be: the latest snapshot's views (or nothing) with
     every entry after its watermark folded on top."""
-    loaded = await load_snapshot(elog)
-    start, marks = (loaded[1], loaded[0].watermark) if loaded is not None else (Views(), {})
-    return replay(await log_after(elog, marks, progress=progress), start=start)
+    head = await starting_snapshot(elog)
+    if head is None:
+        return replay(await log_after(elog, {}, progress=progress))
+    tasks: dict[str, Any] = {}
+    async for chunk in snapshot_tasks(elog, head):
+        tasks.update(chunk)
+    entries = await log_after(elog, head.watermark, progress=progress)
+    return replay(entries, start=head.views(tasks))
 
 
 async def verify(
@@ -208,11 +216,18 @@ async def rebuild(
         if progress is not None:
             progress(done, time.monotonic() - t0)
 
-    head = await latest_head(elog)
-    seeded = 0 if head is None else await seed_from_snapshot(elog, store, head, progress=report)
+    head = await starting_snapshot(elog)
     projector = Projector(elog, store, batch=batch, consumer="rebuild")
-    while await projector.step(block_ms=None):
-        report(seeded + projector.applied)
+    try:
+        seeded = 0
+        if head is not None:
+            seeded = await seed_from_snapshot(elog, store, head, progress=report)
+        while await projector.step(block_ms=None):
+            report(seeded + projector.applied)
+    except BaseException:
+        # A half-built namespace and its group would only hold trims back.
+        await asyncio.shield(drop_views(elog, view_ns))
+        raise
     await elog.redis.set(elog.keys.view_pointer(), view_ns)
     await drop_views(elog, previous)
     return RebuildResult(
@@ -232,9 +247,18 @@ async def seed_from_snapshot(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Write a snapshot's views into ``store`` (no feed entries: nothing
-    changed), its watermark as the store's, and start the store's projector
-    group right after the watermark. Returns the number of task views written."""
+    """Start the store's projector group right after a snapshot's watermark,
+    then write the snapshot's views into ``store`` (no feed entries: nothing
+    changed) with its watermark. Returns the number of task views written.
+
+    The group comes first: from then on a trim keeps every entry after the
+    watermark, however long the views take to write."""
+    group = group_for(store.ns)
+    for stream in log_streams(elog.keys):
+        start = head.watermark.get(stream, "0")
+        if not await groups.ensure_group(elog.redis, stream, group, start_id=start):
+            await elog.redis.xgroup_setid(stream, group, start)
+    await _check_not_trimmed_past(elog, head)
     written = 0
     async for chunk in snapshot_tasks(elog, head):
         await store.write(Views(), Views(tasks=chunk), {}, feed=False)
@@ -242,12 +266,31 @@ async def seed_from_snapshot(
         if progress is not None:
             progress(written)
     await store.write(Views(), head.views(), head.watermark, feed=False)
-    group = group_for(store.ns)
-    for stream in log_streams(elog.keys):
-        start = head.watermark.get(stream, "0")
-        if not await groups.ensure_group(elog.redis, stream, group, start_id=start):
-            await elog.redis.xgroup_setid(stream, group, start)
     return written
+
+
+async def starting_snapshot(elog: EventLog) -> SnapshotHead | None:
+    """The snapshot a replay must start from: the latest one. None when there
+    is none, which is right only for a log that was never trimmed."""
+    head = await latest_head(elog)
+    if head is None and await trim_marks(elog):
+        raise EventcoreError(
+            "the log has been trimmed but there is no snapshot to start from "
+            f"({elog.keys.snapshot_pointer()} is missing): the views of the trimmed "
+            "entries are lost"
+        )
+    return head
+
+
+async def _check_not_trimmed_past(elog: EventLog, head: SnapshotHead) -> None:
+    """Refuse a snapshot whose later entries a trim (behind a newer snapshot)
+    has already removed."""
+    for stream, mark in (await trim_marks(elog)).items():
+        if id_lt(head.watermark.get(stream, "0-0"), mark):
+            raise EventcoreError(
+                f"{stream} was trimmed up to {mark}, past snapshot {head.id}'s watermark: "
+                "a newer snapshot was published meanwhile; run it again"
+            )
 
 
 async def drop_views(elog: EventLog, view_ns: str) -> int:

@@ -9,6 +9,7 @@ import os
 import pytest
 from redis.exceptions import ResponseError
 
+from eventcore.errors import EventcoreError
 from eventcore.events import (
     NodeHeartbeat,
     TaskCancelled,
@@ -304,3 +305,17 @@ def test_snapshot_trim_and_rebuild_commands(redis_url: str) -> None:
     ok = cli("replay", "verify", env=env)
     assert ok.returncode == 0 and "equal a replay" in ok.stdout, ok.stdout + ok.stderr
     assert rebuilt.stderr == ""  # no terminal: no progress drawn
+
+
+async def test_a_trimmed_log_without_its_snapshot_is_refused(r, namespace) -> None:
+    """Replaying a trimmed log from its first remaining entry would give views
+    that silently lack the trimmed tasks: verify and rebuild refuse instead."""
+    elog = EventLog(r, Keys(namespace))
+    await workload(elog, 4)
+    await take_snapshot(elog)
+    await trim_log(elog)
+    await r.delete(elog.keys.snapshot_pointer())
+    for call in (verify(elog, ViewStore(elog)), rebuild(elog)):
+        with pytest.raises(EventcoreError, match="trimmed but there is no snapshot"):
+            await call
+    assert await current_views(elog) == "live"
