@@ -137,9 +137,8 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path: Path) -> None:
     from eventcore.connection import make_client
     from eventcore.keys import Keys
     from eventcore.log import EventLog
-    from projections.store import ViewStore
-
     from eventcore.servers import free_port
+    from projections.store import ViewStore
 
     env = {"EVENTCORE_REDIS__DURABILITY": "durable", "EVENTCORE_WEB__PORT": str(free_port())}
     proc = start("up", env=env, cwd=tmp_path)

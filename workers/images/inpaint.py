@@ -9,74 +9,18 @@ the input's alpha channel untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import cv2
-import msgspec
 import numpy as np
 
 from eventcore.errors import TaskError
-from workers.images.codec import ImageError
+from eventcore.images import ImageError, InpaintConfig
 
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Progress = Callable[[float, str], None]
 
 _CV2_FLAGS = {"INPAINT_NS": cv2.INPAINT_NS, "INPAINT_TELEA": cv2.INPAINT_TELEA}
-_STRATEGIES = ("Crop", "Resize", "Original")
-# (low, high) for each integer setting. IOPaint sets no bounds; these keep a
-# request from asking for absurd work (a 10,000 px inpaint radius) or nonsense.
-_RANGES = {
-    "cv2_radius": (1, 100),
-    "hd_strategy_crop_margin": (0, 4096),
-    "hd_strategy_crop_trigger_size": (64, 65536),
-    "hd_strategy_resize_limit": (64, 65536),
-}
-
-
-class InpaintConfig(msgspec.Struct, frozen=True, kw_only=True):
-    """The inpainting settings of an IOPaint request, with IOPaint's defaults.
-
-    ``hd_strategy`` decides how a large image reaches the model:
-    "Original" passes it whole; "Crop" (when the longer side exceeds
-    ``hd_strategy_crop_trigger_size``) passes each masked region with
-    ``hd_strategy_crop_margin`` pixels of context; "Resize" (when the longer
-    side exceeds ``hd_strategy_resize_limit``) passes a copy scaled down to
-    that limit and scales the result back up.
-    """
-
-    cv2_flag: str = "INPAINT_NS"
-    cv2_radius: int = 4
-    hd_strategy: str = "Crop"
-    hd_strategy_crop_margin: int = 128
-    hd_strategy_crop_trigger_size: int = 800
-    hd_strategy_resize_limit: int = 1280
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> InpaintConfig:
-        """The config held in a task's params; keys it does not know (the image,
-        the mask, a prompt...) are ignored, as IOPaint ignores them. Raises
-        :class:`ImageError` for a wrong type or value."""
-        known = {k: v for k, v in params.items() if k in cls.__struct_fields__}
-        try:
-            config = msgspec.convert(known, cls)
-        except msgspec.ValidationError as exc:
-            raise ImageError(f"inpaint settings: {exc}") from None
-        config.validate()
-        return config
-
-    def validate(self) -> None:
-        """Raise :class:`ImageError` naming the first setting out of range."""
-        if self.cv2_flag not in _CV2_FLAGS:
-            raise ImageError(f"cv2_flag {self.cv2_flag!r} is not one of {', '.join(_CV2_FLAGS)}")
-        if self.hd_strategy not in _STRATEGIES:
-            raise ImageError(
-                f"hd_strategy {self.hd_strategy!r} is not one of {', '.join(_STRATEGIES)}"
-            )
-        for name, (low, high) in _RANGES.items():
-            value = getattr(self, name)
-            if not low <= value <= high:
-                raise ImageError(f"{name} is {value}, must be between {low} and {high}")
 
 
 def cv2_inpainter(config: InpaintConfig) -> Model:
