@@ -111,6 +111,11 @@ def add_tool_commands(sub: Any) -> dict[str, Any]:
         "group has not read or acked",
     )
     tr.add_argument(
+        "--before",
+        metavar="TIME|ID",
+        help="trim only entries before this point too (keep recent history readable)",
+    )
+    tr.add_argument(
         "--keep-done",
         action="store_true",
         help="keep the recorded outcome of tasks whose events are trimmed",
@@ -188,7 +193,10 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
         case "import":
             return _tool(settings, lambda elog: _import(elog, args.file))
         case "trim":
-            return _tool(settings, lambda elog: _trim(elog, keep_done=args.keep_done))
+            before = parse_point(args.before, "--before").start_id if args.before else None
+            return _tool(
+                settings, lambda elog: _trim(elog, keep_done=args.keep_done, before=before)
+            )
         case "history":
             return _tool(settings, lambda elog: _history(elog, args.task, as_json=args.json))
     return _tool(settings, lambda elog: _tail(elog, args))
@@ -288,8 +296,8 @@ async def _import(elog: EventLog, path: str) -> int:
     return 0
 
 
-async def _trim(elog: EventLog, *, keep_done: bool) -> int:
-    res = await trim_log(elog, prune=not keep_done)
+async def _trim(elog: EventLog, *, keep_done: bool, before: str | None) -> int:
+    res = await trim_log(elog, prune=not keep_done, before=before)
     for s in res.streams:
         why = f" (held back by group {s.held_by!r})" if s.held_by else ""
         _say(f"{s.stream}: {s.trimmed:,} entries trimmed, kept from {s.minid}{why}")

@@ -195,11 +195,15 @@ async def take_snapshot(
     folded = previous.entries if previous is not None else 0
     undecodable = previous.undecodable if previous is not None else 0
     done = 0
-    for stream in log_streams(keys):
-        newest = await redis.xrevrange(stream, count=1)
-        if not newest:
+    streams = log_streams(keys)
+    async with redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xrevrange(stream, count=1)
+        newest = await pipe.execute()
+    for stream, last in zip(streams, newest):
+        if not last:
             continue
-        end = _s(newest[0][0])
+        end = _s(last[0][0])
         start = "(" + marks[stream] if stream in marks else "-"
         while stream not in marks or id_lt(marks[stream], end):
             raw = await redis.xrange(stream, min=start, max=end, count=batch)

@@ -57,9 +57,11 @@ def _s(x: Any) -> str:
     return x.decode() if isinstance(x, bytes) else str(x)
 
 
-async def trim_log(elog: EventLog, *, prune: bool = True) -> TrimResult:
+async def trim_log(elog: EventLog, *, prune: bool = True, before: str | None = None) -> TrimResult:
     """Trim every log stream behind the latest snapshot (see the module
-    docstring for the rules), then, with ``prune``, the ``done`` hashes."""
+    docstring for the rules), and, with ``before`` (an entry id), only below
+    it too, keeping recent raw history for tools that read it; then, with
+    ``prune``, the ``done`` hashes."""
     head = await latest_head(elog)
     if head is None:
         raise EventcoreError(
@@ -71,8 +73,9 @@ async def trim_log(elog: EventLog, *, prune: bool = True) -> TrimResult:
         mark = head.watermark.get(stream)
         if mark is None:
             continue  # the snapshot holds nothing of this stream
+        limit = before if before is not None and id_lt(before, mark) else mark
         minid, trimmed, held = await elog.scripts.trim_stream(
-            keys=[stream, keys.trim_mark(stream)], args=[mark]
+            keys=[stream, keys.trim_mark(stream)], args=[limit]
         )
         out.append(StreamTrim(stream, mark, _s(minid), int(trimmed), _s(held)))
     pruned = await prune_done(elog, head) if prune else 0

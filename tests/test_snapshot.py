@@ -296,7 +296,7 @@ def test_snapshot_trim_and_rebuild_commands(redis_url: str) -> None:
     snap = cli("replay", "snapshot", env=env)
     assert snap.returncode == 0, snap.stderr
     assert "snapshot " in snap.stdout and "3 task views" in snap.stdout
-    trim = cli("events", "trim", env=env)
+    trim = cli("events", "trim", "--before", "2999-01-01T00:00:00Z", env=env)
     assert trim.returncode == 0, trim.stderr
     assert f"{ns}:{{p0}}:events: 2 entries trimmed" in trim.stdout
     rebuilt = cli("replay", "rebuild", env=env)
@@ -319,3 +319,17 @@ async def test_a_trimmed_log_without_its_snapshot_is_refused(r, namespace) -> No
         with pytest.raises(EventcoreError, match="trimmed but there is no snapshot"):
             await call
     assert await current_views(elog) == "live"
+
+
+async def test_trim_before_a_point_keeps_recent_history(r, namespace) -> None:
+    elog = EventLog(r, Keys(namespace))
+    await workload(elog, 6)
+    ids = [eid.decode() for eid, _ in await r.xrange(elog.keys.events(0))]
+    await take_snapshot(elog)
+    res = await trim_log(elog, before=ids[5])
+    (s,) = [x for x in res.streams if x.stream == elog.keys.events(0)]
+    assert (s.minid, s.trimmed, s.held_by) == (ids[5], 5, "")
+    # a point after the watermark changes nothing: the snapshot still bounds it
+    res = await trim_log(elog, before="99999999999999-0")
+    (s,) = [x for x in res.streams if x.stream == elog.keys.events(0)]
+    assert s.minid == ids[-1]
