@@ -31,6 +31,12 @@ SUMMARIES = {
     ("GET", "/metrics"): "Prometheus metrics",
     ("POST", "/api/v1/inpaint"): "IOPaint-compatible inpaint (answers with the PNG)",
     ("POST", "/api/v1/run_plugin_gen_image"): "IOPaint-compatible plugin (RealESRGAN: upscale)",
+    ("GET", "/api/v1/model"): "IOPaint-compatible: the current model",
+    ("POST", "/api/v1/model"): "IOPaint-compatible: switch the model",
+    ("GET", "/api/v1/server-config"): "IOPaint-compatible server configuration",
+    ("GET", "/api/v1/samplers"): "IOPaint-compatible sampler names",
+    ("POST", "/api/v1/samplers"): "IOPaint-compatible sampler names",
+    ("POST", "/api/v1/adjust_mask"): "IOPaint-compatible: expand, shrink or reverse a mask",
 }
 
 ERROR = {
