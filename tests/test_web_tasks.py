@@ -175,3 +175,29 @@ async def test_result_history_cancel_retry(redis_url: str, log: EventLog, namesp
         assert (await c.post(f"/v1/tasks/{done['task_id']}/retry")).status_code == 409
         missing = await c.get("/v1/tasks/not-a-task")
         assert missing.status_code == 404 and j(missing)["error"] == "not_found"
+
+
+async def test_trimmed_tasks_can_be_read_and_cancelled_but_not_rerun(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    from projections.snapshot import take_snapshot
+    from projections.trim import trim_log
+    from tests import replaykit
+
+    async with projector(log), web_client(redis_url, settings_for(namespace)) as c:
+        failed, *_ = await replaykit.submit(log, 1)
+        (entry,) = await replaykit.claim(log, 1)
+        end_id = await replaykit.finish(log, entry, ok=False)
+        later = await c.post("/v1/tasks", json={"kind": "noop"})  # the log goes on
+        assert (await c.get(f"/v1/tasks/{failed}", params={"after": end_id})).status_code == 200
+        after = {"after": j(later)["event_id"]}
+        assert (await c.get(f"/v1/tasks/{j(later)['task_id']}", params=after)).status_code == 200
+        await take_snapshot(log)
+        await trim_log(log)
+        assert await log.history(failed) == []
+        view = await c.get(f"/v1/tasks/{failed}")
+        assert view.status_code == 200 and j(view)["status"] == "failed"
+        again = await c.post(f"/v1/tasks/{failed}/retry")
+        assert again.status_code == 410 and "trimmed" in j(again)["detail"]
+        cancel = await c.post(f"/v1/tasks/{failed}/cancel")
+        assert cancel.status_code in (202, 409), cancel.text

@@ -279,10 +279,8 @@ async def cancel_task(request: Request) -> Response:
     reason = ""
     if await request.body():
         reason = (await read_json(request, CancelRequest)).reason
-    submitted = await _submitted(web, task_id)
-    if submitted is None or (
-        web.auth.enabled and not who.has("admin") and submitted.spec.tenant != who.tenant
-    ):
+    tenant = await _tenant_of(web, task_id)
+    if tenant is None or (web.auth.enabled and not who.has("admin") and tenant != who.tenant):
         raise ApiError(404, "not_found", f"no task {task_id!r}")
     result = await web.log.request_cancel(task_id, reason=reason, by=who.name)
     body = {"task_id": task_id, "outcome": result.outcome.value, "event_id": result.event_id}
@@ -292,12 +290,15 @@ async def cancel_task(request: Request) -> Response:
     return json_response(body, 202)
 
 
-async def _submitted(web: WebState, task_id: str) -> TaskSubmitted | None:
-    """The task's submission, from the log (the views may lag behind)."""
+async def _tenant_of(web: WebState, task_id: str) -> str | None:
+    """The task's tenant: from its submission in the log (the views may lag
+    behind), else from its view (the log may have been trimmed behind a
+    snapshot); None for a task neither knows."""
     for entry in await web.log.history(task_id):
         if isinstance(entry.event, TaskSubmitted):
-            return entry.event
-    return None
+            return entry.event.spec.tenant
+    view = await (await web.store()).task(task_id)
+    return None if view is None else view.tenant
 
 
 async def retry_task(request: Request) -> Response:
@@ -308,9 +309,18 @@ async def retry_task(request: Request) -> Response:
     task_id = _task_id(request)
     history = [e.event for e in await web.log.history(task_id)]
     submitted = next((e for e in history if isinstance(e, TaskSubmitted)), None)
-    if submitted is None or (
-        web.auth.enabled and not who.has("admin") and submitted.spec.tenant != who.tenant
-    ):
+    if submitted is None:
+        tenant = await _tenant_of(web, task_id)
+        if tenant is not None and (
+            not web.auth.enabled or who.has("admin") or tenant == who.tenant
+        ):
+            raise ApiError(
+                410,
+                "gone",
+                f"task {task_id}'s submission was trimmed from the log; it cannot be run again",
+            )
+        raise ApiError(404, "not_found", f"no task {task_id!r}")
+    if web.auth.enabled and not who.has("admin") and submitted.spec.tenant != who.tenant:
         raise ApiError(404, "not_found", f"no task {task_id!r}")
     ended = next((e.type_name() for e in history if isinstance(e, TERMINAL_EVENT_TYPES)), None)
     if ended is None:
