@@ -1,9 +1,9 @@
 """Pure folds of task and node events into task, node and queue views.
 
 Each fold is ``(view | None, ..., entry_id, event) -> view``, in the manner of
-eventsourcing's aggregate6: no I/O, no clock, no mutation, one ``match`` on the
-event union. Stats folds are in :mod:`projections.stats`, the whole-log
-reference in :mod:`projections.replay`.
+eventsourcing's aggregate6: no I/O, no clock, no mutation of its arguments,
+one ``match`` on the event union. Stats folds are in :mod:`projections.stats`,
+the whole-log fold in :mod:`projections.replay`.
 
 Conventions every fold follows, so a runner can drive them without thinking:
 
@@ -26,11 +26,24 @@ Conventions every fold follows, so a runner can drive them without thinking:
 - **Illegal events never raise.** A task event the transition table refuses
   leaves every field as it was, except ``illegal`` and ``history`` on the task
   view (and the ids seen); it changes no count anywhere.
+
+**Drafts.** The queue, node and stats views hold structures that grow with
+the work in flight (``waiting_since``, ``running``, the per-minute buckets).
+Copying and re-sorting them for every event made a fold cost as much as the
+backlog. So each of those folds is written once, as a *draft*
+(:class:`QueueDraft`, :class:`NodeDraft`,
+:class:`~projections.stats.StatsDraft`): a private working copy of one view
+that takes entries one by one, changes its own dicts and sets in place
+(copied from the view on the first change), and builds the frozen view once,
+in :meth:`view`, sorting and taking minimums only when something asks for it.
+A public fold is a draft of one entry; :func:`projections.replay.replay`
+keeps one draft per view for a whole batch of entries. Both give the same
+views, which the tests check.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -59,14 +72,21 @@ from eventcore.events import (
     TaskSucceeded,
     TaskTimedOut,
 )
-from eventcore.transitions import TERMINAL, TaskStatus, is_legal, next_status
+from eventcore.transitions import TERMINAL, TRANSITIONS, TaskStatus
 from projections._summary import describe, history_add, keep_last, summarise_params
 from projections.views import NodeView, QueueView, TaskView
 
 __all__ = [
     "HELD",
     "WAITING",
+    "NodeDraft",
+    "QueueDraft",
+    "Seen",
+    "TaskChange",
+    "apply_task",
     "by_key",
+    "change_of",
+    "event_node",
     "fold_node",
     "fold_node_task",
     "fold_queue",
@@ -86,6 +106,7 @@ ILLEGAL_LIMIT = 20
 WARNING_LIMIT = 20
 
 _replace = msgspec.structs.replace
+_NOTHING = (-1, -1)  # below every id: the key of "no entry applied yet"
 
 
 # -- ids ----------------------------------------------------------------------
@@ -109,7 +130,41 @@ def by_key(mapping: dict[Any, Any]) -> dict[Any, Any]:
 
 
 def _seen(last_ids: dict[str, str], stream: str, entry_id: str) -> dict[str, str]:
+    if stream in last_ids:  # updating a key keeps its place, and the order
+        return {**last_ids, stream: entry_id}
     return by_key({**last_ids, stream: entry_id})
+
+
+class Seen:
+    """A view's ``last_ids`` while a draft folds entries into it: the last id
+    of each stream parsed once and compared as numbers, the dict built again
+    only by :meth:`result`, sorted only if a stream was added."""
+
+    __slots__ = ("_keys", "_latest", "ids")
+
+    def __init__(self, ids: dict[str, str]) -> None:
+        self.ids = ids
+        self._keys = {stream: id_key(entry_id) for stream, entry_id in ids.items() if entry_id}
+        self._latest: dict[str, str] = {}
+
+    def advance(self, stream: str, key: tuple[int, int], entry_id: str) -> bool:
+        """Record entry ``entry_id`` (``key`` is its :func:`id_key`) of ``stream``;
+        ``False`` if it is not newer than the last one, which is then skipped."""
+        if key <= self._keys.get(stream, _NOTHING):
+            return False
+        self._keys[stream] = key
+        self._latest[stream] = entry_id
+        return True
+
+    @property
+    def changed(self) -> bool:
+        return bool(self._latest)
+
+    def result(self) -> dict[str, str]:
+        if not self._latest:
+            return self.ids
+        ids = {**self.ids, **self._latest}
+        return ids if len(ids) == len(self.ids) else by_key(ids)
 
 
 # -- task ---------------------------------------------------------------------
@@ -118,9 +173,26 @@ def _seen(last_ids: dict[str, str], stream: str, entry_id: str) -> dict[str, str
 def step(status: TaskStatus | None, event: TaskEvent) -> tuple[TaskStatus | None, bool]:
     """The status after ``event`` and whether the event was legal; an illegal
     event leaves the status as it was."""
-    if is_legal(status, type(event)):
-        return next_status(status, event), True
-    return status, False
+    after = TRANSITIONS[status].get(type(event))
+    return (status, False) if after is None else (after, True)
+
+
+class TaskChange(NamedTuple):
+    """One task event as the queue, node and stats folds see it, worked out
+    once per entry: the task view before it, the status before, and the status
+    after (``None``: the transition table refuses the event, so it moves no
+    count)."""
+
+    event: TaskEvent
+    task: TaskView | None
+    before: TaskStatus | None
+    after: TaskStatus | None
+
+
+def change_of(event: TaskEvent, task_before: TaskView | None) -> TaskChange:
+    """The :class:`TaskChange` of ``event`` applied to ``task_before``."""
+    before = task_before.status if task_before is not None else None
+    return TaskChange(event, task_before, before, TRANSITIONS[before].get(type(event)))
 
 
 def fold_task(view: TaskView | None, entry_id: str, event: TaskEvent) -> TaskView:
@@ -133,9 +205,16 @@ def fold_task(view: TaskView | None, entry_id: str, event: TaskEvent) -> TaskVie
         view = TaskView(task_id=event.task_id)
     elif not is_new(view.last_event_id, entry_id):
         return view
-    status, legal = step(view.status, event)
+    return apply_task(view, entry_id, event, TRANSITIONS[view.status].get(type(event)))
+
+
+def apply_task(
+    view: TaskView, entry_id: str, event: TaskEvent, after: TaskStatus | None
+) -> TaskView:
+    """:func:`fold_task` once the entry is known to be new, given the status
+    after it (``None``: illegal), as :func:`change_of` works it out."""
     item = describe(entry_id, event)
-    if not legal:
+    if after is None:
         where = view.status.value if view.status is not None else "none"
         note = f"event {event.type_name()} in status {where} at id {entry_id}"
         return _replace(
@@ -145,18 +224,18 @@ def fold_task(view: TaskView | None, entry_id: str, event: TaskEvent) -> TaskVie
             last_event_id=entry_id,
         )
     changes = _task_changes(view, event)
-    if status in TERMINAL and view.status not in TERMINAL:
+    if after in TERMINAL and view.status not in TERMINAL:
         changes["finished_at"] = event.at
         started = changes.get("started_at", view.started_at)
         changes["duration"] = None if started is None else max(0.0, event.at - started)
-    if status is not S.RETRYING:
+    if after is not S.RETRYING and view.retry_at is not None:
         changes["retry_at"] = None
-    if status is not S.SCHEDULED:
+    if after is not S.SCHEDULED and view.run_at is not None:
         changes["run_at"] = None
     return _replace(
         view,
         **changes,
-        status=status,
+        status=after,
         history=history_add(view.history, item),
         last_event_id=entry_id,
     )
@@ -247,30 +326,94 @@ def fold_queue(
     queue = queue_of(event, task_before)
     if queue is None or (view is not None and view.queue != queue):
         return view
-    if view is None:
-        view = QueueView(queue=queue)
-    elif not is_new(view.last_ids.get(stream), entry_id):
-        return view
-    before = task_before.status if task_before is not None else None
-    after, legal = step(before, event)
-    changes: dict[str, Any] = {"last_ids": _seen(view.last_ids, stream, entry_id)}
-    if legal and after is not before:
+    draft = QueueDraft(view if view is not None else QueueView(queue=queue))
+    draft.apply(stream, id_key(entry_id), entry_id, change_of(event, task_before))
+    return draft.view()
+
+
+_QUEUE_COUNTS = ("submitted", "waiting", "in_flight", *sorted(s.value for s in TERMINAL))
+_TERMINAL_FIELD = {s: s.value for s in TERMINAL}  # faster than .value
+
+
+class QueueDraft:
+    """A queue view being folded (see the module's notes on drafts).
+
+    ``oldest_waiting_at`` is kept as a running minimum: a task joining the
+    waiting set can only lower it, and it is looked for again among the
+    waiting tasks (once, in :meth:`view`) only if the task that held it left.
+    """
+
+    __slots__ = ("_oldest_lost", "_own", "_sorted", "base", "counts", "oldest", "seen", "waiting")
+
+    def __init__(self, view: QueueView) -> None:
+        self.base = view
+        self.seen = Seen(view.last_ids)
+        self.counts: dict[str, int] | None = None  # set by the first status change
+        self.waiting = view.waiting_since
+        self.oldest = view.oldest_waiting_at
+        self._own = self._oldest_lost = False
+        self._sorted = True
+
+    def apply(self, stream: str, key: tuple[int, int], entry_id: str, change: TaskChange) -> None:
+        """Fold one entry of ``stream`` (``key`` is its :func:`id_key`) of this queue."""
+        if not self.seen.advance(stream, key, entry_id):
+            return
+        event, task, before, after = change
+        if after is None or after is before:
+            return
+        counts = self.counts
+        if counts is None:
+            counts = self.counts = {f: getattr(self.base, f) for f in _QUEUE_COUNTS}
         if isinstance(event, TaskSubmitted):
-            changes["submitted"] = view.submitted + 1
-        changes["waiting"] = view.waiting + (after in WAITING) - (before in WAITING)
-        changes["in_flight"] = view.in_flight + (after in HELD) - (before in HELD)
+            counts["submitted"] += 1
+        counts["in_flight"] += (after in HELD) - (before in HELD)
         if after in TERMINAL:
-            field = after.value
-            changes[field] = getattr(view, field) + 1
-        waiting_since = dict(view.waiting_since)
+            counts[_TERMINAL_FIELD[after]] += 1
         if after in WAITING:
-            submitted_at = task_before.submitted_at if task_before is not None else None
-            waiting_since[event.task_id] = submitted_at if submitted_at is not None else event.at
+            counts["waiting"] += before not in WAITING
+            submitted_at = task.submitted_at if task is not None else None
+            self._wait(event.task_id, submitted_at if submitted_at is not None else event.at)
         else:
-            waiting_since.pop(event.task_id, None)
-        changes["waiting_since"] = by_key(waiting_since)
-        changes["oldest_waiting_at"] = min(waiting_since.values(), default=None)
-    return _replace(view, **changes)
+            counts["waiting"] -= before in WAITING
+            self._leave(event.task_id)
+
+    def _own_waiting(self) -> dict[str, float]:
+        if not self._own:
+            self.waiting, self._own = dict(self.waiting), True
+        return self.waiting
+
+    def _wait(self, task_id: str, since: float) -> None:
+        waiting = self._own_waiting()
+        old = waiting.get(task_id)
+        if old is None:
+            # Task ids mostly grow (UUIDv7), so a new one usually goes last.
+            if self._sorted and waiting and task_id < next(reversed(waiting)):
+                self._sorted = False
+        elif old == self.oldest:
+            self._oldest_lost = True
+        waiting[task_id] = since
+        if not self._oldest_lost and (self.oldest is None or since < self.oldest):
+            self.oldest = since
+
+    def _leave(self, task_id: str) -> None:
+        if task_id in self.waiting:
+            if self._own_waiting().pop(task_id) == self.oldest:
+                self._oldest_lost = True
+
+    def view(self) -> QueueView:
+        """The view with every entry folded so far."""
+        changes: dict[str, Any] = {}
+        if self.seen.changed:
+            changes["last_ids"] = self.seen.result()
+        if self.counts is not None:
+            changes.update(self.counts)
+            waiting = self.waiting if self._sorted else by_key(self.waiting)
+            changes["waiting_since"] = waiting
+            if self._oldest_lost:
+                self.oldest = min(waiting.values(), default=None)
+                self._oldest_lost = False
+            changes["oldest_waiting_at"] = self.oldest
+        return _replace(self.base, **changes) if changes else self.base
 
 
 # -- node ---------------------------------------------------------------------
@@ -336,7 +479,8 @@ def fold_node(view: NodeView | None, stream: str, entry_id: str, event: NodeEven
     return _replace(view, **changes)
 
 
-def _event_node(event: TaskEvent) -> str | None:
+def event_node(event: TaskEvent) -> str | None:
+    """The node a task event names, if any."""
     match event:
         case (
             TaskClaimed(node=node)
@@ -359,7 +503,7 @@ def nodes_of(event: TaskEvent, task_before: TaskView | None) -> tuple[str, ...]:
     if not step(task_before.status if task_before is not None else None, event)[1]:
         return ()
     nodes = []
-    if (named := _event_node(event)) is not None:
+    if (named := event_node(event)) is not None:
         nodes.append(named)
     if task_before is not None and task_before.status in HELD and task_before.node is not None:
         if task_before.node not in nodes:
@@ -383,27 +527,62 @@ def fold_node_task(
     it is claimed or running there.
     """
     if view is None:
-        name = node if node is not None else _event_node(event)
+        name = node if node is not None else event_node(event)
         if name is None:
             raise ValueError(f"{event.type_name()} names no node: pass node=")
         view = NodeView(node=name)
-    elif not is_new(view.last_ids.get(stream), entry_id):
-        return view
-    before = task_before.status if task_before is not None else None
-    after, legal = step(before, event)
-    changes: dict[str, Any] = {"last_ids": _seen(view.last_ids, stream, entry_id)}
-    if legal:
-        holder = _event_node(event) if isinstance(event, TaskClaimed | TaskStarted) else None
-        if holder is None and task_before is not None:
-            holder = task_before.node
-        running = set(view.running)
-        if after in HELD and holder == view.node:
-            running.add(event.task_id)
-        else:
-            running.discard(event.task_id)
-        changes["running"] = tuple(sorted(running))
-        if after in TERMINAL and before not in TERMINAL and _event_node(event) == view.node:
-            changes["processed"] = view.processed + 1
+    draft = NodeDraft(view)
+    draft.apply(stream, id_key(entry_id), entry_id, change_of(event, task_before))
+    return draft.view()
+
+
+class NodeDraft:
+    """The task side of a node view being folded (see the module's notes on
+    drafts): ``running`` as a set, sorted into the view's tuple only when it
+    changed. Node events go through :func:`fold_node` on a built view."""
+
+    __slots__ = ("_changed", "base", "failed", "processed", "running", "seen")
+
+    def __init__(self, view: NodeView) -> None:
+        self.base = view
+        self.seen = Seen(view.last_ids)
+        self.running: set[str] | None = None  # made on the first legal event
+        self.processed, self.failed = view.processed, view.failed
+        self._changed = False
+
+    def apply(self, stream: str, key: tuple[int, int], entry_id: str, change: TaskChange) -> None:
+        """Fold one entry of ``stream`` (``key`` is its :func:`id_key`) touching this node."""
+        if not self.seen.advance(stream, key, entry_id):
+            return
+        event, task, before, after = change
+        if after is None:
+            return
+        holder = event.node if isinstance(event, TaskClaimed | TaskStarted) else None
+        if holder is None and task is not None:
+            holder = task.node
+        running = self.running
+        if running is None:
+            running = self.running = set(self.base.running)
+        task_id = event.task_id
+        if after in HELD and holder == self.base.node:
+            if task_id not in running:
+                running.add(task_id)
+                self._changed = True
+        elif task_id in running:
+            running.remove(task_id)
+            self._changed = True
+        if after in TERMINAL and before not in TERMINAL and event_node(event) == self.base.node:
+            self.processed += 1
             if isinstance(event, TaskFailed | TaskTimedOut):
-                changes["failed"] = view.failed + 1
-    return _replace(view, **changes)
+                self.failed += 1
+
+    def view(self) -> NodeView:
+        """The view with every entry folded so far."""
+        changes: dict[str, Any] = {}
+        if self.seen.changed:
+            changes["last_ids"] = self.seen.result()
+        if self._changed:
+            changes["running"] = tuple(sorted(self.running or ()))
+        if self.processed != self.base.processed:
+            changes.update(processed=self.processed, failed=self.failed)
+        return _replace(self.base, **changes) if changes else self.base

@@ -13,23 +13,32 @@ The per-minute buckets cover the 24 hours up to the newest event time the
 view has folded, so they depend only on the events, never on the wall clock:
 an event whose minute has already left the window is not counted there (it
 still counts in the totals).
+
+The fold is written as a draft (:class:`StatsDraft`, see
+:mod:`projections.folds`): counts, per-minute buckets and histogram buckets
+change in place, and the window is cut, the buckets sorted and the
+percentiles read once, when the view is built. Cutting the window at the end
+gives the same buckets as cutting it at every event, because it only ever
+moves forward: a minute an event missed is one the window has left for good.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from eventcore.events import TaskEvent, TaskSubmitted
 from eventcore.transitions import TERMINAL
-from projections.folds import by_key, is_new, step
+from projections.folds import Seen, TaskChange, by_key, change_of, id_key
 from projections.views import Counts, DurationHistogram, StatsView, TaskView
 
 __all__ = [
     "BUCKETS",
     "WINDOW_MINUTES",
+    "StatsDraft",
+    "Tally",
     "bucket_of",
     "fold_stats",
     "histogram_add",
@@ -37,6 +46,7 @@ __all__ = [
     "minute_of",
     "percentile",
     "scope_of",
+    "tally_of",
 ]
 
 LOW = 0.001
@@ -49,6 +59,7 @@ BUCKETS = _LOG_BUCKETS + 2
 WINDOW_MINUTES = 24 * 60
 
 _replace = msgspec.structs.replace
+_QUANTILES = (0.50, 0.95, 0.99)
 
 
 # -- durations ----------------------------------------------------------------
@@ -75,7 +86,10 @@ def _bucket_value(index: int) -> float:
 def histogram_add(h: DurationHistogram, seconds: float) -> DurationHistogram:
     """``h`` with one more duration."""
     i = bucket_of(seconds)
-    buckets = by_key({**h.buckets, i: h.buckets.get(i, 0) + 1})
+    if i in h.buckets:
+        buckets = {**h.buckets, i: h.buckets[i] + 1}  # same keys, same order
+    else:
+        buckets = by_key({**h.buckets, i: 1})
     return DurationHistogram(buckets=buckets, count=h.count + 1)
 
 
@@ -89,15 +103,24 @@ def histogram_merge(a: DurationHistogram, b: DurationHistogram) -> DurationHisto
 
 def percentile(h: DurationHistogram, q: float) -> float | None:
     """The ``q``-quantile (0 < q <= 1) in seconds, ``None`` for an empty histogram."""
+    return _percentiles(h, (q,))[0]
+
+
+def _percentiles(h: DurationHistogram, qs: tuple[float, ...]) -> list[float | None]:
+    """Several quantiles (ascending) in one pass over the buckets."""
     if h.count == 0:
-        return None
-    rank = max(1, math.ceil(q * h.count))
+        return [None] * len(qs)
+    ranks = [max(1, math.ceil(q * h.count)) for q in qs]
+    out: list[float | None] = []
     seen = 0
     for i in sorted(h.buckets):
         seen += h.buckets[i]
-        if seen >= rank:
-            return _bucket_value(i)
-    return _bucket_value(max(h.buckets))  # unreachable when count matches the buckets
+        while len(out) < len(ranks) and seen >= ranks[len(out)]:
+            out.append(_bucket_value(i))
+        if len(out) == len(ranks):
+            return out
+    # unreachable when count matches the buckets
+    return out + [_bucket_value(max(h.buckets))] * (len(ranks) - len(out))
 
 
 # -- counts -------------------------------------------------------------------
@@ -108,13 +131,32 @@ def minute_of(at: float) -> int:
     return int(at // 60) * 60
 
 
-def _bump(counts: Counts, field: str) -> Counts:
-    return _replace(counts, **{field: getattr(counts, field) + 1})
-
-
 def _success_rate(c: Counts) -> float | None:
     judged = c.succeeded + c.failed + c.timed_out + c.dead_lettered
     return c.succeeded / judged if judged else None
+
+
+def _window(
+    per_minute: dict[int, Counts], touched: dict[int, Counts], oldest: int
+) -> dict[int, Counts]:
+    """``per_minute`` (in key order) updated with ``touched``, without the
+    minutes before ``oldest``, in key order."""
+    if per_minute and next(iter(per_minute)) < oldest:
+        out = {m: c for m, c in per_minute.items() if m >= oldest}
+    else:
+        out = dict(per_minute) if touched else per_minute
+    last = next(reversed(out), None)
+    ordered = True
+    for minute, counts in touched.items():
+        if minute < oldest:
+            continue
+        if minute not in out:
+            if last is not None and minute < last:
+                ordered = False
+            else:
+                last = minute
+        out[minute] = counts
+    return out if ordered else by_key(out)
 
 
 # -- the fold -----------------------------------------------------------------
@@ -148,42 +190,117 @@ def fold_stats(
     """
     if view is None:
         view = StatsView() if scope is None else StatsView(queue=scope[0], kind=scope[1])
-    elif not is_new(view.last_ids.get(stream), entry_id):
-        return view
     if view.queue is not None and scope_of(event, task_before) != (view.queue, view.kind):
         return view
-    before = task_before.status if task_before is not None else None
-    after, legal = step(before, event)
-    changes: dict[str, Any] = {"last_ids": by_key({**view.last_ids, stream: entry_id})}
-    if not legal:
-        return _replace(view, **changes)
+    draft = StatsDraft(view)
+    draft.apply(stream, id_key(entry_id), entry_id, tally_of(change_of(event, task_before)))
+    return draft.view()
+
+
+_FIELDS = ("submitted", *sorted(s.value for s in TERMINAL))
+_TERMINAL_FIELD = {s: s.value for s in TERMINAL}
+
+
+class Tally(NamedTuple):
+    """What one legal task event adds to a stats view, worked out once for
+    the global view and its scope's: its time (``newest_at``), the count it
+    bumps (``"submitted"``, a terminal status, or ``None``) and the histogram
+    bucket of the task's duration (an end after a start)."""
+
+    at: float
+    field: str | None
+    bucket: int | None
+
+
+def tally_of(change: TaskChange) -> Tally | None:
+    """The :class:`Tally` of a task event; ``None`` if it is illegal, which only
+    marks its entry seen. Counted once per task: the submission and the first
+    terminal status."""
+    event, task, before, after = change
+    if after is None:
+        return None
     if isinstance(event, TaskSubmitted):
-        field = "submitted"
-    elif after is not None and after in TERMINAL and before not in TERMINAL:
-        field = after.value
-    else:
-        field = None
+        return Tally(event.at, "submitted", None)
+    if after not in TERMINAL or before in TERMINAL:
+        return Tally(event.at, None, None)
+    started = task.started_at if task is not None else None
+    bucket = None if started is None else bucket_of(max(0.0, event.at - started))
+    return Tally(event.at, _TERMINAL_FIELD[after], bucket)
 
-    newest = event.at if view.newest_at is None else max(view.newest_at, event.at)
-    oldest_minute = minute_of(newest) - (WINDOW_MINUTES - 1) * 60
-    per_minute = {m: c for m, c in view.per_minute.items() if m >= oldest_minute}
-    changes.update(newest_at=newest, per_minute=per_minute)
-    if field is None:
-        return _replace(view, **changes)
 
-    totals = _bump(view.totals, field)
-    minute = minute_of(event.at)
-    if minute >= oldest_minute:
-        per_minute[minute] = _bump(per_minute.get(minute, Counts()), field)
-        changes["per_minute"] = by_key(per_minute)
-    changes.update(totals=totals, success_rate=_success_rate(totals))
-    started = task_before.started_at if task_before is not None else None
-    if field != "submitted" and started is not None:
-        durations = histogram_add(view.durations, max(0.0, event.at - started))
-        changes.update(
-            durations=durations,
-            p50=percentile(durations, 0.50),
-            p95=percentile(durations, 0.95),
-            p99=percentile(durations, 0.99),
-        )
-    return _replace(view, **changes)
+class StatsDraft:
+    """A stats view being folded (see the module's notes): totals and the
+    touched minutes as plain counts, the histogram buckets in a dict of their
+    own; window, sorting, success rate and percentiles in :meth:`view`.
+
+    It takes the events of its scope only: the caller routes them
+    (:func:`scope_of`)."""
+
+    __slots__ = (
+        "_legal",
+        "_own",
+        "base",
+        "buckets",
+        "count",
+        "minutes",
+        "newest",
+        "seen",
+        "totals",
+    )
+
+    def __init__(self, view: StatsView) -> None:
+        self.base = view
+        self.seen = Seen(view.last_ids)
+        self.newest = view.newest_at
+        self.totals: dict[str, int] | None = None  # set by the first counted event
+        self.minutes: dict[int, dict[str, int]] = {}
+        self.buckets = view.durations.buckets
+        self.count = view.durations.count
+        self._own = self._legal = False
+
+    def apply(self, stream: str, key: tuple[int, int], entry_id: str, tally: Tally | None) -> None:
+        """Fold one entry of ``stream`` (``key`` is its :func:`id_key`)."""
+        if not self.seen.advance(stream, key, entry_id) or tally is None:
+            return
+        at, field, bucket = tally
+        self._legal = True
+        self.newest = at if self.newest is None else max(self.newest, at)
+        if field is None:
+            return
+        totals = self.totals
+        if totals is None:
+            totals = self.totals = msgspec.structs.asdict(self.base.totals)
+        totals[field] += 1
+        minute = minute_of(at)
+        counts = self.minutes.get(minute)
+        if counts is None:
+            old = self.base.per_minute.get(minute)
+            counts = self.minutes[minute] = (
+                msgspec.structs.asdict(old) if old is not None else dict.fromkeys(_FIELDS, 0)
+            )
+        counts[field] += 1
+        if bucket is not None:
+            if not self._own:
+                self.buckets, self._own = dict(self.buckets), True
+            self.buckets[bucket] = self.buckets.get(bucket, 0) + 1
+            self.count += 1
+
+    def view(self) -> StatsView:
+        """The view with every entry folded so far."""
+        base = self.base
+        changes: dict[str, Any] = {}
+        if self.seen.changed:
+            changes["last_ids"] = self.seen.result()
+        if self._legal and self.newest is not None:
+            newest = changes["newest_at"] = self.newest
+            oldest = minute_of(newest) - (WINDOW_MINUTES - 1) * 60
+            touched = {m: Counts(**c) for m, c in self.minutes.items()}
+            changes["per_minute"] = _window(base.per_minute, touched, oldest)
+        if self.totals is not None:
+            totals = changes["totals"] = Counts(**self.totals)
+            changes["success_rate"] = _success_rate(totals)
+        if self._own:
+            durations = DurationHistogram(buckets=by_key(self.buckets), count=self.count)
+            p50, p95, p99 = _percentiles(durations, _QUANTILES)
+            changes.update(durations=durations, p50=p50, p95=p95, p99=p99)
+        return _replace(base, **changes) if changes else base

@@ -43,7 +43,7 @@ class HistoryItem(msgspec.Struct, frozen=True, kw_only=True):
     summary: str = ""
 
 
-class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A task's current state and timeline, folded from its events.
 
     ``status`` is ``None`` only for a task whose first event was not
@@ -95,7 +95,7 @@ NodeState = Literal["unknown", "online", "paused", "draining", "stopped", "lost"
 event was seen (the node stream is read independently of the task streams)."""
 
 
-class NodeView(msgspec.Struct, frozen=True, kw_only=True):
+class NodeView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """A worker node: its state, what it announced, its last heartbeat, and the
     tasks the task log says it holds.
 
@@ -133,7 +133,7 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True):
     last_ids: dict[str, str] = {}
 
 
-class QueueView(msgspec.Struct, frozen=True, kw_only=True):
+class QueueView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One queue's backlog and outcomes.
 
     Every count moves with a task's status change, so at any point
@@ -162,7 +162,7 @@ class QueueView(msgspec.Struct, frozen=True, kw_only=True):
     last_ids: dict[str, str] = {}
 
 
-class Counts(msgspec.Struct, frozen=True, kw_only=True):
+class Counts(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Submissions and outcomes, by terminal status."""
 
     submitted: int = 0
@@ -173,7 +173,7 @@ class Counts(msgspec.Struct, frozen=True, kw_only=True):
     dead_lettered: int = 0
 
 
-class DurationHistogram(msgspec.Struct, frozen=True, kw_only=True):
+class DurationHistogram(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Task durations in fixed log-spaced buckets (see :mod:`projections.stats`).
 
     ``buckets`` maps a bucket index to its count (empty buckets absent). The
@@ -185,7 +185,7 @@ class DurationHistogram(msgspec.Struct, frozen=True, kw_only=True):
     count: int = 0
 
 
-class StatsView(msgspec.Struct, frozen=True, kw_only=True):
+class StatsView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Throughput, success rate and durations: global (``queue`` and ``kind``
     ``None``) or for one queue and task kind.
 
