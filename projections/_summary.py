@@ -34,8 +34,11 @@ def _cut(text: str, limit: int = STRING_LIMIT) -> str:
     return text if len(text) <= limit else text[:limit] + f"… ({len(text)} chars)"
 
 
+_SCALARS = (bool, int, float, str)
+
+
 def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, bool | int | float | str)
+    return value is None or isinstance(value, _SCALARS)
 
 
 def _small(value: Any, top: bool) -> Any:
@@ -45,9 +48,9 @@ def _small(value: Any, top: bool) -> Any:
         return _cut(value)
     if _scalar(value):
         return value
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{len(value)} bytes>"
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         if top and len(value) <= SMALL_CONTAINER and all(map(_scalar, value)):
             return [_small(v, False) for v in value]
         return f"<list of {len(value)}>"

@@ -43,7 +43,7 @@ views, which the tests check.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
@@ -177,7 +177,7 @@ def step(status: TaskStatus | None, event: TaskEvent) -> tuple[TaskStatus | None
     return (status, False) if after is None else (after, True)
 
 
-class TaskChange(NamedTuple):
+class TaskChange(msgspec.Struct, frozen=True, gc=False):
     """One task event as the queue, node and stats folds see it, worked out
     once per entry: the task view before it, the status before, and the status
     after (``None``: the transition table refuses the event, so it moves no
@@ -358,7 +358,7 @@ class QueueDraft:
         """Fold one entry of ``stream`` (``key`` is its :func:`id_key`) of this queue."""
         if not self.seen.advance(stream, key, entry_id):
             return
-        event, task, before, after = change
+        event, task, before, after = change.event, change.task, change.before, change.after
         if after is None or after is before:
             return
         counts = self.counts
@@ -536,6 +536,10 @@ def fold_node_task(
     return draft.view()
 
 
+_TAKES = (TaskClaimed, TaskStarted)  # events that put a task on the node they name
+_FAILS = (TaskFailed, TaskTimedOut)
+
+
 class NodeDraft:
     """The task side of a node view being folded (see the module's notes on
     drafts): ``running`` as a set, sorted into the view's tuple only when it
@@ -554,10 +558,10 @@ class NodeDraft:
         """Fold one entry of ``stream`` (``key`` is its :func:`id_key`) touching this node."""
         if not self.seen.advance(stream, key, entry_id):
             return
-        event, task, before, after = change
+        event, task, before, after = change.event, change.task, change.before, change.after
         if after is None:
             return
-        holder = event.node if isinstance(event, TaskClaimed | TaskStarted) else None
+        holder = event.node if isinstance(event, _TAKES) else None
         if holder is None and task is not None:
             holder = task.node
         running = self.running
@@ -573,7 +577,7 @@ class NodeDraft:
             self._changed = True
         if after in TERMINAL and before not in TERMINAL and event_node(event) == self.base.node:
             self.processed += 1
-            if isinstance(event, TaskFailed | TaskTimedOut):
+            if isinstance(event, _FAILS):
                 self.failed += 1
 
     def view(self) -> NodeView:

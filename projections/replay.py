@@ -92,7 +92,10 @@ def replay(entries: Iterable[Item], start: Views | None = None) -> Views:
         return draft
 
     for item in entries:
-        stream, entry_id, raw = _unpack(item)
+        if isinstance(item, Entry):
+            stream, entry_id, raw = item.stream, item.id, item.event
+        else:
+            stream, entry_id, raw = item
         if isinstance(raw, NODE_EVENT_TYPES):
             node_event = cast(NodeEvent, raw)
             name = node_event.node

@@ -25,7 +25,7 @@ moves forward: a minute an event missed is one the window has left for good.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import msgspec
 
@@ -201,7 +201,7 @@ _FIELDS = ("submitted", *sorted(s.value for s in TERMINAL))
 _TERMINAL_FIELD = {s: s.value for s in TERMINAL}
 
 
-class Tally(NamedTuple):
+class Tally(msgspec.Struct, frozen=True, gc=False):
     """What one legal task event adds to a stats view, worked out once for
     the global view and its scope's: its time (``newest_at``), the count it
     bumps (``"submitted"``, a terminal status, or ``None``) and the histogram
@@ -216,7 +216,7 @@ def tally_of(change: TaskChange) -> Tally | None:
     """The :class:`Tally` of a task event; ``None`` if it is illegal, which only
     marks its entry seen. Counted once per task: the submission and the first
     terminal status."""
-    event, task, before, after = change
+    event, task, before, after = change.event, change.task, change.before, change.after
     if after is None:
         return None
     if isinstance(event, TaskSubmitted):
@@ -262,7 +262,7 @@ class StatsDraft:
         """Fold one entry of ``stream`` (``key`` is its :func:`id_key`)."""
         if not self.seen.advance(stream, key, entry_id) or tally is None:
             return
-        at, field, bucket = tally
+        at, field, bucket = tally.at, tally.field, tally.bucket
         self._legal = True
         self.newest = at if self.newest is None else max(self.newest, at)
         if field is None:
