@@ -7,7 +7,8 @@ id, counted, and acked); load the views the batch touches; fold with
 :func:`projections.replay.replay` (the same code ``replay verify`` trusts);
 write what changed, the feed entries and the watermark in one script; XACK.
 A crash between the write and the ack redelivers the batch, and the folds
-skip what they already applied: nothing changes twice.
+skip what they already applied: nothing changes twice. A restarted projector
+(a new consumer name) first takes over whatever its group left pending.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from eventcore import groups
 from eventcore.codec import Entry
 from eventcore.errors import DecodeError
 from eventcore.log import EventLog
+from projections.folds import id_key
 from projections.replay import replay
 from projections.store import ViewStore, current_views, group_for
 
@@ -66,7 +68,24 @@ class Projector:
     async def _setup(self) -> None:
         for stream in self.streams:
             await groups.ensure_group(self.log.redis, stream, self.group, start_id="0")
+            await self._adopt_pending(stream)
         self._ready = True
+
+    async def _adopt_pending(self, stream: str) -> None:
+        """Take over the entries earlier consumers of the group read and never
+        acked. A projector killed after reading a batch leaves it pending under
+        its own name, and a restarted one has a new name (``host-pid``): without
+        this the batch, if it was never written, would be skipped for good. One
+        projector runs per view namespace, so whatever is pending is ours; the
+        backlog pass applies it before anything newer, keeping stream order."""
+        start = "0-0"
+        while True:
+            got = await groups.autoclaim(
+                self.log.redis, stream, self.group, self.consumer, 0, start=start, count=1000
+            )
+            start = got.next_start
+            if start == "0-0":
+                return
 
     async def step(self, block_ms: int | None = None) -> int:
         """Apply one batch; returns how many entries it read (0: nothing new)."""
@@ -108,6 +127,11 @@ class Projector:
                 self.parked += 1
                 log.error("parked %s", exc)
                 await self.log.park(stream, entry_id, fields, exc.detail)
+        if raw and self._backlog:
+            # A redelivered batch may be older than what was written before the
+            # crash (a smaller batch, or part of one): never move the watermark back.
+            mark = await self.store.watermark()
+            marks = {s: i for s, i in marks.items() if s not in mark or id_key(i) > id_key(mark[s])}
         if raw:
             task_ids = [e.event.task_id for e in entries if hasattr(e.event, "task_id")]
             before = await self.store.load(task_ids)

@@ -107,6 +107,53 @@ async def test_crash_between_write_and_ack_changes_nothing(r, namespace) -> None
     _same(await _stored(ViewStore(elog), expected.tasks), expected)
 
 
+class DiesBeforeWrite(ViewStore):
+    """A store whose process is killed after reading a batch, before writing it."""
+
+    async def write(self, before, after, marks) -> int:
+        raise SystemExit("killed before writing")
+
+
+async def test_batch_read_by_a_killed_projector_is_applied_by_a_new_one(r, namespace) -> None:
+    """Regression: a projector killed after reading a batch, before writing it,
+    left the batch pending under its consumer name (host-pid), and the
+    restarted process, with a new pid, read only new entries: the batch never
+    reached the views. A new projector now takes over what its group left
+    pending before reading anything new."""
+    elog = EventLog(r, Keys(namespace))
+    for _ in range(3):
+        await elog.submit(TaskSpec(kind="noop", queue="q"))
+    try:
+        await Projector(elog, DiesBeforeWrite(elog), consumer="host-100").step()
+    except SystemExit:
+        pass
+    await elog.submit(TaskSpec(kind="noop", queue="q"))
+    await _drain(Projector(elog, consumer="host-101"))
+    expected = replay(await _whole_log(elog))
+    assert len(expected.tasks) == 4
+    _same(await _stored(ViewStore(elog), expected.tasks), expected)
+
+
+async def test_redelivered_batch_never_moves_the_watermark_back(r, namespace) -> None:
+    """Regression: a batch written but not acked came back after a restart in
+    smaller pieces, and each piece set the watermark to its own last id, below
+    what the views already held: read-your-writes saw an entry applied, then
+    not applied."""
+    elog = EventLog(r, Keys(namespace))
+    for _ in range(3):
+        await elog.submit(TaskSpec(kind="noop", queue="q"))
+    try:
+        await CrashAfterWrite(elog, batch=3, consumer="p1").step()
+    except SystemExit:
+        pass
+    written = await ViewStore(elog).watermark()
+    again = Projector(elog, batch=1, consumer="p1")
+    assert await again.step(block_ms=None) == 1  # the first piece of the redelivered batch
+    assert await again.store.watermark() == written
+    await _drain(again)
+    assert await again.store.watermark() == written
+
+
 async def test_undecodable_entry_is_parked_and_counted(r, namespace) -> None:
     elog = EventLog(r, Keys(namespace))
     await elog.submit(TaskSpec(kind="noop", queue="q"))
