@@ -67,5 +67,8 @@ async def test_nodes_queues_stats_control_metrics(
         doc = j(await c.get("/openapi.json"))
         assert "/v1/tasks" in doc["paths"] and "post" in doc["paths"]["/v1/tasks"]
         assert "TaskView" in doc["components"]["schemas"]
+        page = await c.get("/")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        assert "/v1/stream" in page.text and "EventSource" in page.text
         assert (await c.get("/nope")).status_code == 404
         assert j(await c.delete("/v1/tasks"))["error"] == "method_not_allowed"

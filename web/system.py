@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from eventcore.control import BROADCAST, issue_and_wait
@@ -133,11 +134,21 @@ async def metrics(request: Request) -> Response:
     return Response(body, media_type=CONTENT_TYPE)
 
 
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+
+
+async def dashboard(request: Request) -> Response:
+    """A one-page dashboard: queues, nodes and recent tasks, kept live by the
+    feed. It only reads the JSON API, with the token the user gives it."""
+    return HTMLResponse(DASHBOARD.read_text(), headers={"Cache-Control": "no-cache"})
+
+
 async def openapi(request: Request) -> Response:
     return JSONResponse(document(request.app))
 
 
 routes = [
+    Route("/", dashboard, methods=["GET"]),
     Route("/v1/nodes", get_nodes, methods=["GET"]),
     Route("/v1/nodes/{node}/control", control, methods=["POST"]),
     Route("/v1/queues", get_queues, methods=["GET"]),
