@@ -1,0 +1,71 @@
+"""Helpers for projection tests: every stored view, views in canonical bytes,
+a raw dump of a view namespace, and the log up to a watermark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from eventcore.codec import Entry
+from eventcore.log import EventLog
+from projections.replay import Views
+from projections.store import SEP, ViewStore
+from projections.tools import whole_log
+
+_enc = msgspec.msgpack.Encoder()
+
+
+async def stored_views(store: ViewStore) -> Views:
+    """Every view in ``store``, task views found by scanning for their keys."""
+    ids = [
+        k.decode().rsplit(":", 1)[1]
+        async for k in store.log.redis.scan_iter(match=store.task_key("*"), count=1000)
+    ]
+    return await store.load(ids)
+
+
+def canonical(views: Views) -> dict[str, bytes]:
+    """Each view's MessagePack encoding (what the store writes), by a key naming
+    it, sorted: equal dicts mean byte-equal views."""
+    out = {f"task:{t}": _enc.encode(v) for t, v in views.tasks.items()}
+    out |= {f"node:{n}": _enc.encode(v) for n, v in views.nodes.items()}
+    out |= {f"queue:{q}": _enc.encode(v) for q, v in views.queues.items()}
+    out |= {f"stats:{SEP.join(s)}": _enc.encode(v) for s, v in views.stats_by.items()}
+    out["stats"] = _enc.encode(views.stats)
+    return dict(sorted(out.items()))
+
+
+async def dump_namespace(elog: EventLog, view_ns: str) -> dict[str, Any]:
+    """Every key of a view namespace as stored, named relative to the namespace:
+    strings as bytes, hashes as sorted (field, value) pairs, sorted sets as
+    (member, score) pairs in order."""
+    redis = elog.redis
+    prefix = elog.keys.view(view_ns, "")
+    out: dict[str, Any] = {}
+    async for raw in redis.scan_iter(match=elog.keys.view(view_ns, "*"), count=1000):
+        key = raw.decode()
+        kind = (await redis.type(key)).decode()
+        if kind == "string":
+            value: Any = await redis.get(key)
+        elif kind == "hash":
+            value = sorted((await redis.hgetall(key)).items())
+        elif kind == "zset":
+            value = await redis.zrange(key, 0, -1, withscores=True)
+        else:
+            raise AssertionError(f"unexpected {kind} key {key} in the views")
+        out[key.removeprefix(prefix)] = value
+    return dict(sorted(out.items()))
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq)
+
+
+async def log_up_to(elog: EventLog, marks: dict[str, str]) -> list[Entry[Any]]:
+    """The log's entries at or before each stream's mark (none of a stream
+    without one): what views with that watermark were folded from."""
+    return [
+        e for e in await whole_log(elog) if e.stream in marks and _id(e.id) <= _id(marks[e.stream])
+    ]
