@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -208,7 +209,7 @@ async def rebuild(
     from projections.runner import Projector  # the runner imports this module's neighbours
 
     previous = await current_views(elog)
-    view_ns = f"r{int(time.time() * 1000)}"
+    view_ns = f"r{int(time.time() * 1000)}{secrets.token_hex(3)}"  # unique even within a ms
     store = ViewStore(elog, view_ns)
     t0 = time.monotonic()
 
