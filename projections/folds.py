@@ -92,6 +92,7 @@ __all__ = [
     "fold_queue",
     "fold_task",
     "id_key",
+    "id_rank",
     "is_new",
     "nodes_of",
     "queue_of",
@@ -106,7 +107,7 @@ ILLEGAL_LIMIT = 20
 WARNING_LIMIT = 20
 
 _replace = msgspec.structs.replace
-_NOTHING = (-1, -1)  # below every id: the key of "no entry applied yet"
+_NOTHING = -1  # below every id's rank: "no entry applied yet"
 
 
 # -- ids ----------------------------------------------------------------------
@@ -118,9 +119,17 @@ def id_key(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def id_rank(entry_id: str) -> int:
+    """A stream id as one number that orders like :func:`id_key` (the sequence
+    number is below 2**64); a number, unlike a pair, is no object for the
+    garbage collector to track."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms) << 64 | int(seq or 0)
+
+
 def is_new(last_id: str | None, entry_id: str) -> bool:
     """Whether ``entry_id`` comes after ``last_id`` (``None`` / ``""``: nothing applied)."""
-    return not last_id or id_key(entry_id) > id_key(last_id)
+    return not last_id or id_rank(entry_id) > id_rank(last_id)
 
 
 def by_key(mapping: dict[Any, Any]) -> dict[Any, Any]:
@@ -144,11 +153,11 @@ class Seen:
 
     def __init__(self, ids: dict[str, str]) -> None:
         self.ids = ids
-        self._keys = {stream: id_key(entry_id) for stream, entry_id in ids.items() if entry_id}
+        self._keys = {stream: id_rank(entry_id) for stream, entry_id in ids.items() if entry_id}
         self._latest: dict[str, str] = {}
 
-    def advance(self, stream: str, key: tuple[int, int], entry_id: str) -> bool:
-        """Record entry ``entry_id`` (``key`` is its :func:`id_key`) of ``stream``;
+    def advance(self, stream: str, key: int, entry_id: str) -> bool:
+        """Record entry ``entry_id`` (``key`` is its :func:`id_rank`) of ``stream``;
         ``False`` if it is not newer than the last one, which is then skipped."""
         if key <= self._keys.get(stream, _NOTHING):
             return False
@@ -327,7 +336,7 @@ def fold_queue(
     if queue is None or (view is not None and view.queue != queue):
         return view
     draft = QueueDraft(view if view is not None else QueueView(queue=queue))
-    draft.apply(stream, id_key(entry_id), entry_id, change_of(event, task_before))
+    draft.apply(stream, id_rank(entry_id), entry_id, change_of(event, task_before))
     return draft.view()
 
 
@@ -354,8 +363,8 @@ class QueueDraft:
         self._own = self._oldest_lost = False
         self._sorted = True
 
-    def apply(self, stream: str, key: tuple[int, int], entry_id: str, change: TaskChange) -> None:
-        """Fold one entry of ``stream`` (``key`` is its :func:`id_key`) of this queue."""
+    def apply(self, stream: str, key: int, entry_id: str, change: TaskChange) -> None:
+        """Fold one entry of ``stream`` (``key`` is its :func:`id_rank`) of this queue."""
         if not self.seen.advance(stream, key, entry_id):
             return
         event, task, before, after = change.event, change.task, change.before, change.after
@@ -532,7 +541,7 @@ def fold_node_task(
             raise ValueError(f"{event.type_name()} names no node: pass node=")
         view = NodeView(node=name)
     draft = NodeDraft(view)
-    draft.apply(stream, id_key(entry_id), entry_id, change_of(event, task_before))
+    draft.apply(stream, id_rank(entry_id), entry_id, change_of(event, task_before))
     return draft.view()
 
 
@@ -554,8 +563,8 @@ class NodeDraft:
         self.processed, self.failed = view.processed, view.failed
         self._changed = False
 
-    def apply(self, stream: str, key: tuple[int, int], entry_id: str, change: TaskChange) -> None:
-        """Fold one entry of ``stream`` (``key`` is its :func:`id_key`) touching this node."""
+    def apply(self, stream: str, key: int, entry_id: str, change: TaskChange) -> None:
+        """Fold one entry of ``stream`` (``key`` is its :func:`id_rank`) touching this node."""
         if not self.seen.advance(stream, key, entry_id):
             return
         event, task, before, after = change.event, change.task, change.before, change.after

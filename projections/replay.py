@@ -39,7 +39,7 @@ from projections.folds import (
     fold_node_task,
     fold_queue,
     fold_task,
-    id_key,
+    id_rank,
     nodes_of,
 )
 from projections.stats import StatsDraft, fold_stats, scope_of, tally_of
@@ -78,7 +78,7 @@ def replay(entries: Iterable[Item], start: Views | None = None) -> Views:
     queues = dict(start.queues)
     stats_by = dict(start.stats_by)
     # The last entry id applied to each task view folded here, parsed.
-    task_keys: dict[str, tuple[int, int]] = {}
+    task_keys: dict[str, int] = {}
     node_drafts: dict[str, NodeDraft] = {}
     queue_drafts: dict[str, QueueDraft] = {}
     scope_drafts: dict[tuple[str, str], StatsDraft] = {}
@@ -106,7 +106,7 @@ def replay(entries: Iterable[Item], start: Views | None = None) -> Views:
         if not isinstance(raw, TASK_EVENT_TYPES):
             continue  # control events feed no view
         event = cast(TaskEvent, raw)
-        key = id_key(entry_id)
+        key = id_rank(entry_id)
         task_id = event.task_id
         before = tasks.get(task_id)
         if before is None:
@@ -119,7 +119,7 @@ def replay(entries: Iterable[Item], start: Views | None = None) -> Views:
             after = TRANSITIONS[status].get(type(event))
             last = task_keys.get(task_id)
             if last is None:
-                last = id_key(before.last_event_id) if before.last_event_id else (-1, -1)
+                last = id_rank(before.last_event_id) if before.last_event_id else -1
             if key > last:
                 tasks[task_id] = apply_task(before, entry_id, event, after)
                 last = key

@@ -31,7 +31,7 @@ import msgspec
 
 from eventcore.events import TaskEvent, TaskSubmitted
 from eventcore.transitions import TERMINAL
-from projections.folds import Seen, TaskChange, by_key, change_of, id_key
+from projections.folds import Seen, TaskChange, by_key, change_of, id_rank
 from projections.views import Counts, DurationHistogram, StatsView, TaskView
 
 __all__ = [
@@ -193,7 +193,7 @@ def fold_stats(
     if view.queue is not None and scope_of(event, task_before) != (view.queue, view.kind):
         return view
     draft = StatsDraft(view)
-    draft.apply(stream, id_key(entry_id), entry_id, tally_of(change_of(event, task_before)))
+    draft.apply(stream, id_rank(entry_id), entry_id, tally_of(change_of(event, task_before)))
     return draft.view()
 
 
@@ -258,8 +258,8 @@ class StatsDraft:
         self.count = view.durations.count
         self._own = self._legal = False
 
-    def apply(self, stream: str, key: tuple[int, int], entry_id: str, tally: Tally | None) -> None:
-        """Fold one entry of ``stream`` (``key`` is its :func:`id_key`)."""
+    def apply(self, stream: str, key: int, entry_id: str, tally: Tally | None) -> None:
+        """Fold one entry of ``stream`` (``key`` is its :func:`~projections.folds.id_rank`)."""
         if not self.seen.advance(stream, key, entry_id) or tally is None:
             return
         at, field, bucket = tally.at, tally.field, tally.bucket
