@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from eventcore.events import (
+    TASK_EVENT_TYPES,
     TaskCancelled,
     TaskCancelRequested,
     TaskClaimed,
@@ -28,6 +29,7 @@ KEY_LIMIT = 32
 SMALL_CONTAINER = 8
 HISTORY_LIMIT = 100
 _PROGRESS = TaskProgress.type_name()
+_TAGS = {t: t.type_name() for t in TASK_EVENT_TYPES}
 
 
 def _cut(text: str, limit: int = STRING_LIMIT) -> str:
@@ -93,7 +95,7 @@ def history_add(history: tuple[HistoryItem, ...], item: HistoryItem) -> tuple[Hi
 
 def describe(entry_id: str, event: TaskEvent) -> HistoryItem:
     """The timeline line for one event."""
-    return HistoryItem(id=entry_id, type=event.type_name(), at=event.at, summary=_summary(event))
+    return HistoryItem(id=entry_id, type=_TAGS[type(event)], at=event.at, summary=_summary(event))
 
 
 def _summary(event: TaskEvent) -> str:

@@ -241,13 +241,10 @@ def apply_task(
         changes["retry_at"] = None
     if after is not S.SCHEDULED and view.run_at is not None:
         changes["run_at"] = None
-    return _replace(
-        view,
-        **changes,
-        status=after,
-        history=history_add(view.history, item),
-        last_event_id=entry_id,
-    )
+    changes["status"] = after
+    changes["history"] = history_add(view.history, item)
+    changes["last_event_id"] = entry_id
+    return _replace(view, **changes)
 
 
 def _task_changes(view: TaskView, event: TaskEvent) -> dict[str, Any]:
