@@ -48,6 +48,7 @@ class FeedItem(msgspec.Struct, frozen=True):
     node: str
     tenant: str
     data: str
+    frame: bytes  # the whole SSE message, encoded once for every client
 
     @classmethod
     def from_entry(cls, entry_id: str, fields: Mapping[bytes, bytes]) -> FeedItem:
@@ -59,6 +60,7 @@ class FeedItem(msgspec.Struct, frozen=True):
         data = _json.encode(
             {"entity": entity, "id": f(b"id"), "status": f(b"status") or None, "view": view}
         ).decode()
+        frame = f"id: {entry_id}\nevent: {entity}\ndata: {data}\n\n".encode()
         return cls(
             entry_id,
             entity,
@@ -69,6 +71,7 @@ class FeedItem(msgspec.Struct, frozen=True):
             f(b"node"),
             f(b"tenant"),
             data,
+            frame,
         )
 
 
@@ -199,9 +202,12 @@ class FeedHub:
         first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
         return parse_id(first_id) > parse_id(last_id)
 
-    async def follow(self, flt: FeedFilter, last_id: str | None = None) -> AsyncIterator[FeedItem]:
+    async def follow(
+        self, flt: FeedFilter, last_id: str | None = None
+    ) -> AsyncIterator[list[FeedItem]]:
         """The matching view changes after ``last_id`` (from the stream), then
-        live ones. Raises :class:`Resync` when the client must re-read the views."""
+        live ones, in batches of whatever is ready (one write to the socket
+        each). Raises :class:`Resync` when the client must re-read the views."""
         client = _Client(flt, self.buffer)
         self.clients.add(client)
         try:
@@ -214,10 +220,10 @@ class FeedHub:
                 cursor = last_id
                 while True:
                     batch = await self._history(cursor)
-                    for item in batch:
-                        cursor = item.id
-                        if flt.matches(item):
-                            yield item
+                    if batch:
+                        cursor = batch[-1].id
+                        if wanted := [item for item in batch if flt.matches(item)]:
+                            yield wanted
                     sent = parse_id(cursor)
                     if len(batch) < 500:
                         if not client.overflowed:
@@ -229,13 +235,18 @@ class FeedHub:
             while True:
                 if client.overflowed and client not in self.clients:
                     raise Resync()
-                item = await client.queue.get()
+                ready = [await client.queue.get()]
+                while not client.queue.empty():
+                    ready.append(client.queue.get_nowait())
                 if client.overflowed and client not in self.clients:
                     raise Resync()
-                here = parse_id(item.id)
-                if here <= sent:
-                    continue
-                sent = here
-                yield item
+                fresh = []
+                for item in ready:
+                    here = parse_id(item.id)
+                    if here > sent:
+                        sent = here
+                        fresh.append(item)
+                if fresh:
+                    yield fresh
         finally:
             self.clients.discard(client)

@@ -10,18 +10,22 @@ without an id.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import EventSourceResponse, SendTimeoutError, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from web.app import state_of
 from web.errors import ApiError
 from web.feed import FeedFilter, Resync, parse_id
 
 __all__ = ["routes"]
+
+log = logging.getLogger("eventcore.web.stream")
 
 FILTERS = ("task", "queue", "kind", "status", "node", "entity")
 
@@ -46,21 +50,34 @@ async def stream(request: Request) -> Response:
     hub = web.hub
     web.metrics.sse_clients.inc()
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
+    async def events() -> AsyncIterator[bytes | ServerSentEvent]:
         try:
-            async for item in hub.follow(flt, last_id):
-                yield ServerSentEvent(item.data, event=item.entity, id=item.id)
+            async for batch in hub.follow(flt, last_id):
+                yield b"".join(item.frame for item in batch)
         except Resync:
             yield ServerSentEvent('{"reason": "fell behind or missed entries"}', event="resync")
         finally:
             web.metrics.sse_clients.dec()
 
-    return EventSourceResponse(
+    return FeedResponse(
         events(),
         ping=web.settings.web.sse_ping,
         send_timeout=10.0,
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+class FeedResponse(EventSourceResponse):
+    """An SSE response that ends quietly when a client stops reading: its
+    send times out, the hub has already let it go, and there is nothing to
+    report but a line in the log."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except SendTimeoutError:
+            client = scope.get("client") or ("?", 0)
+            log.info("SSE client %s:%s stopped reading; dropped", *client[:2])
 
 
 async def ticket(request: Request) -> Response:

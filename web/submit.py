@@ -17,7 +17,7 @@ from eventcore.errors import DecodeError
 from eventcore.events import TERMINAL_EVENT_TYPES, NodeStarted, Priority, RetryPolicy, TaskSpec
 from eventcore.log import SubmitResult
 from eventcore.nodes import live_nodes
-from eventcore.routing import RoutingError, backlog, route
+from eventcore.routing import RoutingError, accepts, backlog, route
 from web.app import WebState
 from web.errors import ApiError
 
@@ -96,14 +96,21 @@ async def submit(
             f"{', '.join(sorted(kinds))}",
         )
     settings = web.settings
-    names = [q.name for q in settings.queues]
+    # Only queues that could take the task need their backlog read, and only
+    # when there is a choice to make.
+    names = [q.name for q in settings.queues if accepts(q, req.kind, req.model)]
+    live = [n for n in names if n in nodes.served]
+    candidates = live or names
+    lengths = (
+        await backlog(web.log, candidates) if req.queue is None and len(candidates) > 1 else {}
+    )
     try:
         queue = route(
             req.kind,
             req.model,
             req.queue,
             settings.queues,
-            await backlog(web.log, names),
+            lengths,
             served=nodes.served,
         )
     except RoutingError as exc:
