@@ -1,6 +1,7 @@
 """Loads the Lua library (``lua/eventcore.lua``) and registers each script.
 
-The library is one file split into sections by ``--- script: NAME`` lines.
+The library is one file split into sections by ``--- script: NAME`` lines;
+the section ``_shared`` (helper functions) is put in front of every script.
 Scripts are called by SHA (EVALSHA) and re-sent after a SCRIPT FLUSH or a
 server restart; redis-py does that for both direct calls and pipelines.
 Typed wrappers live in :mod:`eventcore.log`; nothing else calls a script.
@@ -42,6 +43,8 @@ def load_sources() -> dict[str, str]:
     text = resources.files("eventcore").joinpath("lua/eventcore.lua").read_text()
     parts = _MARKER.split(text)
     sources = {name: body.strip() + "\n" for name, body in zip(parts[1::2], parts[2::2])}
+    shared = sources.pop("_shared", "")
+    sources = {name: shared + body for name, body in sources.items()}
     missing = set(SCRIPT_NAMES) - set(sources)
     if missing:
         raise RuntimeError(f"Lua library lacks scripts: {sorted(missing)}")

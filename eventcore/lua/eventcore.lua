@@ -12,6 +12,29 @@
 --    field "e"; work entries carry "task", "attempt" and "spec" (the encoded
 --    TaskSubmitted).
 
+--- script: _shared
+-- Helpers every script is prefixed with (scripts.py puts them in front).
+-- Stream ids compare as (milliseconds, sequence), both arbitrarily long
+-- decimal strings: Lua numbers are doubles and would round large ones.
+local function parse(id)
+  if type(id) ~= 'string' then return nil end
+  return string.match(id, '^(%d+)-(%d+)$')
+end
+local function cmp_num(a, b)
+  a = string.match(a, '^0*(%d-)$')
+  b = string.match(b, '^0*(%d-)$')
+  if #a ~= #b then return #a < #b and -1 or 1 end
+  if a == b then return 0 end
+  return a < b and -1 or 1
+end
+local function id_lt(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  local c = cmp_num(am, bm)
+  if c ~= 0 then return c < 0 end
+  return cmp_num(as, bs) < 0
+end
+
 --- script: submit
 -- KEYS: events, delayed, delayed_items, then per task: work stream, idempotency key
 --       (the events key stands in when a task has no idempotency key)
@@ -423,24 +446,6 @@ return have
 -- KEYS: stream, trim mark
 -- ARGV: limit (an entry id)
 -- Returns {minid, entries trimmed, group that held the trim back ('' if none)}.
-local function parse(id)
-  if type(id) ~= 'string' then return nil end
-  return string.match(id, '^(%d+)-(%d+)$')
-end
-local function cmp_num(a, b)
-  a = string.match(a, '^0*(%d-)$')
-  b = string.match(b, '^0*(%d-)$')
-  if #a ~= #b then return #a < #b and -1 or 1 end
-  if a == b then return 0 end
-  return a < b and -1 or 1
-end
-local function id_lt(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  local c = cmp_num(am, bm)
-  if c ~= 0 then return c < 0 end
-  return cmp_num(as, bs) < 0
-end
 local limit = ARGV[1]
 if not parse(limit) then return redis.error_reply('ERR eventcore trim_stream: limit must be an entry id') end
 if redis.call('EXISTS', KEYS[1]) == 0 then return {limit, 0, ''} end
@@ -489,24 +494,6 @@ return pruned
 -- KEYS: stream, trim mark, done (the stream stands in when it is not a task log)
 -- ARGV: n, then per entry: id, task id, outcome ('' unless it ends its task), nfields, (field, value)...
 -- Returns {added, present, trimmed, stop (1-based, 0 = none), reason, newest id}.
-local function parse(id)
-  if type(id) ~= 'string' then return nil end
-  return string.match(id, '^(%d+)-(%d+)$')
-end
-local function cmp_num(a, b)
-  a = string.match(a, '^0*(%d-)$')
-  b = string.match(b, '^0*(%d-)$')
-  if #a ~= #b then return #a < #b and -1 or 1 end
-  if a == b then return 0 end
-  return a < b and -1 or 1
-end
-local function id_lt(a, b)
-  local am, as = parse(a)
-  local bm, bs = parse(b)
-  local c = cmp_num(am, bm)
-  if c ~= 0 then return c < 0 end
-  return cmp_num(as, bs) < 0
-end
 local n = tonumber(ARGV[1])
 if not n or n < 0 or n ~= math.floor(n) then return redis.error_reply('ERR eventcore import_entries: bad count') end
 local starts = {}
