@@ -40,7 +40,14 @@ from projections.replay import Views
 from projections.runner import Projector
 from projections.snapshot import take_snapshot
 from projections.store import ViewStore, current_views
-from projections.tools import describe, rebuild, tail, verify
+from projections.tools import (
+    describe,
+    rebuild,
+    seed_from_snapshot,
+    starting_snapshot,
+    tail,
+    verify,
+)
 from projections.trim import trim_log, trim_marks
 
 __all__ = ["add_commands"]
@@ -65,9 +72,17 @@ async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
     redis = await connect(url, client_options(settings))
     elog = EventLog(redis, Keys(settings.namespace, settings.partitions), group=settings.group)
     views = args.views or await current_views(elog)
-    projector = Projector(
-        elog, ViewStore(elog, views), batch=args.batch, follow_pointer=args.views is None
-    )
+    store = ViewStore(elog, views)
+    if not await store.watermark() and (head := await starting_snapshot(elog)) is not None:
+        # Empty views over a log trimmed behind a snapshot: start from the
+        # snapshot, or the views would silently lack the trimmed tasks.
+        seeded = await seed_from_snapshot(elog, store, head)
+        print(
+            f"views {views!r} seeded from the latest snapshot ({seeded} tasks)",
+            file=sys.stderr,
+            flush=True,
+        )
+    projector = Projector(elog, store, batch=args.batch, follow_pointer=args.views is None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -333,3 +333,41 @@ async def test_trim_before_a_point_keeps_recent_history(r, namespace) -> None:
     res = await trim_log(elog, before="99999999999999-0")
     (s,) = [x for x in res.streams if x.stream == elog.keys.events(0)]
     assert s.minid == ids[-1]
+
+
+async def test_a_projector_on_empty_views_starts_from_the_snapshot(
+    redis_url: str, r, namespace
+) -> None:
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    elog = EventLog(r, Keys(namespace))
+    await workload(elog, 8, leave=2)
+    live = Projector(elog, ViewStore(elog))
+    await _drain(live)
+    await take_snapshot(elog)
+    await submit(elog, 1)  # after the snapshot; the projector must add it
+    await _drain(live)
+    await trim_log(elog)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
+    env.update({"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": namespace})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventcore.cli", "project", "--views", "fresh"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    fresh = ViewStore(elog, "fresh")
+    try:
+        wanted = await ViewStore(elog).watermark()
+        for _ in range(200):
+            if await fresh.watermark() == wanted:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    assert "seeded from the latest snapshot (8 tasks)" in err, err
+    assert await verify(elog, fresh) == []
