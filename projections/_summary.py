@@ -99,22 +99,23 @@ def describe(entry_id: str, event: TaskEvent) -> HistoryItem:
 
 
 def _summary(event: TaskEvent) -> str:
+    # The most frequent events first: every case tried is an isinstance() test.
     match event:
-        case TaskSubmitted(spec=spec):
-            return f"submitted {spec.kind} to {spec.queue} ({spec.priority.value})"
-        case TaskScheduled(run_at=run_at):
-            return f"scheduled for {run_at:.3f}"
+        case TaskProgress(progress=progress, message=message, warning=warning):
+            text = f"{progress:.0%}" + (f" {_cut(message, 80)}" if message else "")
+            return text + (f" warning: {_cut(warning, 80)}" if warning else "")
         case TaskClaimed(node=node, attempt=attempt, deliveries=deliveries):
             return f"claimed by {node} (attempt {attempt}, delivery {deliveries})"
         case TaskStarted(node=node, attempt=attempt):
             return f"started on {node} (attempt {attempt})"
-        case TaskProgress(progress=progress, message=message, warning=warning):
-            text = f"{progress:.0%}" + (f" {_cut(message, 80)}" if message else "")
-            return text + (f" warning: {_cut(warning, 80)}" if warning else "")
-        case TaskCancelRequested(reason=reason, by=by):
-            return "cancel requested" + (f" by {by}" if by else "") + _reason(reason)
         case TaskSucceeded(node=node):
             return f"succeeded on {node}"
+        case TaskSubmitted(spec=spec):
+            return f"submitted {spec.kind} to {spec.queue} ({spec.priority.value})"
+        case TaskScheduled(run_at=run_at):
+            return f"scheduled for {run_at:.3f}"
+        case TaskCancelRequested(reason=reason, by=by):
+            return "cancel requested" + (f" by {by}" if by else "") + _reason(reason)
         case TaskFailed(node=node, error=error):
             return f"failed on {node}: {error.type}: {_cut(error.message, 80)}"
         case TaskCancelled(reason=reason):

@@ -166,7 +166,7 @@ def scope_of(event: TaskEvent, task_before: TaskView | None) -> tuple[str, str] 
     """The ``(queue, kind)`` whose stats ``event`` touches, or ``None``."""
     if task_before is not None and task_before.queue:
         return task_before.queue, task_before.kind
-    if isinstance(event, TaskSubmitted):
+    if type(event) is TaskSubmitted:
         return event.spec.queue, event.spec.kind
     return None
 
@@ -219,7 +219,7 @@ def tally_of(change: TaskChange) -> Tally | None:
     event, task, before, after = change.event, change.task, change.before, change.after
     if after is None:
         return None
-    if isinstance(event, TaskSubmitted):
+    if type(event) is TaskSubmitted:  # event types are final: see projections.folds
         return Tally(event.at, "submitted", None)
     if after not in TERMINAL or before in TERMINAL:
         return Tally(event.at, None, None)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from eventcore.events import (
     Capabilities,
@@ -30,7 +32,7 @@ from eventcore.events import (
     TaskSucceeded,
 )
 from eventcore.transitions import TaskStatus
-from projections.folds import fold_node, fold_queue, fold_task, id_key, is_new, queue_of
+from projections.folds import fold_node, fold_queue, fold_task, id_key, id_rank, is_new, queue_of
 from projections.replay import Views, replay
 from projections.stats import (
     BUCKETS,
@@ -233,6 +235,18 @@ def test_entries_already_applied_are_skipped() -> None:
     assert other.last_ids == {"p0": "10-0", "p1": "5-0"}
 
 
+_IDS = st.builds(
+    lambda ms, seq: f"{ms}-{seq}", st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1)
+)
+
+
+@given(_IDS, _IDS)
+def test_id_rank_orders_like_id_key(a: str, b: str) -> None:
+    assert (id_rank(a) < id_rank(b)) == (id_key(a) < id_key(b))
+    assert (id_rank(a) == id_rank(b)) == (id_key(a) == id_key(b))
+    assert id_rank("1700") == id_rank("1700-0")
+
+
 def test_params_summary_stays_small() -> None:
     params = {
         "prompt": "x" * 500,
@@ -309,6 +323,37 @@ def test_per_minute_buckets_keep_24h_of_event_time() -> None:
     # an event older than the window counts in the totals only
     stats = fold_stats(stats, "p1", "1-0", submitted("t4", at=M), None)
     assert stats.totals.submitted == 4 and len(stats.per_minute) == 2
+
+
+def test_window_moves_on_across_batches() -> None:
+    """A view built by one batch keeps minutes that a later batch, newer by a
+    day, must drop: the window is cut again when that batch's view is built."""
+    day = 86_400
+    first = replay(log_of(submitted("t1", at=M)))
+    later = replay([("p0", "2-0", submitted("t2", at=M + day))], first)
+    assert sorted(later.stats.per_minute) == [minute_of(M + day)]
+    assert later.stats.totals.submitted == 2
+    scoped = later.stats_by[("gpu", "inpaint")]
+    assert sorted(scoped.per_minute) == [minute_of(M + day)] and scoped.newest_at == M + day
+
+
+def test_percentiles_follow_the_histogram() -> None:
+    """p50/p95/p99 are read once per built view, from the whole histogram."""
+    log = []
+    for i, seconds in enumerate((0.01, 0.02, 0.5, 2.0, 3600.5)):
+        task, n = f"t{i}", 10 * i
+        log += [
+            ("p0", f"{n + 1}-0", submitted(task)),
+            ("p0", f"{n + 2}-0", msgspec.structs.replace(claimed(), task_id=task)),
+            ("p0", f"{n + 3}-0", TaskStarted(task_id=task, node="n1", attempt=1, at=M)),
+            ("p0", f"{n + 4}-0", TaskSucceeded(task_id=task, node="n1", attempt=1, at=M + seconds)),
+        ]
+    stats = replay(log).stats
+    assert stats.durations.count == 5
+    assert (stats.p50, stats.p95, stats.p99) == tuple(
+        percentile(stats.durations, q) for q in (0.5, 0.95, 0.99)
+    )
+    assert stats.p50 == pytest.approx(0.5, rel=0.07) and stats.p99 == 3600.0
 
 
 def test_views_encode_and_decode() -> None:
