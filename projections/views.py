@@ -10,6 +10,11 @@ Every dict in a view (``last_ids``, ``waiting_since``, ``per_minute``, the
 histogram buckets) is kept in key order by the folds, so equal views encode to
 equal bytes whatever order the events of different streams came in: ``replay
 verify`` can compare encodings.
+
+Views are trees of immutable values built from decoded events, never part of
+a reference cycle, so they are left out of the cyclic garbage collector
+(``gc=False``): a replay holding a million task views would otherwise keep it
+busy walking them.
 """
 
 from __future__ import annotations
