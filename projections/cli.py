@@ -37,7 +37,7 @@ from projections.export import export_log, export_streams, import_log
 from projections.points import parse_point
 from projections.progress import Progress
 from projections.replay import Views
-from projections.runner import Projector
+from projections.runner import Projector, tune_gc
 from projections.snapshot import take_snapshot
 from projections.store import ViewStore, current_views
 from projections.tools import (
@@ -69,6 +69,7 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
+    tune_gc()
     redis = await connect(url, client_options(settings))
     elog = EventLog(redis, Keys(settings.namespace, settings.partitions), group=settings.group)
     views = args.views or await current_views(elog)
@@ -140,7 +141,7 @@ def add_tool_commands(sub: Any) -> dict[str, Any]:
     v = rpsub.add_parser("verify", help="replay the log and compare with the views")
     v.add_argument("--views", help="view namespace (default: the one in use)")
     rb = rpsub.add_parser("rebuild", help="fold the log into fresh views and switch to them")
-    rb.add_argument("--batch", type=int, default=5000)
+    rb.add_argument("--batch", type=int, default=20_000)
     sn = rpsub.add_parser(
         "snapshot", help="store the views and their watermark; rebuild, verify and trim start there"
     )
@@ -169,6 +170,7 @@ def _tool(settings: Settings, fn: Callable[[EventLog], Awaitable[int]]) -> int:
     """Run ``fn`` with the deployment's log; Redis errors become one line."""
 
     async def main(url: str) -> int:
+        tune_gc()
         redis = await connect(url, client_options(settings))
         elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
         try:

@@ -69,17 +69,23 @@ class ViewStore:
         self.queues_key = k.view(view_ns, "queues")
         self.stats_key = k.view(view_ns, "stats")
         self.watermark_key = k.view(view_ns, "watermark")
+        self._index_keys: dict[tuple[str, str], str] = {}
 
     def task_key(self, task_id: str) -> str:
         return self.log.keys.view(self.ns, "task", task_id)
 
     def index_key(self, field: str, value: str = "") -> str:
         """The sorted set (score: submission time, ms) of tasks with ``field`` = ``value``."""
-        return (
-            self.log.keys.view(self.ns, "idx", field, value)
-            if field != "all"
-            else (self.log.keys.view(self.ns, "idx", "all"))
-        )
+        key = self._index_keys.get((field, value))
+        if key is None:
+            key = (
+                self.log.keys.view(self.ns, "idx", field, value)
+                if field != "all"
+                else self.log.keys.view(self.ns, "idx", "all")
+            )
+            if len(self._index_keys) < 10_000:  # statuses, queues, kinds, nodes, tenants
+                self._index_keys[field, value] = key
+        return key
 
     def index_keys(self, view: TaskView | None) -> set[str]:
         """Every index a task view belongs to: all, and its status, queue, kind,

@@ -192,7 +192,7 @@ class RebuildResult(msgspec.Struct, frozen=True):
 async def rebuild(
     elog: EventLog,
     *,
-    batch: int = 5000,
+    batch: int = 20_000,
     progress: Callable[[int, float], None] | None = None,
 ) -> RebuildResult:
     """Fold the log into a fresh view namespace, then switch readers and the
@@ -218,7 +218,9 @@ async def rebuild(
             progress(done, time.monotonic() - t0)
 
     head = await starting_snapshot(elog)
-    projector = Projector(elog, store, batch=batch, consumer="rebuild")
+    projector = Projector(
+        elog, store, batch=batch, consumer="rebuild", feed_after=ViewStore(elog, previous)
+    )
     try:
         seeded = 0
         if head is not None:

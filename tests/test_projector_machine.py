@@ -100,10 +100,10 @@ class _MortalStore(ViewStore):
         super().__init__(owner.log, view_ns)
         self.owner = owner
 
-    async def write(self, before: Views, after: Views, marks: Any) -> int:
+    async def write(self, before: Views, after: Views, marks: Any, *, feed: bool = True) -> int:
         if self.owner.crash_at == "before_write":
             raise Crash("killed before writing")
-        return await super().write(before, after, marks)
+        return await super().write(before, after, marks, feed=feed)
 
 
 @dataclass
