@@ -19,38 +19,43 @@ from tests.conftest import server_binary
 from tests.webkit import j, settings_for, web_client
 
 
+@pytest.fixture
+def own_server(tmp_path: Path):
+    """A redis-server of the test's own, to stop, kill or fill."""
+    server = ServerProcess(server_binary(), ServerConfig(tmp_path, port=free_port()))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.mark.slow
 async def test_redis_stopped_or_gone_gives_503_within_a_second(
-    tmp_path: Path, namespace: str
+    own_server: ServerProcess, namespace: str
 ) -> None:
-    server = ServerProcess(server_binary(), ServerConfig(tmp_path, port=free_port()))
-    url = server.start()
-    try:
-        async with web_client(url, settings_for(namespace)) as c:
-            assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
-            assert server.pid is not None
-            os.kill(server.pid, signal.SIGSTOP)
-            try:
-                for path in ("/v1/tasks", "/healthz"):
-                    started = time.monotonic()
-                    r = await (
-                        c.post(path, json={"kind": "noop"}) if path == "/v1/tasks" else c.get(path)
-                    )
-                    took = time.monotonic() - started
-                    assert r.status_code == 503, r.text
-                    assert r.headers["retry-after"] == "1"
-                    assert j(r)["error"] == "unavailable"
-                    assert took < 1.5, f"{path} took {took:.2f}s"
-            finally:
-                os.kill(server.pid, signal.SIGCONT)
-            # Everyone resumes once it is back.
-            assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
-            server.kill()
-            started = time.monotonic()
-            r = await c.get("/v1/tasks/0190a0f0-0000-7000-8000-000000000000")
-            assert r.status_code == 503 and time.monotonic() - started < 1.5
-    finally:
-        server.stop()
+    server = own_server
+    async with web_client(server.url, settings_for(namespace)) as c:
+        assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
+        assert server.pid is not None
+        os.kill(server.pid, signal.SIGSTOP)
+        try:
+            for path in ("/v1/tasks", "/healthz"):
+                started = time.monotonic()
+                r = await (
+                    c.post(path, json={"kind": "noop"}) if path == "/v1/tasks" else c.get(path)
+                )
+                took = time.monotonic() - started
+                assert r.status_code == 503, r.text
+                assert r.headers["retry-after"] == "1"
+                assert j(r)["error"] == "unavailable"
+                assert took < 1.5, f"{path} took {took:.2f}s"
+        finally:
+            os.kill(server.pid, signal.SIGCONT)
+        # Everyone resumes once it is back.
+        assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
+        server.kill()
+        started = time.monotonic()
+        r = await c.get("/v1/tasks/0190a0f0-0000-7000-8000-000000000000")
+        assert r.status_code == 503 and time.monotonic() - started < 1.5
 
 
 json_values = st.recursive(
@@ -178,35 +183,30 @@ async def test_multipart_file_count_is_capped(
 
 @pytest.mark.slow
 async def test_redis_out_of_memory_gives_507_and_no_half_written_task(
-    tmp_path: Path, namespace: str
+    own_server: ServerProcess, namespace: str
 ) -> None:
-    server = ServerProcess(server_binary(), ServerConfig(tmp_path, port=free_port()))
-    url = server.start()
-    try:
-        async with web_client(url, settings_for(namespace)) as c:
-            web = c.app.state.web  # type: ignore[attr-defined]
-            await web.redis.config_set("maxmemory-policy", "noeviction")
-            used = int((await web.redis.info("memory"))["used_memory"])
-            await web.redis.config_set("maxmemory", used + 2_000_000)
-            codes: dict[int, int] = {}
-            accepted: list[str] = []
-            for i in range(20_000):
-                r = await c.post("/v1/tasks", json={"kind": "noop", "params": {"pad": "x" * 200}})
-                codes[r.status_code] = codes.get(r.status_code, 0) + 1
-                if r.status_code == 202:
-                    accepted.append(j(r)["task_id"])
-                elif r.status_code == 507:
-                    assert j(r)["error"] == "storage_full"
-                    if codes[507] >= 20:
-                        break
-                else:
-                    raise AssertionError((i, r.status_code, r.text))
-            assert codes.get(507, 0) >= 20 and accepted, codes
-            await web.redis.config_set("maxmemory", 0)
-            log = web.log
-            submitted = {e.event.task_id for e in await log.read(log.keys.events(0), count=100_000)}
-            queued = await log.redis.xlen(log.keys.work(0, "cpu-light", "normal"))
-            assert submitted == set(accepted)
-            assert queued == len(accepted)  # every task has its work entry, no orphans
-    finally:
-        server.stop()
+    async with web_client(own_server.url, settings_for(namespace)) as c:
+        web = c.app.state.web  # type: ignore[attr-defined]
+        await web.redis.config_set("maxmemory-policy", "noeviction")
+        used = int((await web.redis.info("memory"))["used_memory"])
+        await web.redis.config_set("maxmemory", used + 2_000_000)
+        codes: dict[int, int] = {}
+        accepted: list[str] = []
+        for i in range(20_000):
+            r = await c.post("/v1/tasks", json={"kind": "noop", "params": {"pad": "x" * 200}})
+            codes[r.status_code] = codes.get(r.status_code, 0) + 1
+            if r.status_code == 202:
+                accepted.append(j(r)["task_id"])
+            elif r.status_code == 507:
+                assert j(r)["error"] == "storage_full"
+                if codes[507] >= 20:
+                    break
+            else:
+                raise AssertionError((i, r.status_code, r.text))
+        assert codes.get(507, 0) >= 20 and accepted, codes
+        await web.redis.config_set("maxmemory", 0)
+        log = web.log
+        submitted = {e.event.task_id for e in await log.read(log.keys.events(0), count=100_000)}
+        queued = await log.redis.xlen(log.keys.work(0, "cpu-light", "normal"))
+        assert submitted == set(accepted)
+        assert queued == len(accepted)  # every task has its work entry, no orphans
