@@ -8,6 +8,7 @@ import contextlib
 import gc
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from redis.asyncio import Redis
 from starlette.applications import Starlette
@@ -70,6 +71,7 @@ class WebState:
         self.auth = Auth(self.log, w)
         self.hub = FeedHub(self.waiting_log, buffer=w.sse_buffer)
         self.metrics = Metrics()
+        self.node_facts: Any = None  # web.submit.NodeFacts, cached for a second
         self._store: ViewStore | None = None
         self._store_checked = 0.0
 

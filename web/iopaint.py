@@ -36,11 +36,10 @@ from starlette.routing import BaseRoute, Route
 
 from eventcore.blobs import BlobMissing, BlobTooLarge
 from eventcore.events import TaskCancelled, TaskDeadLettered, TaskFailed, TaskTimedOut
-from eventcore.nodes import live_nodes
 from web.app import WebState, state_of
 from web.errors import ApiError, error_response
 from web.limits import decode_any, read_json
-from web.submit import Finished, SubmitRequest, submit, wait_until_done
+from web.submit import Finished, SubmitRequest, known_nodes, submit, wait_until_done
 from web.tasks import json_response
 
 __all__ = ["ModelInfo", "current_model", "offered_models", "routes"]
@@ -162,10 +161,7 @@ async def current_model(web: WebState) -> str:
 async def offered_models(web: WebState) -> list[str]:
     """``cv2``, the configured TorchScript models and those live nodes announce
     (``cv2`` first, then by name)."""
-    nodes = await live_nodes(web.log, silent_for=web.settings.worker.heartbeat_timeout)
-    names = set(web.settings.models.files)
-    for started in nodes.values():
-        names.update(started.capabilities.models)
+    names = set(web.settings.models.files) | (await known_nodes(web)).models
     return [CV2, *sorted(names - {CV2})]
 
 

@@ -21,7 +21,7 @@ from eventcore.routing import RoutingError, accepts, backlog, route
 from web.app import WebState
 from web.errors import ApiError
 
-__all__ = ["Finished", "SubmitRequest", "known_kinds", "known_nodes", "submit", "wait_until_done"]
+__all__ = ["Finished", "NodeFacts", "SubmitRequest", "known_nodes", "submit", "wait_until_done"]
 
 Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -44,22 +44,21 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
 
 
-class _Nodes(msgspec.Struct, frozen=True):
-    kinds: frozenset[str]  # handlers any announced node offers
+class NodeFacts(msgspec.Struct, frozen=True):
+    """What the worker nodes offer, as the web app routes and checks by it."""
+
+    kinds: frozenset[str]  # handlers any node that ever announced itself offers
     served: frozenset[str]  # queues live nodes read
-    at: float
+    models: frozenset[str]  # models live nodes announce
+    at: float  # when read (monotonic)
 
 
-_nodes_cache: dict[int, _Nodes] = {}
-
-
-async def known_nodes(web: WebState) -> _Nodes:
-    """What the announced nodes offer and the queues live ones read, in one
-    round trip, cached for a second. ``kinds`` is empty when no node ever
-    announced itself: then any kind is taken, and the task waits for a
-    worker that has it."""
+async def known_nodes(web: WebState) -> NodeFacts:
+    """What the announced nodes offer, read from the node records, cached for
+    a second. ``kinds`` is empty when no node ever announced itself: then any
+    kind is taken, and the task waits for a worker that has it."""
     now = time.monotonic()
-    cached = _nodes_cache.get(id(web))
+    cached = web.node_facts
     if cached is not None and now - cached.at < 1.0:
         return cached
     alive = await live_nodes(web.log, silent_for=web.settings.worker.heartbeat_timeout)
@@ -72,13 +71,13 @@ async def known_nodes(web: WebState) -> _Nodes:
             continue
         if isinstance(event, NodeStarted):
             kinds.update(event.capabilities.handlers)
-    served = frozenset(q for n in alive.values() for q in n.queues)
-    found = _nodes_cache[id(web)] = _Nodes(frozenset(kinds), served, now)
-    return found
-
-
-async def known_kinds(web: WebState) -> frozenset[str]:
-    return (await known_nodes(web)).kinds
+    web.node_facts = NodeFacts(
+        kinds=frozenset(kinds),
+        served=frozenset(q for n in alive.values() for q in n.queues),
+        models=frozenset(m for n in alive.values() for m in n.capabilities.models),
+        at=now,
+    )
+    return web.node_facts
 
 
 async def submit(
