@@ -56,6 +56,9 @@ async def test_redis_stopped_or_gone_gives_503_within_a_second(
         started = time.monotonic()
         r = await c.get("/v1/tasks/0190a0f0-0000-7000-8000-000000000000")
         assert r.status_code == 503 and time.monotonic() - started < 1.5
+        started = time.monotonic()
+        r = await c.get("/v1/stream", headers={"Last-Event-ID": "0-0"})
+        assert r.status_code == 503 and time.monotonic() - started < 1.5
 
 
 json_values = st.recursive(

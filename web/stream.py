@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
+from redis.exceptions import RedisError
 from sse_starlette.sse import EventSourceResponse, SendTimeoutError, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -45,6 +46,7 @@ async def stream(request: Request) -> Response:
             raise ApiError(
                 422, "invalid", f"Last-Event-ID {last_id!r} is not a stream id"
             ) from None
+    await web.redis.ping()  # a Redis that is away is a 503 now, not a stream that never speaks
     tenant = who.tenant if web.auth.enabled and not who.has("admin") else None
     flt = FeedFilter(tenant=tenant, **{f: params[f] for f in FILTERS if f in params})
     hub = web.hub
@@ -56,6 +58,9 @@ async def stream(request: Request) -> Response:
                 yield b"".join(item.frame for item in batch)
         except Resync:
             yield ServerSentEvent('{"reason": "fell behind or missed entries"}', event="resync")
+        except RedisError as exc:  # lost while reading history: start over later
+            log.warning("SSE client dropped: %s", exc)
+            yield ServerSentEvent('{"reason": "the event store is unavailable"}', event="resync")
         finally:
             web.metrics.sse_clients.dec()
 
