@@ -41,6 +41,7 @@ from throughput import ended, start_worker, wait_started
 
 from eventcore import events as ev
 from eventcore.connection import make_client
+from eventcore.ids import stream_id_key
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
 from eventcore.nodes import append_node_event
@@ -216,11 +217,6 @@ def sample_of(views: Views, n: int = 2000) -> Views:
     return Views(tasks={t: views.tasks[t] for t in ids}, **rest)
 
 
-def id_key(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 async def live_lag(redis: Redis, url: str, tasks: int, seconds: float) -> str:
     ns = "b" + uuid.uuid4().hex[:10]
     elog = EventLog(redis, Keys(ns))
@@ -248,9 +244,11 @@ async def live_lag(redis: Redis, url: str, tasks: int, seconds: float) -> str:
             while not done.is_set():
                 total, newest, mark = await heads()
                 lag_events.append(total - projector.applied)
-                applied_ms = max(id_key(mark)[0], t0_ms)
-                lag_ms.append(max(0, id_key(newest)[0] - applied_ms))
-                behind = id_key(mark) < id_key(newest)  # views as of applied_ms, not now
+                applied_ms = max(stream_id_key(mark)[0], t0_ms)
+                lag_ms.append(max(0, stream_id_key(newest)[0] - applied_ms))
+                behind = stream_id_key(mark) < stream_id_key(
+                    newest
+                )  # views as of applied_ms, not now
                 stale.append(max(0, int(time.time() * 1000) - applied_ms) if behind else 0)
                 await asyncio.sleep(0.1)
 
@@ -269,12 +267,12 @@ async def live_lag(redis: Redis, url: str, tasks: int, seconds: float) -> str:
                 raise RuntimeError("worker died, or tasks did not end within 120 s")
             await asyncio.sleep(0.005)
         _, last, mark = await heads()  # the newest entry is the last terminal event
-        while id_key(mark) < id_key(last):
+        while stream_id_key(mark) < stream_id_key(last):
             if time.monotonic() > deadline:
                 raise RuntimeError("the projector did not catch up within 120 s")
             await asyncio.sleep(0.002)
             mark = (await heads())[2]
-        catch_up = time.time() * 1000 - id_key(last)[0]
+        catch_up = time.time() * 1000 - stream_id_key(last)[0]
         done.set()
         await asyncio.wait_for(sampling, 5)
         stop.set()

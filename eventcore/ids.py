@@ -17,7 +17,13 @@ import time
 import uuid
 import zlib
 
-__all__ = ["id_time_ms", "new_task_id", "partition_of", "task_id_in_partition"]
+__all__ = [
+    "id_time_ms",
+    "new_task_id",
+    "partition_of",
+    "stream_id_key",
+    "task_id_in_partition",
+]
 
 _lock = threading.Lock()
 _last_ms = 0
@@ -79,3 +85,10 @@ def is_task_id(text: str) -> bool:
         return str(uuid.UUID(text)) == text and uuid.UUID(text).version == 7
     except ValueError:
         return False
+
+
+def stream_id_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ``"ms-seq"`` as a pair of numbers, for comparing
+    (``"ms"`` alone means seq 0); ValueError when it is not one."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 from eventcore.errors import EventcoreError
 from eventcore.events import TaskSubmitted
-from eventcore.ids import is_task_id
+from eventcore.ids import is_task_id, stream_id_key
 from eventcore.log import EventLog
-from projections.points import Point, id_key, id_lt, log_streams
+from projections.points import Point, id_lt, log_streams
 from projections.replay import Views, replay
 from projections.snapshot import SnapshotHead, latest_head, task_views
 from projections.tools import log_after
@@ -69,7 +69,7 @@ async def task_as_of(elog: EventLog, task_id: str, point: Point) -> TaskView:
         # The whole history is there: a trim removes a prefix of the stream,
         # and a task's history starts with its submission.
         start = Views()
-        use = [e for e in entries if id_key(e.id) <= id_key(end)]
+        use = [e for e in entries if stream_id_key(e.id) <= stream_id_key(end)]
     else:
         head = await latest_head(elog)
         stream = elog.keys.events(elog.keys.partition(task_id))
@@ -83,7 +83,9 @@ async def task_as_of(elog: EventLog, task_id: str, point: Point) -> TaskView:
                 f"history was trimmed{_answerable(head, stream)}"
             )
         start = Views(tasks=snapped)
-        use = [e for e in entries if id_lt(mark, e.id) and id_key(e.id) <= id_key(end)]
+        use = [
+            e for e in entries if id_lt(mark, e.id) and stream_id_key(e.id) <= stream_id_key(end)
+        ]
     view = replay(use, start=start).tasks.get(task_id)
     if view is None:
         raise EventcoreError(
@@ -98,6 +100,6 @@ def _answerable(head: SnapshotHead | None, stream: str | None = None) -> str:
     if head is None or not head.watermark:
         return ""
     marks = [head.watermark[stream]] if stream in head.watermark else head.watermark.values()
-    latest = max(marks, key=id_key)
+    latest = max(marks, key=stream_id_key)
     when = Point(latest, entry_id=latest)
     return f"; it can answer from snapshot {head.id}'s watermark on (--at {when.describe()})"

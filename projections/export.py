@@ -44,9 +44,10 @@ from eventcore.events import (
     NodeEvent,
     TaskEvent,
 )
+from eventcore.ids import stream_id_key
 from eventcore.keys import Keys, check_name
 from eventcore.log import EventLog
-from projections.points import Point, id_key, log_streams
+from projections.points import Point, log_streams
 
 __all__ = [
     "ExportLine",
@@ -147,14 +148,14 @@ async def _merged(
     for i, reader in enumerate(readers):
         first = await anext(reader, None)
         if first is not None:
-            heap.append((id_key(first[0]), i, *first))
+            heap.append((stream_id_key(first[0]), i, *first))
     heapq.heapify(heap)
     while heap:
         _, i, eid, fields = heapq.heappop(heap)
         yield streams[i], eid, fields
         nxt = await anext(readers[i], None)
         if nxt is not None:
-            heapq.heappush(heap, (id_key(nxt[0]), i, *nxt))
+            heapq.heappush(heap, (stream_id_key(nxt[0]), i, *nxt))
 
 
 async def export_log(
@@ -241,7 +242,7 @@ def _item(streams: _Streams, n: int, line: bytes) -> _Item:
             f"line {n}: stream {entry.stream!r} is not a log stream of namespace "
             f"{streams.keys.namespace!r} ({streams.keys.partitions} partition(s))"
         )
-    if not _ID.match(entry.id) or id_key(entry.id) == (0, 0):
+    if not _ID.match(entry.id) or stream_id_key(entry.id) == (0, 0):
         raise EventcoreError(f"line {n}: {entry.id!r} is not a stream entry id")
     codec = streams.codec_of(stream)
     event = entry.event

@@ -89,7 +89,6 @@ __all__ = [
     "fold_node_task",
     "fold_queue",
     "fold_task",
-    "id_key",
     "id_rank",
     "is_new",
     "nodes_of",
@@ -111,16 +110,10 @@ _NOTHING = -1  # below every id's rank: "no entry applied yet"
 # -- ids ----------------------------------------------------------------------
 
 
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id ``"ms-seq"`` as a pair of numbers (``"ms"`` alone means seq 0)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def id_rank(entry_id: str) -> int:
-    """A stream id as one number that orders like :func:`id_key` (the sequence
-    number is below 2**64); a number, unlike a pair, is no object for the
-    garbage collector to track."""
+    """A stream id as one number that orders like
+    :func:`eventcore.ids.stream_id_key` (the sequence number is below 2**64);
+    a number, unlike a pair, is no object for the garbage collector to track."""
     ms, _, seq = entry_id.partition("-")
     return int(ms) << 64 | int(seq or 0)
 

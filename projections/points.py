@@ -16,12 +16,12 @@ import re
 import msgspec
 
 from eventcore.errors import EventcoreError
+from eventcore.ids import stream_id_key
 from eventcore.keys import Keys
 
 __all__ = [
     "MAX_SEQ",
     "Point",
-    "id_key",
     "id_lt",
     "log_streams",
     "parse_point",
@@ -34,15 +34,9 @@ _ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 _MAX_SECONDS = 1e11
 
 
-def id_key(entry_id: str) -> tuple[int, int]:
-    """A stream id as a pair of numbers, for comparing (``"ms"`` alone is seq 0)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 def id_lt(a: str, b: str) -> bool:
     """Whether stream id ``a`` comes before ``b``."""
-    return id_key(a) < id_key(b)
+    return stream_id_key(a) < stream_id_key(b)
 
 
 def log_streams(keys: Keys) -> list[str]:

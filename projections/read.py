@@ -9,6 +9,7 @@ import time
 
 import msgspec
 
+from eventcore.ids import stream_id_key
 from projections.store import ViewStore
 from projections.views import TaskView
 
@@ -109,7 +110,7 @@ async def caught_up(store: ViewStore, stream: str, entry_id: str) -> bool:
     mark = (await store.watermark()).get(stream)
     if mark is None:
         return False
-    return tuple(map(int, mark.split("-"))) >= tuple(map(int, entry_id.split("-")))
+    return stream_id_key(mark) >= stream_id_key(entry_id)
 
 
 async def wait_for(store: ViewStore, stream: str, entry_id: str, *, timeout: float = 2.0) -> bool:

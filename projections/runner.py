@@ -26,8 +26,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from eventcore import groups
 from eventcore.codec import Entry
 from eventcore.errors import DecodeError
+from eventcore.ids import stream_id_key
 from eventcore.log import EventLog
-from projections.folds import id_key
 from projections.replay import replay
 from projections.store import ViewStore, current_views, group_for
 
@@ -149,7 +149,11 @@ class Projector:
             # A redelivered batch may be older than what was written before the
             # crash (a smaller batch, or part of one): never move the watermark back.
             mark = await self.store.watermark()
-            marks = {s: i for s, i in marks.items() if s not in mark or id_key(i) > id_key(mark[s])}
+            marks = {
+                s: i
+                for s, i in marks.items()
+                if s not in mark or stream_id_key(i) > stream_id_key(mark[s])
+            }
         if raw:
             task_ids = [e.event.task_id for e in entries if hasattr(e.event, "task_id")]
             before = await self.store.load(task_ids)
@@ -165,7 +169,9 @@ class Projector:
         if self.feed_after is None:
             return True
         seen = await self.feed_after.watermark()
-        return any(s not in seen or id_key(i) > id_key(seen[s]) for s, i in marks.items())
+        return any(
+            s not in seen or stream_id_key(i) > stream_id_key(seen[s]) for s, i in marks.items()
+        )
 
     async def _ack(self, acks: dict[str, list[str]]) -> None:
         async with self.log.redis.pipeline(transaction=False) as pipe:

@@ -13,11 +13,12 @@ import pytest
 from eventcore.connection import make_client
 from eventcore.errors import EventcoreError
 from eventcore.events import NodeHeartbeat, TaskProgress
+from eventcore.ids import stream_id_key
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.nodes import append_node_event
 from projections.asof import task_as_of, views_as_of
-from projections.points import MAX_SEQ, Point, id_key, parse_point
+from projections.points import MAX_SEQ, Point, parse_point
 from projections.replay import replay
 from projections.snapshot import take_snapshot
 from projections.tools import log_after
@@ -30,7 +31,9 @@ def _at(entry_id: str) -> Point:
 
 
 async def _prefix(elog: EventLog, end: str):
-    return replay([e for e in await log_after(elog, {}) if id_key(e.id) <= id_key(end)])
+    return replay(
+        [e for e in await log_after(elog, {}) if stream_id_key(e.id) <= stream_id_key(end)]
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,7 +79,7 @@ async def test_views_as_of_an_id_and_a_time_equal_a_replay_of_the_prefix(r, name
     elog = EventLog(r, Keys(namespace, 2))
     await workload(elog, 10)
     entries = await log_after(elog, {})
-    middle = sorted(entries, key=lambda e: id_key(e.id))[len(entries) // 2].id
+    middle = sorted(entries, key=lambda e: stream_id_key(e.id))[len(entries) // 2].id
     got = await views_as_of(elog, _at(middle))
     assert_same(got, await _prefix(elog, middle))
     assert got.queues["q"].submitted == 10
@@ -85,7 +88,7 @@ async def test_views_as_of_an_id_and_a_time_equal_a_replay_of_the_prefix(r, name
         await _prefix(elog, entries[-1].id.split("-")[0] + "-0"),
     )
     # a time: everything written up to the end of that millisecond
-    ms = id_key(middle)[0]
+    ms = stream_id_key(middle)[0]
     assert_same(
         await views_as_of(elog, Point(str(ms / 1000), ms=ms)),
         await _prefix(elog, f"{ms}-{MAX_SEQ}"),
@@ -161,7 +164,7 @@ def test_as_of_command(redis_url: str) -> None:
             await workload(elog, 3, leave=0)
             await append_node_event(elog, NodeHeartbeat(node=NODE, free_slots=1))
             # an id cuts every stream; the newest one is after everything
-            return tid, first, max((e.id for e in await log_after(elog, {})), key=id_key)
+            return tid, first, max((e.id for e in await log_after(elog, {})), key=stream_id_key)
         finally:
             await client.aclose()
 

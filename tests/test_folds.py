@@ -31,8 +31,9 @@ from eventcore.events import (
     TaskSubmitted,
     TaskSucceeded,
 )
+from eventcore.ids import stream_id_key
 from eventcore.transitions import TaskStatus
-from projections.folds import fold_node, fold_queue, fold_task, id_key, id_rank, is_new, queue_of
+from projections.folds import fold_node, fold_queue, fold_task, id_rank, is_new, queue_of
 from projections.replay import Views, replay
 from projections.stats import (
     BUCKETS,
@@ -222,7 +223,7 @@ def test_illegal_events_are_flagged_not_raised() -> None:
 
 
 def test_entries_already_applied_are_skipped() -> None:
-    assert id_key("10-0") > id_key("9-5") and id_key("1700") == (1700, 0)
+    assert stream_id_key("10-0") > stream_id_key("9-5") and stream_id_key("1700") == (1700, 0)
     assert is_new("", "0-1") and not is_new("10-0", "9-9") and not is_new("10-0", "10-0")
     view = fold_task(None, "10-0", submitted())
     assert fold_task(view, "9-0", claimed()) is view
@@ -242,8 +243,8 @@ _IDS = st.builds(
 
 @given(_IDS, _IDS)
 def test_id_rank_orders_like_id_key(a: str, b: str) -> None:
-    assert (id_rank(a) < id_rank(b)) == (id_key(a) < id_key(b))
-    assert (id_rank(a) == id_rank(b)) == (id_key(a) == id_key(b))
+    assert (id_rank(a) < id_rank(b)) == (stream_id_key(a) < stream_id_key(b))
+    assert (id_rank(a) == id_rank(b)) == (stream_id_key(a) == stream_id_key(b))
     assert id_rank("1700") == id_rank("1700-0")
 
 

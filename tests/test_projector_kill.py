@@ -34,9 +34,9 @@ from eventcore.events import (
     TaskStarted,
     TaskSucceeded,
 )
+from eventcore.ids import stream_id_key
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
-from projections.folds import id_key
 from projections.read import caught_up
 from projections.replay import replay
 from projections.store import FEED_MAXLEN, GLOBAL, ViewStore
@@ -244,7 +244,7 @@ async def test_projector_sigkilled_at_random_rebuilds_byte_equal(
     seen: dict[bytes, tuple[int, int]] = {}
     for _, fields in feed:
         if fields[b"entity"] == b"task":
-            at = id_key(_task.decode(fields[b"view"]).last_event_id)
+            at = stream_id_key(_task.decode(fields[b"view"]).last_event_id)
             assert at > seen.get(fields[b"id"], (0, 0)), fields[b"id"]
             seen[fields[b"id"]] = at
 

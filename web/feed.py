@@ -19,21 +19,16 @@ from collections.abc import AsyncIterator, Mapping
 import msgspec
 from redis.exceptions import ResponseError
 
+from eventcore.ids import stream_id_key
 from eventcore.log import EventLog
 from projections.store import FEED_MAXLEN
 
-__all__ = ["FeedFilter", "FeedHub", "FeedItem", "Resync", "parse_id"]
+__all__ = ["FeedFilter", "FeedHub", "FeedItem", "Resync"]
 
 log = logging.getLogger("eventcore.web.feed")
 
 _any = msgspec.msgpack.Decoder()
 _json = msgspec.json.Encoder()
-
-
-def parse_id(entry_id: str) -> tuple[int, int]:
-    """``"1700000000000-3"`` as a pair for comparing; ValueError when malformed."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class FeedItem(msgspec.Struct, frozen=True):
@@ -195,12 +190,12 @@ class FeedHub:
         deleted = info.get("max-deleted-entry-id")
         if deleted is not None:  # Redis 7+: exact
             deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
-            return parse_id(deleted) > parse_id(last_id)
+            return stream_id_key(deleted) > stream_id_key(last_id)
         first = info.get("first-entry")
         if not first or int(info.get("length", 0)) < FEED_MAXLEN * 9 // 10:
             return False  # Redis 6.2: never trimmed while below the cap
         first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
-        return parse_id(first_id) > parse_id(last_id)
+        return stream_id_key(first_id) > stream_id_key(last_id)
 
     async def follow(
         self, flt: FeedFilter, last_id: str | None = None
@@ -224,7 +219,7 @@ class FeedHub:
                         cursor = batch[-1].id
                         if wanted := [item for item in batch if flt.matches(item)]:
                             yield wanted
-                    sent = parse_id(cursor)
+                    sent = stream_id_key(cursor)
                     if len(batch) < 500:
                         if not client.overflowed:
                             break
@@ -242,7 +237,7 @@ class FeedHub:
                     raise Resync()
                 fresh = []
                 for item in ready:
-                    here = parse_id(item.id)
+                    here = stream_id_key(item.id)
                     if here > sent:
                         sent = here
                         fresh.append(item)

@@ -20,9 +20,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from eventcore.ids import stream_id_key
 from web.app import state_of
 from web.errors import ApiError
-from web.feed import FeedFilter, Resync, parse_id
+from web.feed import FeedFilter, Resync
 
 __all__ = ["routes"]
 
@@ -41,7 +42,7 @@ async def stream(request: Request) -> Response:
     last_id = request.headers.get("last-event-id") or params.get("last_event_id") or None
     if last_id is not None:
         try:
-            parse_id(last_id)
+            stream_id_key(last_id)
         except ValueError:
             raise ApiError(
                 422, "invalid", f"Last-Event-ID {last_id!r} is not a stream id"

@@ -12,14 +12,13 @@ from starlette.routing import Route
 
 from eventcore.blobs import BlobMissing
 from eventcore.events import TERMINAL_EVENT_TYPES, TaskSubmitted
-from eventcore.ids import is_task_id
+from eventcore.ids import is_task_id, stream_id_key
 from eventcore.log import CancelOutcome
 from eventcore.transitions import TERMINAL, TaskStatus
 from projections.read import TaskFilter, caught_up, list_tasks, wait_for
 from projections.views import TaskView
 from web.app import WebState, state_of
 from web.errors import ApiError
-from web.feed import parse_id
 from web.limits import content_type, decode_any, form_values, read_form, read_json
 from web.submit import SubmitRequest, submit
 
@@ -111,7 +110,7 @@ async def _after(web: WebState, request: Request, stream: str | None) -> bool:
     if not after:
         return True
     try:
-        parse_id(after)
+        stream_id_key(after)
     except ValueError:
         raise ApiError(422, "invalid", f"after={after!r} is not a stream entry id") from None
     store = await web.store()
@@ -134,7 +133,7 @@ async def _stream_before(web: WebState, stream: str, after: str) -> bool:
         return True
     last = newest[0][0].decode()
     store = await web.store()
-    return parse_id(last) < parse_id(after) and await caught_up(store, stream, last)
+    return stream_id_key(last) < stream_id_key(after) and await caught_up(store, stream, last)
 
 
 async def _visible(web: WebState, request: Request, scope: str = "read") -> tuple[str, TaskView]:
