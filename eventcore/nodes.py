@@ -9,13 +9,26 @@ many processes notice.
 
 from __future__ import annotations
 
+import logging
 import time
 
+import msgspec
+
 from eventcore.codec import NODE, encode
+from eventcore.errors import DecodeError
 from eventcore.events import Event, NodeLost, NodeStarted
 from eventcore.log import EventLog, node_event_args
 
-__all__ = ["append_node_event", "last_seen", "live_nodes", "mark_lost"]
+logger = logging.getLogger("eventcore.nodes")
+
+__all__ = [
+    "NodeRecord",
+    "announced_nodes",
+    "append_node_event",
+    "last_seen",
+    "live_nodes",
+    "mark_lost",
+]
 
 
 async def append_node_event(log: EventLog, event: Event, *, now: float | None = None) -> str:
@@ -52,22 +65,47 @@ async def mark_lost(
     return eid is not None
 
 
+class NodeRecord(msgspec.Struct, frozen=True):
+    """What a node announced, and its last sign of life (None once it stopped)."""
+
+    started: NodeStarted
+    last_seen: float | None
+
+    def alive(self, silent_for: float, now: float) -> bool:
+        """Heard from in the ``silent_for`` seconds before ``now``."""
+        return self.last_seen is not None and now - self.last_seen <= silent_for
+
+
+async def announced_nodes(log: EventLog) -> dict[str, NodeRecord]:
+    """Every node that announced itself and has not been forgotten, in one
+    round trip. A record that does not decode is logged, naming the node,
+    and left out."""
+    async with log.redis.pipeline(transaction=False) as pipe:
+        pipe.hgetall(log.keys.nodes_seen())
+        pipe.hgetall(log.keys.nodes_info())
+        seen, info = await pipe.execute()
+    out: dict[str, NodeRecord] = {}
+    for raw_node, data in info.items():
+        node = raw_node.decode()
+        try:
+            event = NODE.decode(data, stream=log.keys.nodes_info(), entry_id=node)
+        except DecodeError as exc:
+            logger.error("node record left out: %s", exc)
+            continue
+        if isinstance(event, NodeStarted):
+            ms = seen.get(raw_node)
+            out[node] = NodeRecord(event, None if ms is None else int(ms) / 1000)
+    return out
+
+
 async def live_nodes(
     log: EventLog, *, silent_for: float, now: float | None = None
 ) -> dict[str, NodeStarted]:
     """The ``NodeStarted`` of every node heard from in the last ``silent_for``
     seconds (one round trip)."""
     now = time.time() if now is None else now
-    async with log.redis.pipeline(transaction=False) as pipe:
-        pipe.hgetall(log.keys.nodes_seen())
-        pipe.hgetall(log.keys.nodes_info())
-        seen, info = await pipe.execute()
-    out: dict[str, NodeStarted] = {}
-    for raw_node, raw_ms in seen.items():
-        data = info.get(raw_node)
-        if data is None or now - int(raw_ms) / 1000 > silent_for:
-            continue
-        event = NODE.decode(data, stream=log.keys.nodes_info(), entry_id=raw_node.decode())
-        if isinstance(event, NodeStarted):
-            out[raw_node.decode()] = event
-    return out
+    return {
+        node: rec.started
+        for node, rec in (await announced_nodes(log)).items()
+        if rec.alive(silent_for, now)
+    }

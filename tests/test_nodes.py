@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from eventcore import groups
 from eventcore.events import (
     Capabilities,
@@ -87,3 +89,16 @@ async def test_live_nodes_know_their_queues(log: EventLog) -> None:
     assert await log.redis.hlen(log.keys.nodes_info()) == 1  # b: lost later, not stopped
     assert await mark_lost(log, "b", silent_for=10, noticed_by="x", now=130.0)
     assert await log.redis.hlen(log.keys.nodes_info()) == 0
+
+
+async def test_announced_nodes_leave_out_a_record_that_does_not_decode(
+    log: EventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    from eventcore.nodes import announced_nodes, live_nodes
+
+    await append_node_event(log, NodeStarted(node="a", capabilities=CAPS), now=100.0)
+    await log.redis.hset(log.keys.nodes_info(), "bad", b"\xc1not msgpack")
+    records = await announced_nodes(log)
+    assert list(records) == ["a"] and records["a"].last_seen == 100.0
+    assert "bad" in caplog.text
+    assert list(await live_nodes(log, silent_for=10, now=105.0)) == ["a"]

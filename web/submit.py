@@ -12,11 +12,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from eventcore.codec import NODE
-from eventcore.errors import DecodeError
-from eventcore.events import TERMINAL_EVENT_TYPES, NodeStarted, Priority, RetryPolicy, TaskSpec
+from eventcore.events import TERMINAL_EVENT_TYPES, Priority, RetryPolicy, TaskSpec
 from eventcore.log import SubmitResult
-from eventcore.nodes import live_nodes
+from eventcore.nodes import announced_nodes
 from eventcore.routing import RoutingError, accepts, backlog, route
 from web.app import WebState
 from web.errors import ApiError
@@ -61,20 +59,13 @@ async def known_nodes(web: WebState) -> NodeFacts:
     cached = web.node_facts
     if cached is not None and now - cached.at < 1.0:
         return cached
-    alive = await live_nodes(web.log, silent_for=web.settings.worker.heartbeat_timeout)
-    info = await web.redis.hgetall(web.log.keys.nodes_info())
-    kinds: set[str] = set()
-    for node, raw in info.items():
-        try:
-            event = NODE.decode(raw, stream=web.log.keys.nodes_info(), entry_id=node.decode())
-        except DecodeError:  # a bad record must not block submissions
-            continue
-        if isinstance(event, NodeStarted):
-            kinds.update(event.capabilities.handlers)
+    records = await announced_nodes(web.log)
+    silent_for, wall = web.settings.worker.heartbeat_timeout, time.time()
+    alive = [r.started for r in records.values() if r.alive(silent_for, wall)]
     web.node_facts = NodeFacts(
-        kinds=frozenset(kinds),
-        served=frozenset(q for n in alive.values() for q in n.queues),
-        models=frozenset(m for n in alive.values() for m in n.capabilities.models),
+        kinds=frozenset(h for r in records.values() for h in r.started.capabilities.handlers),
+        served=frozenset(q for n in alive for q in n.queues),
+        models=frozenset(m for n in alive for m in n.capabilities.models),
         at=now,
     )
     return web.node_facts
