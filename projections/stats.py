@@ -40,6 +40,8 @@ __all__ = [
     "StatsDraft",
     "Tally",
     "bucket_of",
+    "bucket_upper",
+    "bucket_value",
     "fold_stats",
     "histogram_add",
     "histogram_merge",
@@ -74,7 +76,17 @@ def bucket_of(seconds: float) -> int:
     return min(_LOG_BUCKETS, 1 + int(math.log10(seconds / LOW) * STEPS_PER_DECADE))
 
 
-def _bucket_value(index: int) -> float:
+def bucket_upper(index: int) -> float:
+    """The upper edge of a histogram bucket, in seconds (inf for the last)."""
+    if index <= 0:
+        return LOW
+    if index >= BUCKETS - 1:
+        return math.inf
+    return min(HIGH, LOW * _RATIO**index)
+
+
+def bucket_value(index: int) -> float:
+    """The duration a bucket stands for (the geometric middle of its edges)."""
     if index <= 0:
         return LOW
     if index >= BUCKETS - 1:
@@ -116,11 +128,11 @@ def _percentiles(h: DurationHistogram, qs: tuple[float, ...]) -> list[float | No
     for i in sorted(h.buckets):
         seen += h.buckets[i]
         while len(out) < len(ranks) and seen >= ranks[len(out)]:
-            out.append(_bucket_value(i))
+            out.append(bucket_value(i))
         if len(out) == len(ranks):
             return out
     # unreachable when count matches the buckets
-    return out + [_bucket_value(max(h.buckets))] * (len(ranks) - len(out))
+    return out + [bucket_value(max(h.buckets))] * (len(ranks) - len(out))
 
 
 # -- counts -------------------------------------------------------------------

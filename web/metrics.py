@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from projections.stats import BUCKETS, HIGH, LOW, STEPS_PER_DECADE
+from projections.stats import bucket_upper, bucket_value
 from projections.views import NodeView, QueueView, StatsView
 
 __all__ = ["CONTENT_TYPE", "Metrics", "render_views"]
@@ -30,14 +30,6 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Exported bucket bounds (seconds); each internal log-spaced bucket is
 # counted under the first bound at or above its upper edge.
 LE = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
-
-
-def _upper_edge(index: int) -> float:
-    if index <= 0:
-        return LOW
-    if index >= BUCKETS - 1:
-        return float("inf")
-    return min(HIGH, LOW * 10 ** (index / STEPS_PER_DECADE))
 
 
 class Metrics:
@@ -123,8 +115,8 @@ class _Views(Collector):
             counts = [0] * (len(LE) + 1)
             total = 0.0  # the views keep buckets, not sums: each counts at its middle
             for index, n in s.durations.buckets.items():
-                edge = _upper_edge(int(index))
-                total += n * min(edge, HIGH) / (10 ** (0.5 / STEPS_PER_DECADE))
+                edge = bucket_upper(int(index))
+                total += n * bucket_value(int(index))
                 slot = next((i for i, le in enumerate(LE) if edge <= le * 1.0001), len(LE))
                 counts[slot] += n
             cumulative, running = [], 0
