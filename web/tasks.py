@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import msgspec
@@ -117,11 +118,11 @@ async def _after(web: WebState, request: Request, stream: str | None) -> bool:
     streams = (
         [stream] if stream else [web.log.keys.events(p) for p in web.log.keys.all_partitions()]
     )
-    wait = web.settings.web.read_wait
+    deadline = time.monotonic() + web.settings.web.read_wait  # one wait for all partitions
     for s in streams:
         if stream is None and await _stream_before(web, s, after):
             continue  # nothing at or after ``after`` to wait for in this partition
-        if not await wait_for(store, s, after, timeout=wait):
+        if not await wait_for(store, s, after, timeout=max(0.0, deadline - time.monotonic())):
             return False
     return True
 
