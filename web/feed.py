@@ -32,7 +32,8 @@ _json = msgspec.json.Encoder()
 
 
 class FeedItem(msgspec.Struct, frozen=True):
-    """One view change as the feed stream holds it, its view as JSON text."""
+    """One view change as the feed stream holds it: the fields filters match
+    on, and the SSE message (the view as JSON) ready to send."""
 
     id: str
     entity: str
@@ -42,7 +43,6 @@ class FeedItem(msgspec.Struct, frozen=True):
     status: str
     node: str
     tenant: str
-    data: str
     frame: bytes  # the whole SSE message, encoded once for every client
 
     @classmethod
@@ -65,7 +65,6 @@ class FeedItem(msgspec.Struct, frozen=True):
             f(b"status"),
             f(b"node"),
             f(b"tenant"),
-            data,
             frame,
         )
 
