@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -104,17 +105,23 @@ def assert_same(a: Views, b: Views) -> None:
 
 
 def cli(
-    *args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 60
+    *args: str,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``eventcore`` as a real process (its stderr is not a terminal)."""
+    """Run ``eventcore`` as a real process (its stderr is not a terminal), with
+    only the ``EVENTCORE_*`` and ``REDIS_URL`` variables given in ``env``."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
     full_env.pop("REDIS_URL", None)
-    full_env.update(env)
+    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "eventcore.cli", *args],
         capture_output=True,
         text=True,
         env=full_env,
         input=stdin,
+        cwd=cwd,
         timeout=timeout,
     )

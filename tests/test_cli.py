@@ -12,22 +12,7 @@ from pathlib import Path
 import pytest
 
 from eventcore.servers import free_port
-
-
-def run(
-    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 30
-):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
-    full_env.pop("REDIS_URL", None)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "eventcore.cli", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=cwd,
-        timeout=timeout,
-    )
+from tests.replaykit import cli
 
 
 def start(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
@@ -45,7 +30,7 @@ def start(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
 
 
 def test_bad_config_value_names_key_and_source_without_traceback() -> None:
-    res = run("config", env={"EVENTCORE_PARTITIONS": "many"})
+    res = cli("config", env={"EVENTCORE_PARTITIONS": "many"})
     assert res.returncode == 2
     assert "partitions" in res.stderr and "EVENTCORE_PARTITIONS" in res.stderr
     assert "Traceback" not in res.stderr
@@ -54,16 +39,16 @@ def test_bad_config_value_names_key_and_source_without_traceback() -> None:
 def test_bad_config_file_names_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[web]\nport = 'x'\n")
-    res = run("--config", str(bad), "config")
+    res = cli("--config", str(bad), "config")
     assert res.returncode == 2 and "web.port" in res.stderr and str(bad) in res.stderr
 
 
 def test_config_prints_toml_that_loads_back(tmp_path: Path) -> None:
-    res = run("config", env={"EVENTCORE_PARTITIONS": "3"})
+    res = cli("config", env={"EVENTCORE_PARTITIONS": "3"})
     assert res.returncode == 0, res.stderr
     path = tmp_path / "out.toml"
     path.write_text(res.stdout)
-    again = run("--config", str(path), "config", "--json")
+    again = cli("--config", str(path), "config", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["partitions"] == 3
 
@@ -77,14 +62,14 @@ def test_config_prints_toml_that_loads_back(tmp_path: Path) -> None:
 )
 def test_unusable_redis_url_is_one_clear_line(url: str, words: str) -> None:
     port = str(free_port())
-    res = run("check", env={"REDIS_URL": url.format(port=port)})
+    res = cli("check", env={"REDIS_URL": url.format(port=port)})
     assert res.returncode == 1
     assert words.format(port=port) in res.stderr
     assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 def test_check_describes_the_server(redis_url: str) -> None:
-    res = run("check", "--json", env={"REDIS_URL": redis_url})
+    res = cli("check", "--json", env={"REDIS_URL": redis_url})
     assert res.returncode == 0, res.stderr
     facts = json.loads(res.stdout)
     assert facts["url"] == redis_url and facts["server"].split()[0] in ("redis", "valkey")
@@ -97,13 +82,13 @@ def test_check_warns_when_redis_may_evict(tmp_path: Path) -> None:
     server = ServerProcess(server_binary(), ServerConfig(tmp_path, port=free_port()))
     url = server.start()
     try:
-        quiet = run("check", env={"REDIS_URL": url})
+        quiet = cli("check", env={"REDIS_URL": url})
         assert "maxmemory-policy" not in quiet.stderr  # the default is noeviction
         import redis
 
         with redis.Redis.from_url(url) as client:
             client.config_set("maxmemory-policy", "allkeys-lru")
-        loud = run("check", env={"REDIS_URL": url})
+        loud = cli("check", env={"REDIS_URL": url})
         assert loud.returncode == 0 and "'allkeys-lru'" in loud.stderr
         assert "noeviction" in loud.stderr
     finally:
@@ -117,14 +102,14 @@ def test_redis_command_runs_embedded_server_until_interrupted(tmp_path: Path) ->
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         assert url.startswith("unix://")
-        check = run("check", "--json", env={"REDIS_URL": url})
+        check = cli("check", "--json", env={"REDIS_URL": url})
         assert check.returncode == 0, check.stderr
         assert json.loads(check.stdout)["appendonly"] == "yes"
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
-    after = run("check", env={"REDIS_URL": url})
+    after = cli("check", env={"REDIS_URL": url})
     assert after.returncode == 1  # the server went with it
 
 
@@ -153,7 +138,7 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path: Path) -> None:
             lines.append(proc.stdout.readline())
         assert lines[-1].strip().startswith("worker |"), lines
         assert any(line.strip().startswith("web: http://") for line in lines), lines
-        res = run("submit", "noop", "-p", "x=7", "--wait", env={"REDIS_URL": url}, timeout=30)
+        res = cli("submit", "noop", "-p", "x=7", "--wait", env={"REDIS_URL": url}, timeout=30)
         assert res.returncode == 0, res.stdout + res.stderr
         task_id = res.stdout.splitlines()[0]
 
@@ -183,14 +168,14 @@ def test_worker_and_submit_wait(redis_url: str, tmp_path: Path) -> None:
     env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": "cli" + os.urandom(4).hex()}
     worker = start("worker", "--cpu", "--concurrency", "2", env=env, cwd=tmp_path)
     try:
-        ok = run("submit", "sleep", "-p", "seconds=0.3", "-p", "steps=3", "--wait", env=env)
+        ok = cli("submit", "sleep", "-p", "seconds=0.3", "-p", "steps=3", "--wait", env=env)
         assert ok.returncode == 0, ok.stderr
         lines = ok.stdout.splitlines()
         assert "submitted" in lines[1] and "progress 100%" in ok.stdout
         assert lines[-1].endswith('succeeded: {"slept": 0.3}')
-        bad = run("submit", "fail", "-p", "retryable=false", "--wait", env=env)
+        bad = cli("submit", "fail", "-p", "retryable=false", "--wait", env=env)
         assert bad.returncode == 1 and "failed TaskError: asked to fail" in bad.stdout
-        unknown = run("submit", "noop", "--queue", "nowhere", env=env)
+        unknown = cli("submit", "noop", "--queue", "nowhere", env=env)
         assert unknown.returncode == 1 and "nowhere" in unknown.stderr
         assert "Traceback" not in unknown.stderr
     finally:
@@ -200,7 +185,7 @@ def test_worker_and_submit_wait(redis_url: str, tmp_path: Path) -> None:
 
 
 def test_worker_refuses_queues_it_cannot_serve(redis_url: str) -> None:
-    res = run("worker", "--cpu", "--queues", "gpu-high", env={"REDIS_URL": redis_url})
+    res = cli("worker", "--cpu", "--queues", "gpu-high", env={"REDIS_URL": redis_url})
     assert res.returncode == 1 and "gpu-high" in res.stderr and "GPU" in res.stderr
     assert "Traceback" not in res.stderr
 
@@ -225,7 +210,7 @@ def test_inpaint_from_files_writes_the_png(redis_url: str, tmp_path: Path) -> No
     }
     worker = start("worker", "--cpu", "--concurrency", "1", env=env, cwd=tmp_path)
     try:
-        res = run(
+        res = cli(
             "submit",
             "inpaint",
             "-f",
@@ -241,7 +226,7 @@ def test_inpaint_from_files_writes_the_png(redis_url: str, tmp_path: Path) -> No
             timeout=60,
         )
         assert res.returncode == 0, res.stdout + res.stderr
-        missing = run("submit", "inpaint", "-f", f"image={tmp_path / 'nope.png'}", env=env)
+        missing = cli("submit", "inpaint", "-f", f"image={tmp_path / 'nope.png'}", env=env)
         assert missing.returncode == 1 and "cannot read" in missing.stderr
     finally:
         worker.send_signal(signal.SIGTERM)
@@ -272,40 +257,40 @@ def test_events_and_replay_commands(redis_url: str) -> None:
             await client.aclose()
 
     task_id = asyncio.run(seed())
-    history = run("events", "history", task_id, env=env)
+    history = cli("events", "history", task_id, env=env)
     assert history.returncode == 0, history.stderr
     assert "task.submitted" in history.stdout and "task.progress" in history.stdout
-    as_json = run("events", "tail", "--task", task_id, "--json", env=env)
+    as_json = cli("events", "tail", "--task", task_id, "--json", env=env)
     lines = [json.loads(x) for x in as_json.stdout.splitlines()]
     assert [x["type"] for x in lines] == ["task.submitted", "task.progress"]
-    missing = run("events", "history", "0190a8a0-0000-7000-8000-000000000009", env=env)
+    missing = cli("events", "history", "0190a8a0-0000-7000-8000-000000000009", env=env)
     assert missing.returncode == 1 and "no events" in missing.stderr
-    behind = run("replay", "verify", env=env)  # no projector ran: views are behind
+    behind = cli("replay", "verify", env=env)  # no projector ran: views are behind
     assert behind.returncode == 1 and "missing from the views" in behind.stdout
 
 
 def test_replay_rebuild_command(redis_url: str) -> None:
     ns = "cli" + os.urandom(4).hex()
     env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": ns}
-    assert run("submit", "noop", "--queue", "cpu-light", env=env).returncode == 0
-    res = run("replay", "rebuild", "--batch", "10", env=env)
+    assert cli("submit", "noop", "--queue", "cpu-light", env=env).returncode == 0
+    res = cli("replay", "rebuild", "--batch", "10", env=env)
     assert res.returncode == 0, res.stderr
     assert "rebuilt 1 entries" in res.stdout and "switched from 'live'" in res.stdout
-    ok = run("replay", "verify", env=env)
+    ok = cli("replay", "verify", env=env)
     assert ok.returncode == 0 and "equal a replay" in ok.stdout, ok.stdout
 
 
 def test_status_prints_queues_and_pending(redis_url: str) -> None:
     env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": "st" + os.urandom(4).hex()}
-    empty = run("status", env=env)
+    empty = cli("status", env=env)
     assert empty.returncode == 0, empty.stderr
     assert "no nodes have announced themselves yet" in empty.stdout
     for _ in range(2):
-        assert run("submit", "noop", env=env).returncode == 0
-    res = run("status", "--json", env=env)
+        assert cli("submit", "noop", env=env).returncode == 0
+    res = cli("status", "--json", env=env)
     assert res.returncode == 0, res.stderr
     rows = {q["queue"]: q for q in json.loads(res.stdout)["queues"]}
     assert rows["cpu-light"]["entries"] == 2 and rows["cpu-light"]["pending"] == 0
-    table = run("status", env=env).stdout.splitlines()
+    table = cli("status", env=env).stdout.splitlines()
     assert table[0].split()[:3] == ["queue", "entries", "pending"]
     assert any(line.split()[:2] == ["cpu-light", "2"] for line in table)
