@@ -201,3 +201,19 @@ async def test_trimmed_tasks_can_be_read_and_cancelled_but_not_rerun(
         assert again.status_code == 410 and "trimmed" in j(again)["detail"]
         cancel = await c.post(f"/v1/tasks/{failed}/cancel")
         assert cancel.status_code in (202, 409), cancel.text
+
+
+async def test_an_upload_over_the_blob_cap_is_413_naming_the_file(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    from eventcore.config import BlobSettings, Settings
+
+    settings = Settings(namespace=namespace, blobs=BlobSettings(max_bytes=100))
+    async with web_client(redis_url, settings) as c:
+        r = await c.post(
+            "/v1/tasks",
+            data={"kind": "inpaint"},
+            files={"image": ("a.png", b"x" * 101, "image/png")},
+        )
+    assert r.status_code == 413 and j(r)["detail"].startswith("image:"), r.text
+    assert await log.redis.exists(log.keys.events(0)) == 0

@@ -34,12 +34,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from eventcore.blobs import BlobMissing, BlobTooLarge
+from eventcore.blobs import BlobMissing
 from eventcore.events import TaskCancelled, TaskDeadLettered, TaskFailed, TaskTimedOut
 from web.app import WebState, state_of
 from web.errors import ApiError, error_response
 from web.limits import decode_any, read_json
-from web.submit import Finished, SubmitRequest, known_nodes, submit, wait_until_done
+from web.submit import (
+    Finished,
+    SubmitRequest,
+    known_nodes,
+    put_blob,
+    submit,
+    wait_until_done,
+)
 from web.tasks import json_response
 
 __all__ = ["ModelInfo", "current_model", "offered_models", "routes"]
@@ -293,13 +300,6 @@ def _adjust_mask(body: AdjustMaskBody) -> bytes:
 # -- tasks -------------------------------------------------------------------------
 
 
-async def _blob(web: WebState, data: bytes, field: str) -> str:
-    try:
-        return (await web.blobs.put(data)).ref
-    except BlobTooLarge as exc:
-        raise ApiError(413, "too_large", f"{field}: {exc}") from None
-
-
 async def _run(web: WebState, req: SubmitRequest, tenant: str, headers: dict[str, str]) -> Response:
     """Submit ``req``, wait for the task and answer with its PNG; 504 with the
     task id when it takes longer than ``web.result_timeout``."""
@@ -363,8 +363,8 @@ async def inpaint(request: Request) -> Response:
     # As IOPaint: -1 asks for a random seed, which is reported back.
     seed = random.randint(1, 99_999_999) if body.sd_seed == -1 else body.sd_seed
     params = {
-        "image": await _blob(web, image, "image"),
-        "mask": await _blob(web, mask, "mask"),
+        "image": await put_blob(web, image, "image"),
+        "mask": await put_blob(web, mask, "mask"),
         **settings,
     }
     req = SubmitRequest(kind="inpaint", params=params, model=await current_model(web))
@@ -393,7 +393,7 @@ async def run_plugin_gen_image(request: Request) -> Response:
     image = await asyncio.to_thread(_image_bytes, body.image, "image")
     scale = next((s for s in (body.scale, body.upscale) if s is not None), 2.0)
     model = REALESRGAN_MODEL if REALESRGAN_MODEL in await offered_models(web) else None
-    params = {"image": await _blob(web, image, "image"), "scale": scale}
+    params = {"image": await put_blob(web, image, "image"), "scale": scale}
     req = SubmitRequest(kind="upscale", params=params, model=model)
     return await _run(web, req, who.tenant, {})
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from eventcore.blobs import BlobTooLarge
 from eventcore.events import TERMINAL_EVENT_TYPES, Priority, RetryPolicy, TaskSpec
 from eventcore.log import SubmitResult
 from eventcore.nodes import announced_nodes
@@ -19,7 +20,15 @@ from eventcore.routing import RoutingError, accepts, backlog, route
 from web.app import WebState
 from web.errors import ApiError
 
-__all__ = ["Finished", "NodeFacts", "SubmitRequest", "known_nodes", "submit", "wait_until_done"]
+__all__ = [
+    "Finished",
+    "NodeFacts",
+    "SubmitRequest",
+    "known_nodes",
+    "put_blob",
+    "submit",
+    "wait_until_done",
+]
 
 Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -69,6 +78,15 @@ async def known_nodes(web: WebState) -> NodeFacts:
         at=now,
     )
     return web.node_facts
+
+
+async def put_blob(web: WebState, data: bytes, field: str) -> str:
+    """Store an uploaded file or image as a blob; its reference goes in the
+    task's params. Over ``blobs.max_bytes`` is a 413 naming ``field``."""
+    try:
+        return (await web.blobs.put(data)).ref
+    except BlobTooLarge as exc:
+        raise ApiError(413, "too_large", f"{field}: {exc}") from None
 
 
 async def submit(

@@ -21,7 +21,7 @@ from projections.views import TaskView
 from web.app import WebState, state_of
 from web.errors import ApiError
 from web.limits import content_type, decode_any, form_values, read_form, read_json
-from web.submit import SubmitRequest, submit
+from web.submit import SubmitRequest, put_blob, submit
 
 __all__ = ["routes"]
 
@@ -86,8 +86,7 @@ async def _from_form(web: WebState, request: Request) -> SubmitRequest:
         if not isinstance(data.get("params", {}), dict):
             raise ApiError(422, "invalid", "form field 'params' must be a JSON object")
         for name, upload in files.items():
-            blob = await web.blobs.put(await upload.read())
-            params[name] = blob.ref
+            params[name] = await put_blob(web, await upload.read(), name)
         data["params"] = params
         return decode_any(data, SubmitRequest)
     finally:
