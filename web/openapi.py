@@ -46,13 +46,101 @@ ERROR = {
 }
 
 
-def document(app: Starlette) -> dict[str, Any]:
-    from web.submit import SubmitRequest
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
-    (submit, *_), components = msgspec.json.schema_components(
-        [SubmitRequest, TaskView, NodeView, QueueView, StatsView],
+
+def _header(name: str, description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": description,
+    }
+
+
+STRING = {"type": "string"}
+NUMBER = {"type": "number"}
+FILE = {"type": "string", "format": "binary"}
+# A multipart submit: the JSON fields as form fields (``params`` and ``retry``
+# as JSON text), and image files, which become blobs named in ``params``.
+MULTIPART_SUBMIT = {
+    "type": "object",
+    "properties": {
+        "kind": STRING,
+        "params": STRING,
+        "queue": STRING,
+        "priority": STRING,
+        "model": STRING,
+        "delay": STRING,
+        "run_at": STRING,
+        "max_deliveries": STRING,
+        "image": FILE,
+        "mask": FILE,
+    },
+    "required": ["kind"],
+}
+EVENT_ID = "a stream entry id (`<ms>-<seq>`): wait until the views include it"
+
+
+def _parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Query parameters and headers per operation: what a client may send
+    besides the body, so a schema-driven client (or fuzzer) reaches every branch."""
+    from web.stream import FILTERS
+
+    return {
+        ("GET", "/v1/tasks"): [
+            _query("status", STRING, "only tasks in this status"),
+            _query("queue", STRING, "only tasks of this queue"),
+            _query("kind", STRING, "only tasks of this kind"),
+            _query("node", STRING, "only tasks that ran on this node"),
+            _query("since", NUMBER, "submitted at or after (seconds since the epoch)"),
+            _query("until", NUMBER, "submitted before (seconds since the epoch)"),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 500}, "page size"),
+            _query("cursor", STRING, "the next_cursor of the previous page"),
+            _query("after", STRING, EVENT_ID),
+        ],
+        ("GET", "/v1/tasks/{task_id}"): [_query("after", STRING, EVENT_ID)],
+        ("POST", "/v1/tasks"): [
+            _header("Idempotency-Key", "the same key twice submits one task (safe retries)")
+        ],
+        ("GET", "/v1/stream"): [
+            *(_query(f, STRING, f"only changes with this {f}") for f in FILTERS),
+            _query("ticket", STRING, "a ticket from POST /v1/stream/ticket (browsers)"),
+            _query("last_event_id", STRING, "resume after this feed id"),
+            _header("Last-Event-ID", "resume after this feed id (what EventSource sends)"),
+        ],
+    }
+
+
+def document(app: Starlette) -> dict[str, Any]:
+    from web.iopaint import AdjustMaskBody, InpaintBody, PluginBody, SwitchModelBody
+    from web.submit import SubmitRequest
+    from web.system import ControlRequest
+    from web.tasks import CancelRequest
+
+    bodies = {
+        ("POST", "/v1/tasks"): SubmitRequest,
+        ("POST", "/v1/tasks/{task_id}/cancel"): CancelRequest,
+        ("POST", "/v1/nodes/{node}/control"): ControlRequest,
+        ("POST", "/api/v1/inpaint"): InpaintBody,
+        ("POST", "/api/v1/run_plugin_gen_image"): PluginBody,
+        ("POST", "/api/v1/model"): SwitchModelBody,
+        ("POST", "/api/v1/adjust_mask"): AdjustMaskBody,
+    }
+    (*body_schemas, _, _, _, _), components = msgspec.json.schema_components(
+        [*bodies.values(), TaskView, NodeView, QueueView, StatsView],
         ref_template="#/components/schemas/{name}",
     )
+    body_of = dict(zip(bodies, body_schemas))
+    parameters = _parameters()
     components["Error"] = ERROR
     paths: dict[str, dict[str, Any]] = {}
     for route in app.routes:
@@ -70,8 +158,16 @@ def document(app: Starlette) -> dict[str, Any]:
                     }
                 },
             }
+            if (body := body_of.get((method, route.path))) is not None:
+                op["requestBody"] = {"content": {"application/json": {"schema": body}}}
             if (method, route.path) == ("POST", "/v1/tasks"):
-                op["requestBody"] = {"content": {"application/json": {"schema": submit}}}
+                op["requestBody"]["content"]["multipart/form-data"] = {"schema": MULTIPART_SUBMIT}
+            path_params = [
+                {"name": name, "in": "path", "required": True, "schema": STRING}
+                for name in route.param_convertors
+            ]
+            if params := [*path_params, *parameters.get((method, route.path), [])]:
+                op["parameters"] = params
             if route.path == "/v1/tasks/{task_id}" and method == "GET":
                 op["responses"]["200"] = {
                     "description": "the task",

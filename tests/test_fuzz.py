@@ -1,0 +1,175 @@
+"""Schema fuzzing: schemathesis generates requests for every operation in
+``/openapi.json`` (valid ones and broken ones) and sends them to a real
+``eventcore web`` process. No response may be a 5xx, and a refused request
+(4xx) may not write anything: no task event, no control command, no blob."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+
+from eventcore.config import Settings
+from eventcore.connection import make_client
+from eventcore.events import Capabilities, NodeStarted
+from eventcore.keys import Keys
+from eventcore.log import EventLog
+from eventcore.nodes import append_node_event
+from eventcore.servers import free_port
+from web.app import create_app
+from web.openapi import document
+
+pytestmark = [pytest.mark.slow]
+
+EXAMPLES = int(os.environ.get("EVENTCORE_TEST_FUZZ_EXAMPLES", "150"))
+PARTITIONS = int(os.environ.get("EVENTCORE_TEST_PARTITIONS", "1"))
+
+
+class Web:
+    """An ``eventcore web`` process under a namespace of its own."""
+
+    def __init__(self, redis_url: str, namespace: str, log_path: Path) -> None:
+        self.keys = Keys(namespace, PARTITIONS)
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.redis = redis.Redis.from_url(redis_url)
+        env = {
+            **os.environ,
+            "REDIS_URL": redis_url,
+            "EVENTCORE_NAMESPACE": namespace,
+            "EVENTCORE_PARTITIONS": str(PARTITIONS),
+            "EVENTCORE_WEB__PORT": str(self.port),
+            "EVENTCORE_WEB__READ_WAIT": "0.2",
+            "EVENTCORE_WEB__RESULT_TIMEOUT": "2",
+        }
+        self.log_path = log_path
+        self.log_file = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eventcore.cli", "web"],
+            env=env,
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.log_file.flush()
+                raise AssertionError(f"eventcore web exited: {self.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.base} did not answer /healthz within {timeout}s")
+
+    def announce_node(self, redis_url: str) -> None:
+        """A node that offers the built-in kinds, so submits are routed as in
+        production; no worker runs, so nothing but requests writes the log."""
+
+        async def announce() -> None:
+            client = make_client(redis_url)
+            try:
+                caps = Capabilities(
+                    cpu_cores=2, memory_mb=2048, handlers=("inpaint", "upscale", "noop", "sleep")
+                )
+                event = NodeStarted(node="fuzz-node-7f3a", capabilities=caps, queues=("cpu-light",))
+                await append_node_event(EventLog(client, self.keys), event)
+            finally:
+                await client.aclose()
+
+        asyncio.run(announce())
+
+    def writes(self) -> tuple[int, ...]:
+        """What a refused request must not change: the task logs, the control
+        streams and the blob keys."""
+        k = self.keys
+        lengths = [self.redis.xlen(k.events(p)) for p in k.all_partitions()]
+        controls = sorted(self.redis.scan_iter(match=k.control_pattern()))
+        lengths += [self.redis.xlen(c) for c in controls]
+        blobs = sum(1 for _ in self.redis.scan_iter(match=k.blob("*")))
+        return (*lengths, len(controls), blobs)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log_file.close()
+        self.redis.close()
+
+
+@pytest.fixture(scope="module")
+def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Web]:
+    import uuid
+
+    log_path = tmp_path_factory.mktemp("fuzz") / "web.log"
+    server = Web(redis_url, "fz" + uuid.uuid4().hex[:10], log_path)
+    try:
+        server.wait_healthy()
+        server.announce_node(redis_url)
+        yield server
+    finally:
+        server.stop()
+    text = log_path.read_text()
+    assert "Traceback" not in text, text[-4000:]
+
+
+def _schema() -> schemathesis.BaseSchema:
+    """The document ``/openapi.json`` serves, built from the app itself, so the
+    operations are known when the tests are collected."""
+    return schemathesis.openapi.from_dict(document(create_app(Settings(), "redis://unused")))
+
+
+SCHEMA = _schema()
+OPERATIONS = {op.label: op for op in (result.ok() for result in SCHEMA.get_all_operations())}
+
+
+def _send(web: Web, case: schemathesis.Case) -> int:
+    if case.path == "/v1/stream":
+        # A stream that is accepted never ends: its status line is the answer.
+        with httpx.stream(
+            case.method,
+            f"{web.base}{case.formatted_path}",
+            params=case.query,
+            headers={k: str(v) for k, v in (case.headers or {}).items()},
+            timeout=10,
+        ) as response:
+            return response.status_code
+    response = case.call(base_url=web.base, timeout=30)
+    case.validate_response(response, checks=[not_a_server_error])
+    return response.status_code
+
+
+@pytest.mark.parametrize("label", sorted(OPERATIONS))
+def test_no_server_errors_and_no_writes_on_refusal(label: str, web: Web) -> None:
+    @given(case=OPERATIONS[label].as_strategy())
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    def check(case: schemathesis.Case) -> None:
+        before = web.writes()
+        status = _send(web, case)
+        assert status < 500, f"{case.method} {case.formatted_path} answered {status}"
+        if 400 <= status < 500:
+            assert web.writes() == before, f"{label} answered {status} but wrote"
+
+    check()
