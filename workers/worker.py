@@ -186,21 +186,23 @@ class Worker:
         from workers import upkeep
         from workers.commands import control_loop
 
-        loops = {
-            "claim": self._claim_loop,
-            "settle": self._settle_loop,
-            "lease": lambda: upkeep.lease_loop(self),
-            "reclaim": lambda: upkeep.reclaim_loop(self),
-            "release": lambda: upkeep.release_loop(self),
-            "heartbeat": lambda: upkeep.heartbeat_loop(self),
-            "control": lambda: control_loop(self),
-        }
-        self._loops = [asyncio.create_task(self._guard(name, loop)) for name, loop in loops.items()]
+        loops = [
+            self._claim_loop,
+            self._settle_loop,
+            lambda: upkeep.lease_loop(self),
+            lambda: upkeep.reclaim_loop(self),
+            lambda: upkeep.release_loop(self),
+            lambda: upkeep.heartbeat_loop(self),
+            lambda: control_loop(self),
+        ]
+        self._loops = [asyncio.create_task(self._guard(loop)) for loop in loops]
         await self._stopped.wait()
         await self._finish()
 
-    async def _guard(self, name: str, loop: Any) -> None:
-        """Keep a loop alive through errors (Redis down, a bug): log loudly, retry."""
+    async def _guard(self, loop: Any) -> None:
+        """Keep a loop alive through errors (Redis down, a bug): log loudly, retry.
+        The traceback names the loop; the work it had in hand lives on the worker
+        (the settle batch, the control positions), so the restart goes on with it."""
         while True:
             try:
                 await loop()
@@ -208,7 +210,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("worker %s loop failed; restarting it in 1s", name)
+                log.exception("worker loop failed; restarting it in 1s")
                 await asyncio.sleep(1)
 
     def drain(self, reason: str = "SIGTERM") -> None:
