@@ -165,9 +165,14 @@ class Worker:
 
     async def run(self) -> None:
         """Announce the node, run every loop, and on stop drain and say goodbye."""
+        # Imported here: both modules import this one for its types.
+        from workers import upkeep
+        from workers.commands import control_loop, note_positions
+
         for streams in self.streams.values():
             for stream in streams:
                 await groups.ensure_group(self.log.redis, stream, self.log.group)
+        await note_positions(self)  # before NodeStarted: no command issued after it is missed
         caps = self.options.capabilities
         caps = msgspec.structs.replace(caps, handlers=self.registry.names())
         await append_node_event(
@@ -182,10 +187,6 @@ class Worker:
                 version="0.1.0",
             ),
         )
-        # Imported here: both modules import this one for its types.
-        from workers import upkeep
-        from workers.commands import control_loop
-
         loops = [
             self._claim_loop,
             self._settle_loop,
