@@ -45,6 +45,7 @@ __all__ = [
     "CancelOutcome",
     "CancelResult",
     "EventLog",
+    "HeldAppend",
     "SettleResult",
     "Settlement",
     "Submission",
@@ -93,6 +94,14 @@ class SettleResult(msgspec.Struct, frozen=True):
     ok: bool
     event_id: str = ""  # id of the last event written
     stale_reason: str = ""  # why nothing was written, when not ok
+
+
+class HeldAppend(msgspec.Struct, frozen=True):
+    """What :meth:`EventLog.append_held` did: the ids written, or why nothing was."""
+
+    written: bool
+    event_ids: tuple[str, ...] = ()
+    not_held: str = ""  # why nothing was written, when not written
 
 
 class CancelOutcome(enum.StrEnum):
@@ -300,6 +309,26 @@ class EventLog:
         """Settle one entry: ``finish(me, entry, claimed, started, succeeded)``.
         The last event decides how it ends (see :class:`Settlement`)."""
         return (await self.settle(consumer, [Settlement(entry, events)]))[0]
+
+    async def append_held(
+        self, consumer: str, entry: WorkEntry, events: Sequence[Event]
+    ) -> HeldAppend:
+        """Append events of a task whose work entry ``consumer`` holds (claimed,
+        started, progress), in order, in one call. Nothing is written when the
+        entry is no longer held by ``consumer`` (its lease was taken, or it was
+        settled): ``written`` is then False with the reason, as settle's stale."""
+        if not events:
+            raise ValueError("append_held needs at least one event")
+        for event in events:
+            if getattr(event, "task_id", None) != entry.task_id:
+                raise ValueError(f"events for entry of task {entry.task_id} name another task")
+        keys = [self.keys.events(self.keys.partition(entry.task_id)), entry.stream]
+        args: list[Any] = [self.group, consumer, entry.id, entry.task_id]
+        args += [encode(e) for e in events]
+        ok, *rest = await self._call(self.scripts.append_held, keys, args)
+        if not ok:
+            return HeldAppend(False, (), _s(rest[0]))
+        return HeldAppend(True, tuple(_s(x) for x in rest))
 
     # -- cancel and delayed work -------------------------------------------------------
 

@@ -22,6 +22,7 @@ SCRIPT_NAMES = (
     "submit",
     "append",
     "settle",
+    "append_held",
     "release_due",
     "request_cancel",
     "renew",
@@ -59,6 +60,7 @@ class Scripts:
     submit: AsyncScript
     append: AsyncScript
     settle: AsyncScript
+    append_held: AsyncScript
     release_due: AsyncScript
     request_cancel: AsyncScript
     renew: AsyncScript

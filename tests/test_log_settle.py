@@ -261,3 +261,52 @@ async def test_release_due_drops_orphans_without_writing_work(
     assert await log.release_due(now=10) == 0
     assert await r.zcard(keys.delayed(0)) == 0
     assert await r.keys(keys.all_keys_pattern()) == []
+
+
+def _progress(entry: WorkEntry, node: str, delivery: int) -> TaskProgress:
+    return TaskProgress(
+        task_id=entry.task_id, attempt=1, progress=0.5, node=node, delivery=delivery
+    )
+
+
+async def test_append_held_writes_only_for_the_holder(log: EventLog, r: Redis) -> None:
+    """A zombie's progress (issue #10): once another consumer took the entry,
+    or it was settled, the old holder's events are refused, not written."""
+    entry = await _claim_one(log, "zombie")
+    held = await log.append_held("zombie", entry, (*_run_events(entry, "zombie"),))
+    assert held.written and len(held.event_ids) == 2
+    await asyncio.sleep(0.05)
+    (taken,) = (await groups.autoclaim(r, entry.stream, log.group, "rescuer", 10)).entries
+    late = await log.append_held("zombie", entry, (_progress(entry, "zombie", 1),))
+    assert not late.written and late.not_held == "lease lost to rescuer"
+    assert (await log.append_held("rescuer", taken, (_progress(taken, "rescuer", 2),))).written
+    done = TaskSucceeded(task_id=entry.task_id, node="rescuer", attempt=1)
+    assert (await log.finish("rescuer", taken, done)).ok
+    after = await log.append_held("rescuer", taken, (_progress(taken, "rescuer", 2),))
+    assert not after.written and "no longer pending" in after.not_held
+    progress = [
+        e.event for e in await log.history(entry.task_id) if e.event.type_name() == "task.progress"
+    ]
+    assert [(p.node, p.delivery) for p in progress] == [("rescuer", 2)]
+
+
+async def test_append_held_refuses_bad_args_and_writes_nothing(
+    log: EventLog, r: Redis, keys: Keys
+) -> None:
+    entry = await _claim_one(log)
+    before = await r.xlen(keys.events(0))
+    k = [keys.events(0), entry.stream]
+    bad = [
+        ["", "w1", entry.id, entry.task_id, b"ev"],  # no group
+        ["workers", "", entry.id, entry.task_id, b"ev"],  # no consumer
+        ["workers", "w1", "", entry.task_id, b"ev"],  # no entry id
+        ["workers", "w1", entry.id, entry.task_id],  # no events
+        ["workers", "w1", entry.id, entry.task_id, b"ev", b""],  # an empty event
+    ]
+    for args in bad:
+        with pytest.raises(ScriptArgumentError):
+            await log._call(log.scripts.append_held, k, args)
+    other = TaskSucceeded(task_id="someone-else", node="w1", attempt=1)
+    with pytest.raises(ValueError, match="another task"):
+        await log.append_held("w1", entry, (other,))
+    assert await r.xlen(keys.events(0)) == before

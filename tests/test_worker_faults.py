@@ -12,6 +12,7 @@ import pytest
 from eventcore.events import NodeStopped, TaskSpec
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from projections.replay import replay
 from tests.workerkit import LEASE_MS, event_types, spawn_worker, spec, wait_ended
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
@@ -157,3 +158,37 @@ async def test_second_sigint_stops_at_once_leaving_work_for_reclaim(
     assert await elog.ended_as(res.task_id) is None
     pending = await elog.redis.xpending(elog.keys.work(0, "q", "normal"), "workers")
     assert pending["pending"] == 1  # still there for another worker to reclaim
+
+
+async def test_zombie_writes_no_progress_after_its_lease_is_taken(elog, redis_url, namespace):
+    """Regression (issue #10): a worker frozen past its lease, while its child
+    kept reporting progress, wrote that progress when it woke, beside the new
+    owner's and after the task had ended: the task view listed illegal events.
+    Progress is now written only while its delivery holds the entry."""
+    a = spawn_worker(redis_url, namespace, "a", ["--cpu"])
+    b = None
+    try:
+        res = await elog.submit(spec("sleep", seconds=2.0, steps=20))
+        assert await _wait_started(elog, res.task_id) == "a"
+        os.kill(a.pid, signal.SIGSTOP)  # its child runs on and reports progress
+        b = spawn_worker(redis_url, namespace, "b", ["--cpu"])
+        assert await wait_ended(elog, res.task_id, timeout=30) == "task.succeeded"
+        os.kill(a.pid, signal.SIGCONT)  # its child's progress waits in the pipe
+        deadline = time.monotonic() + 20
+        while "task.result_stale" not in await event_types(elog, res.task_id):
+            assert time.monotonic() < deadline, "the zombie's result was never recorded"
+            await asyncio.sleep(0.05)
+    finally:
+        _stop(a, *(x for x in [b] if x))
+    entries = await elog.history(res.task_id)
+    view = replay(entries).tasks[res.task_id]
+    assert view.illegal == ()
+    events = [e.event for e in entries]
+    taken = next(
+        i for i, e in enumerate(events) if e.type_name() == "task.claimed" and e.node == "b"
+    )
+    progress = [e for e in events if e.type_name() == "task.progress"]
+    assert {(p.node, p.delivery) for p in progress} <= {("a", 1), ("b", 2)}
+    assert any(p.node == "b" for p in progress)
+    late = [e for e in events[taken:] if e.type_name() == "task.progress" and e.node != "b"]
+    assert late == [], f"progress from the old delivery after the reclaim: {late}"

@@ -89,8 +89,11 @@ def spawn_worker(
     extra: Sequence[str] = (),
     env: dict | None = None,
     partitions: int = 1,
+    stderr: Any = subprocess.PIPE,
 ) -> subprocess.Popen[bytes]:
-    """A real worker process on queue q with short leases."""
+    """A real worker process on queue q with short leases. Its log goes to
+    ``stderr`` (a pipe by default: a test that lets it log for long should
+    pass a file, or the pipe fills and the worker blocks)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
     full_env.update(
         {
@@ -122,5 +125,5 @@ def spawn_worker(
         ],
         env=full_env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
     )

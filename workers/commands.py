@@ -23,11 +23,12 @@ from eventcore.events import (
     NodeResumed,
 )
 from eventcore.nodes import append_node_event
+from workers.writes import persist
 
 if TYPE_CHECKING:
     from workers.worker import Worker
 
-__all__ = ["control_loop", "handle"]
+__all__ = ["control_loop", "handle", "note_positions"]
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,36 @@ LIVE_SETTINGS = (
 )
 
 
+async def note_positions(worker: Worker) -> None:
+    """Start the control streams at their newest ids, unless already started.
+    The worker calls this before it announces itself, so a command issued
+    once its ``NodeStarted`` is visible is never missed."""
+    elog = worker.log
+    for stream in (elog.keys.control(worker.node), elog.keys.control_broadcast()):
+        if stream not in worker.control_positions:
+            newest = await elog.redis.xrevrange(stream, count=1)
+            worker.control_positions[stream] = newest[0][0].decode() if newest else "0-0"
+
+
 async def control_loop(worker: Worker) -> None:
     elog = worker.log
-    streams = [elog.keys.control(worker.node), elog.keys.control_broadcast()]
-    positions: dict[str, str] = {}
-    for stream in streams:
-        newest = await elog.redis.xrevrange(stream, count=1)
-        positions[stream] = newest[0][0].decode() if newest else "0-0"
+    # The positions live on the worker: a loop restarted after a Redis error
+    # goes on from the last command it handled, skipping none.
+    await note_positions(worker)
+    positions = worker.control_positions
     while not worker.closing:
         for entry in await elog.tail(positions, block_ms=500, park_bad=True):
             positions[entry.stream] = entry.id
             if isinstance(entry.event, ControlIssued):
-                ok, detail = await handle(worker, entry.event)
-                await elog.append(
-                    ControlAcked(
-                        command_id=entry.event.command_id, node=worker.node, ok=ok, detail=detail
-                    )
+                cmd = entry.event
+                ok, detail = await handle(worker, cmd)
+                ack = ControlAcked(
+                    command_id=cmd.command_id, node=worker.node, ok=ok, detail=detail
+                )
+                await persist(
+                    f"control.acked of command {cmd.command_id} ({cmd.kind.value})",
+                    lambda ack=ack: elog.append(ack),
+                    stop=lambda: worker.closing,
                 )
 
 

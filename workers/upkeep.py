@@ -34,7 +34,7 @@ async def lease_loop(worker: Worker) -> None:
     last_renew = 0.0
     while not worker.closing:
         await asyncio.sleep(worker.options.cancel_poll)
-        if not worker.running and not worker.waiting:
+        if not worker.held:
             continue
         runs = list(worker.running.values())
         if time.monotonic() - last_renew >= lease_ms(worker) / 3000:
@@ -46,9 +46,11 @@ async def lease_loop(worker: Worker) -> None:
 
 
 async def _renew(worker: Worker, runs: list[Running]) -> None:
-    """Renew the leases of running and prefetched entries, stream by stream."""
+    """Renew the leases of every entry held (running, prefetched, or waiting
+    for its settle to be written, which can take a while when Redis was
+    away), stream by stream."""
     entries: dict[str, list[str]] = {}
-    for entry in [*(r.entry for r in runs), *worker.waiting.values()]:
+    for entry in list(worker.held.values()):
         entries.setdefault(entry.stream, []).append(entry.id)
     held: set[str] = set()
     for stream, ids in entries.items():
@@ -83,9 +85,16 @@ async def reclaim_loop(worker: Worker) -> None:
                     count=worker.free,
                 )
                 worker._reclaim_cursor[stream] = res.next_start
-                if res.entries:
-                    flags = await worker.log.cancel_requested(e.task_id for e in res.entries)
-                    for entry in res.entries:
+                # Entries this worker already holds looked idle because their
+                # lease could not be renewed (Redis was away): they still run
+                # here, so they are not started a second time.
+                mine = [e for e in res.entries if e.id in worker.held]
+                for entry in mine:
+                    log.info("task %s: lease renewed by reclaim; it runs here", entry.task_id)
+                new = [e for e in res.entries if e.id not in worker.held]
+                if new:
+                    flags = await worker.log.cancel_requested(e.task_id for e in new)
+                    for entry in new:
                         entry.cancel_requested = entry.task_id in flags
                         worker._dispatch(entry)
 

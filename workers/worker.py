@@ -6,7 +6,8 @@ Loops, all in one event loop:
 - **claim**: takes at most as many entries as it has free slots, highest
   priority first, in one script call per partition; when nothing is there it
   blocks on XREAD from the newest ids it saw, so new work wakes it at once.
-- **settle**: outcomes queue up and go out in batches, one round trip each.
+- **settle**: outcomes queue up and go out in batches, one round trip each;
+  a batch is kept and retried until it is written (Redis may be away).
 - **leases**: renews the idle time of the entries it runs, and watches for
   cancel requests of running tasks.
 - **reclaim**: takes over entries idle longer than their queue's lease
@@ -19,7 +20,6 @@ Loops, all in one event loop:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import os
@@ -52,7 +52,7 @@ from eventcore.events import (
     TaskSubmitted,
 )
 from eventcore.groups import WorkEntry
-from eventcore.log import EventLog, Settlement
+from eventcore.log import EventLog, Settlement, SettleResult
 from eventcore.nodes import append_node_event
 from workers.context import TaskContext
 from workers.executor import ChildSlot, ProcessPool
@@ -60,6 +60,7 @@ from workers.faults import crash_point
 from workers.handlers import Handler, Registry
 from workers.outcomes import Ending, Outcome, closing_event, outcome_of_exception
 from workers.resources import ResourceConfig, Resources
+from workers.writes import persist
 
 __all__ = ["Worker", "WorkerOptions"]
 
@@ -101,6 +102,9 @@ class Running:
     last_progress: float = 0.0  # monotonic time of the last progress written
     fraction: float = 0.0  # the highest progress reported
     pending: list[asyncio.Task[Any]] = field(default_factory=list)
+    # Claimed/started whose write failed: they go out with the next write, or
+    # with the outcome, so the log never shows progress or an end without them.
+    unwritten: list[Event] = field(default_factory=list)
 
 
 def default_node_id() -> str:
@@ -126,18 +130,25 @@ class Worker:
         self.draining = False
         self._draining_noted: asyncio.Future[Any] | None = None
         self.closing = False
-        self.inflight = 0
+        # Every entry this worker holds, by entry id, from its claim until its
+        # settle is written (or it is left for reclaim): one slot each.
+        self.held: dict[str, WorkEntry] = {}
         self.running: dict[str, Running] = {}
         self.waiting: dict[str, WorkEntry] = {}  # prefetched, waiting for a child
         self._child_free = asyncio.Event()
         self.processed = 0
         self._settle_q: asyncio.Queue[Settlement] = asyncio.Queue()
+        # The batch being written; kept here, not in the loop, so a restarted
+        # settle loop picks it up again.
+        self._settling: list[Settlement] = []
+        self._settle_failing = False  # the last try to write a batch failed
         self._room = asyncio.Event()
         self._stopped = asyncio.Event()
         self._immediate = False
         self._loops: list[asyncio.Task[Any]] = []
         self._children: set[asyncio.Task[Any]] = set()
         self._reclaim_cursor: dict[str, str] = {}
+        self.control_positions: dict[str, str] = {}  # control stream -> last id handled
         k = elog.keys
         self.streams = {
             p: [k.work(p, q.name, prio) for prio in PRIORITIES_HIGH_FIRST for q in options.queues]
@@ -154,9 +165,14 @@ class Worker:
 
     async def run(self) -> None:
         """Announce the node, run every loop, and on stop drain and say goodbye."""
+        # Imported here: both modules import this one for its types.
+        from workers import upkeep
+        from workers.commands import control_loop, note_positions
+
         for streams in self.streams.values():
             for stream in streams:
                 await groups.ensure_group(self.log.redis, stream, self.log.group)
+        await note_positions(self)  # before NodeStarted: no command issued after it is missed
         caps = self.options.capabilities
         caps = msgspec.structs.replace(caps, handlers=self.registry.names())
         await append_node_event(
@@ -171,10 +187,6 @@ class Worker:
                 version="0.1.0",
             ),
         )
-        # Imported here: both modules import this one for its types.
-        from workers import upkeep
-        from workers.commands import control_loop
-
         loops = [
             self._claim_loop,
             self._settle_loop,
@@ -189,7 +201,9 @@ class Worker:
         await self._finish()
 
     async def _guard(self, loop: Any) -> None:
-        """Keep a loop alive through errors (Redis down, a bug): log loudly, retry."""
+        """Keep a loop alive through errors (Redis down, a bug): log loudly, retry.
+        The traceback names the loop; the work it had in hand lives on the worker
+        (the settle batch, the control positions), so the restart goes on with it."""
         while True:
             try:
                 await loop()
@@ -203,8 +217,14 @@ class Worker:
     def drain(self, reason: str = "SIGTERM") -> None:
         """Stop claiming; finish what runs within the grace period, then stop."""
         if not self.draining:
+            grace = 0.0 if self._immediate else self.settings.worker.shutdown_grace
+            event = NodeDraining(node=self.node, reason=reason)
             self._draining_noted = asyncio.ensure_future(
-                append_node_event(self.log, NodeDraining(node=self.node, reason=reason))
+                persist(
+                    f"node.draining of node {self.node}",
+                    lambda: append_node_event(self.log, event),
+                    deadline=time.monotonic() + grace,
+                )
             )
         self.draining = True
         self._stopped.set()
@@ -223,9 +243,23 @@ class Worker:
             await asyncio.sleep(0.05)
         for run in list(self.running.values()):
             run.slot.kill()  # its entry stays in the PEL: another worker reclaims it
-        if not self._immediate:  # let the outcomes already known reach the log
-            while not self._settle_q.empty():
+        if not self._immediate:
+            # Let the outcomes already known reach the log: all of them while
+            # Redis answers, and while it does not, until the grace is spent.
+            while (not self._settle_q.empty() or self._settling) and (
+                time.monotonic() < deadline or not self._settle_failing
+            ):
                 await asyncio.sleep(0.01)
+        left = list(self._settling)
+        while not self._settle_q.empty():
+            left.append(self._settle_q.get_nowait())
+        if left:
+            log.error(
+                "stopping with %d outcomes unwritten (%s); their entries stay pending "
+                "and run again on another worker after their lease",
+                len(left),
+                _describe(left),
+            )
         self.closing = True
         for task in self._loops:
             task.cancel()
@@ -235,12 +269,24 @@ class Worker:
         await asyncio.wait(self._loops, timeout=5)
         self.pool.close()
         reason = "stopped at once" if self._immediate else "drained"
-        with contextlib.suppress(Exception):
-            if self._draining_noted is not None:
+        if self._draining_noted is not None:
+            try:
                 await self._draining_noted
-            await append_node_event(self.log, NodeStopped(node=self.node, reason=reason))
+            except Exception:  # persist retries Redis errors; this is a bug, say so
+                log.exception("writing node.draining of node %s failed", self.node)
+        stopped = NodeStopped(node=self.node, reason=reason)
+        await persist(
+            f"node.stopped of node {self.node}",
+            lambda: append_node_event(self.log, stopped),
+            deadline=deadline,
+        )
 
     # -- claim -------------------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        """Entries held: claimed and not yet settled (or left for reclaim)."""
+        return len(self.held)
 
     @property
     def free(self) -> int:
@@ -277,7 +323,7 @@ class Worker:
             await redis.xread(newest, count=1, block=self.options.block_ms)
 
     def _dispatch(self, entry: WorkEntry) -> None:
-        self.inflight += 1
+        self.held[entry.id] = entry
         t = entry.task_id
         try:
             sub = entry.submitted
@@ -361,7 +407,14 @@ class Worker:
             attempt=entry.attempt,
             model=sub.spec.model,
             progress_sink=lambda f, m: progress.append(
-                TaskProgress(task_id=t, attempt=entry.attempt, progress=f, message=m)
+                TaskProgress(
+                    task_id=t,
+                    attempt=entry.attempt,
+                    progress=f,
+                    message=m,
+                    node=self.node,
+                    delivery=entry.deliveries,
+                )
             ),
             resources=self.resources,
         )
@@ -388,7 +441,7 @@ class Worker:
         t = entry.task_id
         spec = sub.spec
         if not await self._wait_for_child(entry):
-            self._abandon()  # stopping: the entry stays pending for another worker
+            self._abandon(entry)  # stopping: the entry stays pending for another worker
             return
         slot = self.pool.acquire()
         run = Running(entry, sub, queue, slot, time.time())
@@ -429,16 +482,16 @@ class Worker:
             self.pool.release(slot)
             self._child_free.set()
         if run.pending:
-            await asyncio.gather(*run.pending, return_exceptions=True)
+            await asyncio.wait(run.pending)  # each write logs its own failure
         if run.cancel_killed:
             outcome = Outcome(ending=Ending.CANCELLED)
         elif outcome.ending is Ending.DIED:
             # As if this worker had crashed: the entry stays pending, is
             # reclaimed after its lease, and counts one more delivery.
             log.warning("task %s: %s; left for reclaim", t, outcome.error and outcome.error.message)
-            self._abandon()
+            self._abandon(entry)
             return
-        self._settle(entry, self._closing(outcome, entry, sub, queue))
+        self._settle(entry, *run.unwritten, self._closing(outcome, entry, sub, queue))
 
     async def _wait_for_child(self, entry: WorkEntry) -> bool:
         """Wait until fewer than `concurrency` tasks run; False if stopping."""
@@ -479,6 +532,8 @@ class Worker:
             attempt=run.entry.attempt,
             progress=run.fraction,
             message=message,
+            node=self.node,
+            delivery=run.entry.deliveries,
         )
         self._write(run, event)
 
@@ -486,15 +541,44 @@ class Worker:
         """Append a running task's events in order, without waiting: each write
         starts after the one before it ends, and the settle waits for all."""
         previous = run.pending[-1] if run.pending else None
-        run.pending.append(asyncio.create_task(self._append_after(previous, events)))
+        run.pending.append(asyncio.create_task(self._append_after(run, previous, events)))
 
     async def _append_after(
-        self, previous: asyncio.Task[Any] | None, events: tuple[Event, ...]
+        self, run: Running, previous: asyncio.Task[Any] | None, events: tuple[Event, ...]
     ) -> None:
+        """One write of a running task. It goes out only while this delivery
+        holds the entry (``append_held``), so a worker that lost its lease
+        writes no progress beside the new owner's or after the end. A failed
+        write is logged; its claimed/started are kept for the next write (or
+        the outcome), its progress is dropped (a later report supersedes it)."""
         if previous is not None:
-            with contextlib.suppress(Exception):
-                await previous
-        await self.log.append_many(events)
+            await asyncio.wait([previous])  # never raises: _append_after logs its errors
+        if run.lease_lost:
+            return  # known already: the entry is another's, or settled
+        events = (*run.unwritten, *events)
+        try:
+            res = await self.log.append_held(self.node, run.entry, events)
+        except Exception as exc:  # Redis away (or a bug): log what is lost, carry on
+            run.unwritten = [e for e in events if not isinstance(e, TaskProgress)]
+            later = " (claimed/started go out with a later write)" if run.unwritten else ""
+            log.warning(
+                "could not write %s of task %s: %s: %s%s",
+                ", ".join(e.type_name() for e in events),
+                run.entry.task_id,
+                type(exc).__name__,
+                exc,
+                later,
+            )
+            return
+        run.unwritten = []
+        if not res.written:
+            run.lease_lost = True
+            log.warning(
+                "task %s: %s not written: %s (this delivery no longer holds it)",
+                run.entry.task_id,
+                ", ".join(e.type_name() for e in events),
+                res.not_held,
+            )
 
     def _soft_timeout(self, run: Running, soft: float) -> None:
         run.slot.soft.set()
@@ -504,6 +588,8 @@ class Worker:
             progress=run.fraction,
             message="",
             warning=f"soft timeout of {soft}s passed",
+            node=self.node,
+            delivery=run.entry.deliveries,
         )
         self._write(run, event)
 
@@ -529,18 +615,79 @@ class Worker:
     def _settle(self, entry: WorkEntry, *events: Event) -> None:
         self._settle_q.put_nowait(Settlement(entry, events))
 
-    def _abandon(self) -> None:
-        self.inflight -= 1
+    def _abandon(self, entry: WorkEntry) -> None:
+        """Give the slot back without settling: the entry stays pending and is
+        reclaimed after its lease."""
+        self._release([entry])
+
+    def _release(self, entries: list[WorkEntry]) -> None:
+        for entry in entries:
+            self.held.pop(entry.id, None)
         self._room.set()
 
     async def _settle_loop(self) -> None:
         while not self.closing:
-            batch = [await self._settle_q.get()]
-            while not self._settle_q.empty() and len(batch) < self.options.settle_batch:
-                batch.append(self._settle_q.get_nowait())
-            crash_point("after_result_before_ack")
-            results = await self.log.settle(self.node, batch)
-            stale = [
+            if not self._settling:
+                batch = [await self._settle_q.get()]
+                while not self._settle_q.empty() and len(batch) < self.options.settle_batch:
+                    batch.append(self._settle_q.get_nowait())
+                self._settling = batch
+            await self._write_settlements(self._settling)
+            self._settling = []
+
+    async def _write_settlements(self, batch: list[Settlement]) -> None:
+        """Write one batch, retrying through a Redis outage; then give its slots back.
+
+        A try whose reply was lost may have been written: the retry then finds
+        the entries gone and answers stale, writing nothing (see settle), so a
+        batch is never written twice."""
+        crash_point("after_result_before_ack")
+        tries = 0
+
+        async def write() -> list[SettleResult]:
+            nonlocal tries
+            tries += 1
+            try:
+                results = await self.log.settle(self.node, batch)
+            except BaseException:
+                self._settle_failing = True
+                raise
+            self._settle_failing = False
+            return results
+
+        try:
+            written, results = await persist(
+                f"the outcomes of {len(batch)} tasks ({_describe(batch)})",
+                write,
+                stop=lambda: self.closing,
+            )
+        except Exception:  # not Redis being away: a bad item; settle them one by one
+            if len(batch) == 1:
+                log.exception(
+                    "could not settle task %s (%s); its entry stays pending and runs again "
+                    "after its lease",
+                    batch[0].entry.task_id,
+                    _describe(batch),
+                )
+                self._release([batch[0].entry])
+                return
+            log.exception("settling %d outcomes failed; settling them one by one", len(batch))
+            for item in batch:
+                await self._write_settlements([item])
+            return
+        if not written or results is None:
+            return  # stopping: the entries stay pending for reclaim (persist logged it)
+        self.processed += len(batch)
+        self._release([s.entry for s in batch])
+        stale = []
+        for s, r in zip(batch, results):
+            if r.ok:
+                continue
+            if tries > 1 and "no longer pending" in r.stale_reason:
+                # Most likely written by a try whose reply was lost.
+                log.info("task %s: settled by an earlier try", s.entry.task_id)
+                continue
+            stale.append(
                 TaskResultStale(
                     task_id=s.entry.task_id,
                     node=self.node,
@@ -548,12 +695,19 @@ class Worker:
                     outcome=s.events[-1].type_name(),
                     reason=r.stale_reason,
                 )
-                for s, r in zip(batch, results)
-                if not r.ok
-            ]
-            if stale:
-                log.warning("%d stale results (lease lost or already ended)", len(stale))
-                await self.log.append_many(stale)
-            self.processed += len(batch)
-            self.inflight -= len(batch)
-            self._room.set()
+            )
+        if stale:
+            log.warning("%d stale results (lease lost or already ended)", len(stale))
+            # An annotation: one try, and a log line if it is lost.
+            await persist(
+                f"task.result_stale of {len(stale)} tasks "
+                f"({', '.join(e.task_id for e in stale[:5])})",
+                lambda: self.log.append_many(stale),
+                deadline=time.monotonic(),
+            )
+
+
+def _describe(batch: list[Settlement], most: int = 5) -> str:
+    """A few items of a batch, for a log line: ``task id: outcome``."""
+    shown = ", ".join(f"{s.entry.task_id}: {s.events[-1].type_name()}" for s in batch[:most])
+    return shown + (f" and {len(batch) - most} more" if len(batch) > most else "")

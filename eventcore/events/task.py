@@ -114,13 +114,20 @@ class TaskStarted(Event, frozen=True, tag="task.started"):
 
 
 class TaskProgress(Event, frozen=True, tag="task.progress"):
-    """Progress reported by the handler (0..1), or a warning such as a soft timeout."""
+    """Progress reported by the handler (0..1), or a warning such as a soft timeout.
+
+    ``node`` and ``delivery`` name the delivery that wrote it (the node and the
+    ``deliveries`` of its ``TaskClaimed``); events written before they existed
+    decode with ``""`` and ``0``.
+    """
 
     task_id: str
     attempt: int
     progress: float
     message: str = ""
     warning: str | None = None
+    node: str = ""
+    delivery: int = 0
 
 
 class TaskCancelRequested(Event, frozen=True, tag="task.cancel_requested"):

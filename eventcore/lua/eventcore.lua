@@ -34,6 +34,14 @@ local function id_lt(a, b)
   if c ~= 0 then return c < 0 end
   return cmp_num(as, bs) < 0
 end
+-- Why `consumer` does not hold work entry `entry` (false when it does): the
+-- lease check of settle and append_held. XPENDING names the entry's owner.
+local function not_held(work, group, consumer, entry)
+  local pend = redis.call('XPENDING', work, group, entry, entry, 1)
+  if #pend == 0 then return 'entry ' .. entry .. ' is no longer pending' end
+  if pend[1][2] ~= consumer then return 'lease lost to ' .. pend[1][2] end
+  return false
+end
 
 --- script: submit
 -- KEYS: events, delayed, delayed_items, then per task: work stream, idempotency key
@@ -154,13 +162,8 @@ for i = 1, n do
   local s = starts[i]
   local tid, entry, action = ARGV[s], ARGV[s + 1], ARGV[s + 2]
   local work = KEYS[6 + i]
-  local pend = redis.call('XPENDING', work, group, entry, entry, 1)
-  local why = false
-  if #pend == 0 then
-    why = 'entry ' .. entry .. ' is no longer pending'
-  elseif pend[1][2] ~= consumer then
-    why = 'lease lost to ' .. pend[1][2]
-  else
+  local why = not_held(work, group, consumer, entry)
+  if not why then
     local done = redis.call('HGET', KEYS[2], tid)
     if done then
       why = 'task already ended: ' .. done
@@ -198,6 +201,30 @@ for i = 1, n do
     redis.call('XDEL', work, entry)
     out[#out + 1] = {1, eid}
   end
+end
+return out
+
+--- script: append_held
+-- Appends events of a running task (claimed, started, progress) only while
+-- `consumer` still holds its work entry, by the same check as settle: a worker
+-- that lost its lease (frozen past it, then woken) writes nothing beside the
+-- new owner's events or after the task ended.
+-- KEYS: events, work stream
+-- ARGV: group, consumer, entry_id, task_id, events...
+-- Returns {1, event ids...} when written, {0, why} when not held.
+local group, consumer, entry, tid = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if group == nil or group == '' or consumer == nil or consumer == '' or entry == nil or entry == '' or tid == nil or tid == '' then
+  return redis.error_reply('ERR eventcore append_held: group, consumer, entry id and task id are needed')
+end
+if #ARGV < 5 then return redis.error_reply('ERR eventcore append_held: no events') end
+for i = 5, #ARGV do
+  if ARGV[i] == '' then return redis.error_reply('ERR eventcore append_held: empty event') end
+end
+local why = not_held(KEYS[2], group, consumer, entry)
+if why then return {0, why} end
+local out = {1}
+for i = 5, #ARGV do
+  out[#out + 1] = redis.call('XADD', KEYS[1], '*', 'task', tid, 'e', ARGV[i])
 end
 return out
 

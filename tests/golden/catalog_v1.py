@@ -157,6 +157,18 @@ CATALOG = [
 ]
 
 
+# Events of v1 types carrying fields added since v1 (with defaults, so old
+# events still decode and the schema version stays 1), one line each in
+# ``events_v1_fields.jsonl``: proof that the new fields round-trip too. Append
+# with ``--append-fields``; never rewrite old lines.
+FIELDS_PATH = Path(__file__).with_name("events_v1_fields.jsonl")
+ADDED_FIELDS = [
+    TaskProgress(
+        at=AT, task_id=T, attempt=1, progress=0.25, message="tile 1/4", node="gpu-1", delivery=2
+    ),
+]
+
+
 def line_for(event: msgspec.Struct) -> str:
     return json.dumps(
         {
@@ -168,7 +180,20 @@ def line_for(event: msgspec.Struct) -> str:
     )
 
 
-if __name__ == "__main__":
+def _append_fields() -> None:
+    have = set()
+    if FIELDS_PATH.exists():
+        have = {x for x in FIELDS_PATH.read_text().splitlines() if x}
+    with FIELDS_PATH.open("a") as f:
+        for event in ADDED_FIELDS:
+            line = line_for(event)
+            if line not in have:
+                f.write(line + "\n")
+
+
+if __name__ == "__main__" and "--append-fields" in sys.argv:
+    _append_fields()
+elif __name__ == "__main__":
     have = set()
     if PATH.exists():
         have = {json.loads(x)["type"] for x in PATH.read_text().splitlines() if x}
