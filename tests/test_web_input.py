@@ -409,6 +409,30 @@ async def test_a_result_asked_for_before_the_task_ends_is_409_with_retry_after(
     assert r.headers["content-type"] == "application/json"
 
 
+# -- 13. the API description -----------------------------------------------------
+
+
+async def test_openapi_says_a_503_on_submit_is_outcome_unknown_and_shows_the_limits(
+    redis_url: str, namespace: str
+) -> None:
+    async with web_client(redis_url, settings_for(namespace)) as c:
+        doc = j(await c.get("/openapi.json"))
+    post = doc["paths"]["/v1/tasks"]["post"]
+    assert "Idempotency-Key" in post["responses"]["503"]["description"]
+    assert "unknown" in post["description"] and "Idempotency-Key" in post["description"]
+    assert [p["name"] for p in post["parameters"]] == ["Idempotency-Key"]
+    retry = doc["components"]["schemas"]["RetryRequest"]["properties"]
+    assert retry["delay"]["maximum"] == 86400 and retry["jitter"]["maximum"] == 1
+    assert "Retry-After" in doc["paths"]["/v1/tasks/{task_id}/result"]["get"]["description"]
+
+
+def test_a_retry_request_defaults_to_the_retry_policy_defaults() -> None:
+    from eventcore.events import RetryPolicy
+    from web.submit import RetryRequest
+
+    assert RetryRequest().policy() == RetryPolicy()
+
+
 # -- property: nothing a client sends is a 5xx or a write --------------------------
 
 big_numbers = st.one_of(
