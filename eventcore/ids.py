@@ -20,6 +20,7 @@ import zlib
 __all__ = [
     "id_time_ms",
     "new_task_id",
+    "parse_stream_id",
     "partition_of",
     "stream_id_key",
     "task_id_in_partition",
@@ -87,8 +88,37 @@ def is_task_id(text: str) -> bool:
         return False
 
 
+_MAX_PART = 2**64 - 1
+
+
+def _digits(text: str) -> bool:
+    # ASCII digits only: Python's int() also takes "1_000", " 1" and other
+    # scripts' digits (Arabic-Indic ones, say), which Redis does not, so a
+    # lenient parse let a bad id through to Redis instead of refusing it.
+    # (No regex: this runs for every feed item.)
+    return 0 < len(text) <= 20 and text.isascii() and text.isdigit()
+
+
+def _parse(entry_id: str, *, seq_required: bool) -> tuple[int, int]:
+    ms, dash, seq = entry_id.partition("-") if isinstance(entry_id, str) else ("", "", "")
+    if not _digits(ms) or (dash and not _digits(seq)) or (seq_required and not dash):
+        raise ValueError(f"{entry_id!r} is not a stream entry id (<ms>-<seq>, ASCII digits)")
+    ms_n, seq_n = int(ms), int(seq or 0)
+    if ms_n > _MAX_PART or seq_n > _MAX_PART:
+        raise ValueError(f"{entry_id!r} is out of range: each part is below 2**64")
+    return ms_n, seq_n
+
+
+def parse_stream_id(entry_id: str) -> tuple[int, int]:
+    """A stream entry id given by a user (``Last-Event-ID``, ``after=``, ``--at``):
+    exactly ``<ms>-<seq>``, ASCII digits, each part below 2**64, as a pair of
+    numbers; ValueError naming the text otherwise. The one parser for ids that
+    come from outside."""
+    return _parse(entry_id, seq_required=True)
+
+
 def stream_id_key(entry_id: str) -> tuple[int, int]:
     """A stream entry id ``"ms-seq"`` as a pair of numbers, for comparing
-    (``"ms"`` alone means seq 0); ValueError when it is not one."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    (``"ms"`` alone means seq 0, as Redis reads it); ValueError when it is
+    not one. Ids from users go through :func:`parse_stream_id`."""
+    return _parse(entry_id, seq_required=False)

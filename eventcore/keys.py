@@ -6,7 +6,8 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:{p0}:q:<queue>:<prio>     work stream of one queue and priority level
     ec:{p0}:delayed              delayed / retry-scheduled task ids (zset, score = due ms)
     ec:{p0}:delayed:items        the work entry each delayed task will get (hash)
-    ec:{p0}:idem:<tenant>:<key>  idempotency key -> task id (string, TTL)
+    ec:{p0}:idem:<tenant>:<key>  idempotency key -> task id (string, TTL); the
+                                 tenant escaped (no ':'), the key as given
     ec:{p0}:done                 task id -> terminal event type (hash)
     ec:{p0}:cancel               task ids with a pending cancel request (set)
     ec:{p0}:dlq                  dead-lettered work entries (stream)
@@ -39,7 +40,7 @@ import re
 from eventcore.events import Priority
 from eventcore.ids import partition_of
 
-__all__ = ["NAME_RE", "Keys", "check_name"]
+__all__ = ["NAME_RE", "Keys", "check_name", "escape_part"]
 
 # Queue names, node ids and namespaces: safe inside a key and in Lua splitting.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -52,6 +53,16 @@ def check_name(what: str, name: str) -> str:
             f"{what} {name!r} is not a valid name: use 1-128 letters, digits, '_', '.' or '-'"
         )
     return name
+
+
+def escape_part(name: str) -> str:
+    """A user-given name made safe to join into a key with ``:``: ``%`` and
+    ``:`` are percent-encoded, so the result holds no ``:`` and two names
+    never give one text. A name without either is unchanged, so keys built
+    before escaping existed keep their names."""
+    if "%" not in name and ":" not in name:
+        return name
+    return name.replace("%", "%25").replace(":", "%3A")
 
 
 class Keys:
@@ -103,7 +114,10 @@ class Keys:
         return f"{self._p(p)}:delayed:items"
 
     def idempotency(self, p: int, tenant: str, key: str) -> str:
-        return f"{self._p(p)}:idem:{tenant}:{key}"
+        """The tenant's name is escaped (:func:`escape_part`) so that it holds
+        no ``:`` and the first ``:`` after it ends it: ``acme`` + ``x:k2`` and
+        ``acme:x`` + ``k2`` are two keys. The key comes last, as given."""
+        return f"{self._p(p)}:idem:{escape_part(tenant)}:{key}"
 
     def done(self, p: int) -> str:
         return f"{self._p(p)}:done"

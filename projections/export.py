@@ -28,7 +28,6 @@ cancel of an imported finished task answers that it ended.
 from __future__ import annotations
 
 import heapq
-import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import IO, Any
 
@@ -44,7 +43,7 @@ from eventcore.events import (
     NodeEvent,
     TaskEvent,
 )
-from eventcore.ids import stream_id_key
+from eventcore.ids import parse_stream_id, stream_id_key
 from eventcore.keys import Keys, check_name
 from eventcore.log import EventLog
 from projections.points import Point, log_streams
@@ -59,7 +58,6 @@ __all__ = [
 ]
 
 AnyEvent = TaskEvent | NodeEvent | ControlEvent
-_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 
 
 class ExportLine(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -242,7 +240,11 @@ def _item(streams: _Streams, n: int, line: bytes) -> _Item:
             f"line {n}: stream {entry.stream!r} is not a log stream of namespace "
             f"{streams.keys.namespace!r} ({streams.keys.partitions} partition(s))"
         )
-    if not _ID.match(entry.id) or stream_id_key(entry.id) == (0, 0):
+    try:
+        bad = parse_stream_id(entry.id) == (0, 0)
+    except ValueError:
+        bad = True
+    if bad:
         raise EventcoreError(f"line {n}: {entry.id!r} is not a stream entry id")
     codec = streams.codec_of(stream)
     event = entry.event

@@ -16,7 +16,7 @@ import re
 import msgspec
 
 from eventcore.errors import EventcoreError
-from eventcore.ids import stream_id_key
+from eventcore.ids import parse_stream_id, stream_id_key
 from eventcore.keys import Keys
 
 __all__ = [
@@ -28,7 +28,9 @@ __all__ = [
 ]
 
 MAX_SEQ = 2**64 - 1
-_ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+# What reads as an entry id (then parsed strictly by eventcore.ids): "1_000-0"
+# and other scripts' digits are refused there, not taken as a time.
+_ID_LIKE = re.compile(r"^\w+-\w+$")
 # Seconds since the epoch above this (the year 5138) are almost surely
 # milliseconds typed by mistake.
 _MAX_SECONDS = 1e11
@@ -77,11 +79,11 @@ def parse_point(text: str, option: str = "--at") -> Point:
     (``2024-05-01T12:00:00Z``; a time without an offset is UTC, like every
     time in the log). Anything else raises an error naming ``option`` and the value."""
     value = text.strip()
-    m = _ID.match(value)
-    if m:
-        ms, seq = int(m[1]), int(m[2])
-        if seq > MAX_SEQ or ms > MAX_SEQ:
-            raise _bad(text, option, "the id is out of range")
+    if _ID_LIKE.match(value):
+        try:
+            ms, seq = parse_stream_id(value)
+        except ValueError as exc:
+            raise _bad(text, option, str(exc)) from None
         return Point(text, entry_id=f"{ms}-{seq}")
     try:
         seconds = float(value)

@@ -9,7 +9,9 @@ always comes from the token, never from the body.
 
 Browsers cannot set headers on an ``EventSource``: they trade their token for
 a *ticket* (``POST /v1/stream/ticket``), an HMAC-signed, short-lived string
-carrying the tenant and expiry, passed as ``?ticket=``. A ticket only streams.
+carrying the tenant, the expiry and the digest of the token it was traded
+for, passed as ``?ticket=``. A ticket only streams, and only while that
+token exists: revoking the token ends its tickets at once.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Principal(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     tenant: str
     scopes: frozenset[str]
+    token: str = ""  # the SHA-256 of the token that proved it ("" when auth is off)
 
     def has(self, scope: str) -> bool:
         return scope in self.scopes or "admin" in self.scopes
@@ -98,19 +101,25 @@ class Auth:
                 "send Authorization: Bearer <token>",
                 {"WWW-Authenticate": "Bearer"},
             )
-        raw = await self.log.redis.hget(self.log.keys.api_tokens(), digest(token.strip()))
-        if raw is None:
+        key = digest(token.strip())
+        info = await self._token(key)
+        if info is None:
             raise ApiError(
                 401,
                 "unauthorized",
                 "unknown or revoked token",
                 {"WWW-Authenticate": 'Bearer error="invalid_token"'},
             )
-        info = msgspec.json.decode(raw, type=TokenInfo)
-        who = Principal(name=info.name, tenant=info.tenant, scopes=frozenset(info.scopes))
+        who = Principal(
+            name=info.name, tenant=info.tenant, scopes=frozenset(info.scopes), token=key
+        )
         if not who.has(scope):
             raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
         return who
+
+    async def _token(self, key: str) -> TokenInfo | None:
+        raw = await self.log.redis.hget(self.log.keys.api_tokens(), key)
+        return None if raw is None else msgspec.json.decode(raw, type=TokenInfo)
 
     async def secret(self) -> bytes:
         """The signing key: from config, else one random key shared through Redis."""
@@ -125,7 +134,9 @@ class Auth:
         """A signed ticket that lets a browser stream as ``who`` until it expires."""
         expires = time.time() + self.ticket_ttl
         body = base64.urlsafe_b64encode(
-            json.dumps({"n": who.name, "t": who.tenant, "e": round(expires, 3)}).encode()
+            json.dumps(
+                {"n": who.name, "t": who.tenant, "e": round(expires, 3), "d": who.token}
+            ).encode()
         ).rstrip(b"=")
         sig = hmac.new(await self.secret(), body, hashlib.sha256).digest()
         return f"{body.decode()}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}", expires
@@ -142,6 +153,15 @@ class Auth:
             raise ApiError(401, "unauthorized", "ticket signature does not match")
         if float(claims.get("e", 0)) < time.time():
             raise ApiError(401, "unauthorized", "ticket expired; ask for a new one")
+        # The token it was traded for must still be there and still stream:
+        # revoking a token ends its tickets too. (A ticket from before tickets
+        # named their token cannot be checked, so it is refused.)
+        token = claims.get("d")
+        info = await self._token(token) if isinstance(token, str) and token else None
+        if info is None or not ({"stream", "admin"} & set(info.scopes)):
+            raise ApiError(
+                401, "unauthorized", "the token this ticket came from was revoked; sign in again"
+            )
         return Principal(
-            name=str(claims["n"]), tenant=str(claims["t"]), scopes=frozenset({"stream"})
+            name=info.name, tenant=info.tenant, scopes=frozenset({"stream"}), token=token
         )

@@ -43,7 +43,6 @@ from web.submit import (
     Finished,
     SubmitRequest,
     known_nodes,
-    put_blob,
     submit,
     wait_until_done,
 )
@@ -300,10 +299,17 @@ def _adjust_mask(body: AdjustMaskBody) -> bytes:
 # -- tasks -------------------------------------------------------------------------
 
 
-async def _run(web: WebState, req: SubmitRequest, tenant: str, headers: dict[str, str]) -> Response:
-    """Submit ``req``, wait for the task and answer with its PNG; 504 with the
-    task id when it takes longer than ``web.result_timeout``."""
-    result, _ = await submit(web, req, tenant=tenant)
+async def _run(
+    web: WebState,
+    req: SubmitRequest,
+    tenant: str,
+    headers: dict[str, str],
+    uploads: dict[str, bytes],
+) -> Response:
+    """Submit ``req`` with its images (stored once it is routed), wait for the
+    task and answer with its PNG; 504 with the task id when it takes longer
+    than ``web.result_timeout``."""
+    result, _ = await submit(web, req, tenant=tenant, uploads=uploads)
     task_id = result.task_id
     headers = {**headers, "X-Task-Id": task_id}
     done = await wait_until_done(web, task_id, timeout=web.settings.web.result_timeout)
@@ -362,13 +368,9 @@ async def inpaint(request: Request) -> Response:
     image, mask, settings = await asyncio.to_thread(_inpaint_inputs, data, body)
     # As IOPaint: -1 asks for a random seed, which is reported back.
     seed = random.randint(1, 99_999_999) if body.sd_seed == -1 else body.sd_seed
-    params = {
-        "image": await put_blob(web, image, "image"),
-        "mask": await put_blob(web, mask, "mask"),
-        **settings,
-    }
-    req = SubmitRequest(kind="inpaint", params=params, model=await current_model(web))
-    return await _run(web, req, who.tenant, {"X-Seed": str(seed)})
+    req = SubmitRequest(kind="inpaint", params=settings, model=await current_model(web))
+    uploads = {"image": image, "mask": mask}
+    return await _run(web, req, who.tenant, {"X-Seed": str(seed)}, uploads)
 
 
 async def adjust_mask(request: Request) -> Response:
@@ -393,9 +395,8 @@ async def run_plugin_gen_image(request: Request) -> Response:
     image = await asyncio.to_thread(_image_bytes, body.image, "image")
     scale = next((s for s in (body.scale, body.upscale) if s is not None), 2.0)
     model = REALESRGAN_MODEL if REALESRGAN_MODEL in await offered_models(web) else None
-    params = {"image": await put_blob(web, image, "image"), "scale": scale}
-    req = SubmitRequest(kind="upscale", params=params, model=model)
-    return await _run(web, req, who.tenant, {})
+    req = SubmitRequest(kind="upscale", params={"scale": scale}, model=model)
+    return await _run(web, req, who.tenant, {}, {"image": image})
 
 
 routes: list[BaseRoute] = [

@@ -15,7 +15,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from web.errors import ApiError
 
-__all__ = ["BodyLimit", "content_type", "read_form", "read_json", "validation_error"]
+__all__ = [
+    "MAX_DEPTH",
+    "BodyLimit",
+    "check_value",
+    "content_type",
+    "decode_any",
+    "decode_json",
+    "form_values",
+    "read_form",
+    "read_json",
+    "validation_error",
+]
 
 T = TypeVar("T")
 
@@ -63,16 +74,81 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").partition(";")[0].strip().lower()
 
 
-def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> ApiError:
-    """A 422 whose detail names the field, as msgspec reports it (``at `$.priority```)."""
+def validation_error(
+    exc: msgspec.ValidationError | msgspec.DecodeError, field: str = ""
+) -> ApiError:
+    """A 422 whose detail names the field, as msgspec reports it
+    (``at `$.priority```); ``field`` is put before a path inside it."""
     text = str(exc)
-    field = ""
+    if field:
+        text = text.replace("`$", f"`{field}") if "`$" in text else f"{field}: {text}"
+    found = ""
     if "at `$." in text:
-        field = text.rsplit("at `$.", 1)[1].rstrip("`")
+        found = text.rsplit("at `$.", 1)[1].rstrip("`")
     elif "field `" in text:
-        field = text.split("field `", 1)[1].split("`", 1)[0]
+        found = text.split("field `", 1)[1].split("`", 1)[0]
     err = ApiError(422, "invalid", text)
-    err.field = field  # type: ignore[attr-defined]
+    err.field = found or field  # type: ignore[attr-defined]
+    return err
+
+
+# How deep a JSON body may nest, counting the body itself: enough for any
+# request struct and free-form ``params``; far below where decoding, folding
+# or encoding it again would exhaust Python's recursion limit.
+MAX_DEPTH = 32
+# Integers must fit MessagePack, the log's encoding: int64 or uint64.
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1
+
+_any = msgspec.json.Decoder()
+
+
+def decode_json(data: bytes | str, *, field: str = "") -> Any:
+    """JSON text as Python values: the one place request JSON is decoded.
+    400 for broken JSON or JSON nested too deeply for the decoder (msgspec
+    raises ``RecursionError`` there, not a ``DecodeError``); 422 naming the
+    field for nesting deeper than :data:`MAX_DEPTH` or an integer beyond 64
+    bits. ``field`` names what the text is (a form field), if not the body."""
+    what = f"form field {field!r}" if field else "body"
+    try:
+        value = _any.decode(data)
+    except RecursionError:
+        raise ApiError(
+            400, "bad_json", f"{what} is nested too deeply (at most {MAX_DEPTH} levels)"
+        ) from None
+    except msgspec.ValidationError as exc:  # a number out of range, before DecodeError
+        raise validation_error(exc, field) from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "bad_json", f"{what} is not valid JSON: {exc}") from None
+    check_value(value, field)
+    return value
+
+
+def check_value(value: Any, field: str = "") -> None:
+    """422 naming the place of the first container nested deeper than
+    :data:`MAX_DEPTH` or integer beyond 64 bits in decoded JSON. Iterative,
+    so no depth can make it recurse."""
+    stack: list[tuple[Any, int, tuple[str, ...]]] = [(value, 1, (field,) if field else ())]
+    while stack:
+        item, depth, path = stack.pop()
+        if isinstance(item, dict):
+            children: Any = ((f".{k}" if path else str(k), v) for k, v in item.items())
+        elif isinstance(item, list):
+            children = ((f"[{i}]", v) for i, v in enumerate(item))
+        else:
+            if type(item) is int and not INT_MIN <= item <= INT_MAX:
+                raise _invalid(path, "integer out of range (64 bits: -2**63 to 2**64 - 1)")
+            continue
+        if depth > MAX_DEPTH:
+            raise _invalid(path, f"nested deeper than {MAX_DEPTH} levels")
+        for step, child in children:
+            if isinstance(child, (dict, list)) or type(child) is int:
+                stack.append((child, depth + 1, (*path, step)))
+
+
+def _invalid(path: tuple[str, ...], why: str) -> ApiError:
+    where = "".join(path[:6]) + ("..." if len(path) > 6 else "")
+    err = ApiError(422, "invalid", f"{where or 'body'}: {why}")
+    err.field = where  # type: ignore[attr-defined]
     return err
 
 
@@ -81,13 +157,11 @@ async def read_json(request: Request, into: type[T]) -> T:
     JSON, 422 naming the field for a wrong value."""
     if content_type(request) != "application/json":
         raise ApiError(415, "unsupported_media_type", "send application/json")
-    body = await request.body()
+    value = decode_json(await request.body())
     try:
-        return msgspec.json.decode(body, type=into)
+        return msgspec.convert(value, into)
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, "bad_json", f"body is not valid JSON: {exc}") from None
 
 
 async def read_form(request: Request, *, max_files: int, max_fields: int) -> FormData:

@@ -46,6 +46,21 @@ ERROR = {
 }
 
 
+SUBMIT_DESCRIPTION = (
+    "A 503 means the outcome is unknown: the command may have reached the event "
+    "store before the connection failed, and the task may still run when Redis "
+    "is back. Send an `Idempotency-Key` header (1 to 200 characters) to retry "
+    "safely: a repeat with the same key answers 200 with the first task's id. "
+    "Limits (422 naming the field): run_at/delay at most 366 days ahead, "
+    "timeouts at most 7 days, max_deliveries at most 1000, retry delays 0 to "
+    "86400 s, JSON nested at most 32 levels, integers within 64 bits."
+)
+RESULT_DESCRIPTION = (
+    "409 (JSON, with Retry-After) while the task has not succeeded: with curl "
+    "use -f, or wait with ?after=<event_id> or the stream first."
+)
+
+
 def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -109,7 +124,14 @@ def _parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
         ],
         ("GET", "/v1/tasks/{task_id}"): [_query("after", STRING, EVENT_ID)],
         ("POST", "/v1/tasks"): [
-            _header("Idempotency-Key", "the same key twice submits one task (safe retries)")
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                "description": "the same key twice submits one task: a retried submit "
+                "is safe (see 503)",
+            }
         ],
         ("GET", "/v1/stream"): [
             *(_query(f, STRING, f"only changes with this {f}") for f in FILTERS),
@@ -162,6 +184,16 @@ def document(app: Starlette) -> dict[str, Any]:
                 op["requestBody"] = {"content": {"application/json": {"schema": body}}}
             if (method, route.path) == ("POST", "/v1/tasks"):
                 op["requestBody"]["content"]["multipart/form-data"] = {"schema": MULTIPART_SUBMIT}
+                op["description"] = SUBMIT_DESCRIPTION
+                op["responses"]["503"] = {
+                    "description": "outcome unknown: the task may still run; retry "
+                    "with the same Idempotency-Key",
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}
+                    },
+                }
+            if (method, route.path) == ("GET", "/v1/tasks/{task_id}/result"):
+                op["description"] = RESULT_DESCRIPTION
             path_params = [
                 {"name": name, "in": "path", "required": True, "schema": STRING}
                 for name in route.param_convertors

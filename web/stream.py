@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from eventcore.ids import stream_id_key
+from eventcore.ids import parse_stream_id
 from web.app import state_of
 from web.errors import ApiError
 from web.feed import FeedFilter, Resync
@@ -42,7 +42,7 @@ async def stream(request: Request) -> Response:
     last_id = request.headers.get("last-event-id") or params.get("last_event_id") or None
     if last_id is not None:
         try:
-            stream_id_key(last_id)
+            parse_stream_id(last_id)
         except ValueError:
             raise ApiError(
                 422, "invalid", f"Last-Event-ID {last_id!r} is not a stream id"

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
 
 from eventcore.blobs import BlobTooLarge
-from eventcore.events import TERMINAL_EVENT_TYPES, Priority, RetryPolicy, TaskSpec
+from eventcore.events import TERMINAL_EVENT_TYPES, Backoff, Priority, RetryPolicy, TaskSpec
 from eventcore.log import SubmitResult
 from eventcore.nodes import announced_nodes
 from eventcore.routing import RoutingError, accepts, backlog, route
@@ -21,8 +22,10 @@ from web.app import WebState
 from web.errors import ApiError
 
 __all__ = [
+    "LATEST_EPOCH",
     "Finished",
     "NodeFacts",
+    "RetryRequest",
     "SubmitRequest",
     "known_nodes",
     "put_blob",
@@ -32,23 +35,64 @@ __all__ = [
 
 Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
+# Limits of a submit request (README, "Limits"). They bound what a client
+# can ask for, not what a worker can run: a queue's own defaults in config
+# are not held to them.
+DAY = 86_400
+MAX_AHEAD = 366 * DAY  # run_at / delay: at most this far ahead
+LATEST_EPOCH = 4_102_444_800.0  # 2100-01-01: a larger "seconds since the epoch" is a mistake
+MAX_TIMEOUT = 7 * DAY  # soft_timeout, hard_timeout
+MAX_DELIVERIES = 1000
+MAX_RETRIES = 100
+MAX_RETRY_DELAY = DAY  # retry.delay, retry.cap
+
+Seconds = Annotated[float, Meta(gt=0, le=MAX_TIMEOUT)]
+RetryDelay = Annotated[float, Meta(ge=0, le=MAX_RETRY_DELAY)]
+
+
+class RetryRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A request's ``retry``: :class:`RetryPolicy`'s fields and defaults,
+    within limits. The bounds live here, not on the event, so entries
+    already in a log always decode."""
+
+    max_retries: Annotated[int, Meta(ge=0, le=MAX_RETRIES)] = 3
+    backoff: Backoff = Backoff.EXPONENTIAL
+    delay: RetryDelay = 1.0
+    cap: RetryDelay = 300.0
+    jitter: Annotated[float, Meta(ge=0, le=1)] = 0.2
+    retry_on: Annotated[
+        tuple[Annotated[str, Meta(min_length=1, max_length=200)], ...], Meta(max_length=64)
+    ] = ()
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(**msgspec.structs.asdict(self))
+
 
 class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """``POST /v1/tasks``. ``queue`` unset: routed by kind, model and backlog.
-    ``run_at`` (epoch seconds) or ``delay`` (seconds) defers the task."""
+    ``run_at`` (epoch seconds) or ``delay`` (seconds) defers the task, by a
+    year at most."""
 
     kind: Name
     params: dict[str, Any] = {}
     queue: Name | None = None
     priority: Priority = Priority.NORMAL
     model: Name | None = None
-    retry: RetryPolicy | None = None
-    soft_timeout: Annotated[float, Meta(gt=0)] | None = None
-    hard_timeout: Annotated[float, Meta(gt=0)] | None = None
-    max_deliveries: Annotated[int, Meta(ge=1)] | None = None
-    run_at: float | None = None
-    delay: Annotated[float, Meta(ge=0)] | None = None
+    retry: RetryRequest | None = None
+    soft_timeout: Seconds | None = None
+    hard_timeout: Seconds | None = None
+    max_deliveries: Annotated[int, Meta(ge=1, le=MAX_DELIVERIES)] | None = None
+    run_at: Annotated[float, Meta(ge=0, le=LATEST_EPOCH)] | None = None
+    delay: Annotated[float, Meta(ge=0, le=MAX_AHEAD)] | None = None
     idempotency_key: Annotated[str, Meta(min_length=1, max_length=200)] | None = None
+
+    def __post_init__(self) -> None:
+        # Raised here, msgspec reports these as a ValidationError (a 422).
+        soft, hard = self.soft_timeout, self.hard_timeout
+        if soft is not None and hard is not None and soft > hard:
+            raise ValueError(f"soft_timeout ({soft:g}) must not exceed hard_timeout ({hard:g})")
+        if self.run_at is not None and self.run_at > time.time() + MAX_AHEAD:
+            raise ValueError(f"run_at is more than {MAX_AHEAD // DAY} days ahead")
 
 
 class NodeFacts(msgspec.Struct, frozen=True):
@@ -90,10 +134,25 @@ async def put_blob(web: WebState, data: bytes, field: str) -> str:
 
 
 async def submit(
-    web: WebState, req: SubmitRequest, *, tenant: str, idempotency_key: str | None = None
+    web: WebState,
+    req: SubmitRequest,
+    *,
+    tenant: str,
+    idempotency_key: str | None = None,
+    uploads: Mapping[str, bytes] | None = None,
 ) -> tuple[SubmitResult, str]:
     """Check, route and submit; returns the result and the queue chosen.
-    Raises 400 for an unknown kind or a task no queue takes."""
+    Raises 400 for an unknown kind or a task no queue takes, 413 for an
+    upload over the blob cap. ``uploads`` (field name -> bytes) are stored
+    as blobs only once the task is checked and routed, so a refused request
+    leaves none; their references go in ``params`` under their names."""
+    uploads = uploads or {}
+    cap = web.settings.blobs.max_bytes
+    for name, data in uploads.items():
+        if len(data) > cap:
+            raise ApiError(
+                413, "too_large", f"{name}: blob of {len(data)} bytes is over the cap of {cap}"
+            )
     nodes = await known_nodes(web)
     kinds = nodes.kinds
     if kinds and req.kind not in kinds:
@@ -123,14 +182,17 @@ async def submit(
         )
     except RoutingError as exc:
         raise ApiError(400, "unroutable", str(exc)) from None
+    params = dict(req.params)
+    for name, data in uploads.items():
+        params[name] = await put_blob(web, data, name)
     spec = TaskSpec(
         kind=req.kind,
         queue=queue,
         priority=req.priority,
-        params=req.params,
+        params=params,
         tenant=tenant,
         model=req.model,
-        retry=req.retry,
+        retry=req.retry.policy() if req.retry is not None else None,
         soft_timeout=req.soft_timeout,
         hard_timeout=req.hard_timeout,
         max_deliveries=req.max_deliveries,

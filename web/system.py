@@ -34,7 +34,8 @@ async def get_nodes(request: Request) -> Response:
 
 async def get_queues(request: Request) -> Response:
     web = state_of(request)
-    await web.auth.principal(request, "read")
+    # Counts over every tenant: with auth on, only an admin token sees them.
+    await web.auth.principal(request, "admin")
     queues = await (await web.store()).queues()
     declared = [q.name for q in web.settings.queues]
     names = [*declared, *sorted(set(queues) - set(declared))]
@@ -47,7 +48,8 @@ async def get_queues(request: Request) -> Response:
 
 async def get_stats(request: Request) -> Response:
     web = state_of(request)
-    await web.auth.principal(request, "read")
+    # Counts over every tenant: with auth on, only an admin token sees them.
+    await web.auth.principal(request, "admin")
     overall, by_scope = await (await web.store()).stats()
     return json_response(
         {
@@ -124,6 +126,8 @@ async def healthz(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     web = state_of(request)
+    # Counts over every tenant: with auth on, only an admin token sees them.
+    await web.auth.principal(request, "admin")
     store = await web.store()
     queues = await store.queues()
     nodes = await store.nodes()

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from eventcore.blobs import BlobMissing
 from eventcore.events import TERMINAL_EVENT_TYPES, TaskSubmitted
-from eventcore.ids import is_task_id, stream_id_key
+from eventcore.ids import is_task_id, parse_stream_id, stream_id_key
 from eventcore.log import CancelOutcome
 from eventcore.transitions import TERMINAL, TaskStatus
 from projections.read import TaskFilter, caught_up, list_tasks, wait_for
 from projections.views import TaskView
 from web.app import WebState, state_of
 from web.errors import ApiError
-from web.limits import content_type, decode_any, form_values, read_form, read_json
-from web.submit import SubmitRequest, put_blob, submit
+from web.limits import (
+    content_type,
+    decode_any,
+    decode_json,
+    form_values,
+    read_form,
+    read_json,
+)
+from web.submit import LATEST_EPOCH, SubmitRequest, submit
 
 __all__ = ["routes"]
 
@@ -39,10 +46,11 @@ async def create_task(request: Request) -> Response:
     web = state_of(request)
     who = await web.auth.principal(request, "submit")
     ctype = content_type(request)
+    uploads: dict[str, bytes] = {}
     if ctype == "application/json":
         req = await read_json(request, SubmitRequest)
     elif ctype == "multipart/form-data":
-        req = await _from_form(web, request)
+        req, uploads = await _from_form(web, request)
     else:
         raise ApiError(
             415,
@@ -52,7 +60,7 @@ async def create_task(request: Request) -> Response:
     key = request.headers.get("idempotency-key")
     if key is not None and not 0 < len(key) <= 200:
         raise ApiError(422, "invalid", "Idempotency-Key must be 1 to 200 characters")
-    result, queue = await submit(web, req, tenant=who.tenant, idempotency_key=key)
+    result, queue = await submit(web, req, tenant=who.tenant, idempotency_key=key, uploads=uploads)
     body = {
         "task_id": result.task_id,
         "event_id": result.event_id,
@@ -67,10 +75,11 @@ async def create_task(request: Request) -> Response:
     )
 
 
-async def _from_form(web: WebState, request: Request) -> SubmitRequest:
+async def _from_form(web: WebState, request: Request) -> tuple[SubmitRequest, dict[str, bytes]]:
     """A multipart submit: text fields are the request's fields (``params`` as
-    a JSON object, ``retry`` too), each file becomes a blob whose reference is
-    put in ``params`` under the file's field name (``image``, ``mask``)."""
+    a JSON object, ``retry`` too); each file is returned to become a blob
+    whose reference goes in ``params`` under the file's field name (``image``,
+    ``mask``) once the task is checked and routed."""
     w = web.settings.web
     form = await read_form(request, max_files=w.max_files, max_fields=w.max_fields)
     try:
@@ -78,17 +87,11 @@ async def _from_form(web: WebState, request: Request) -> SubmitRequest:
         data: dict[str, Any] = dict(fields)
         for name in ("params", "retry"):
             if name in data:
-                try:
-                    data[name] = json.loads(data[name])
-                except json.JSONDecodeError:
-                    raise ApiError(422, "invalid", f"form field {name!r} is not JSON") from None
-        params = dict(data.get("params") or {})
+                data[name] = decode_json(data[name], field=name)
         if not isinstance(data.get("params", {}), dict):
-            raise ApiError(422, "invalid", "form field 'params' must be a JSON object")
-        for name, upload in files.items():
-            params[name] = await put_blob(web, await upload.read(), name)
-        data["params"] = params
-        return decode_any(data, SubmitRequest)
+            raise ApiError(422, "invalid", "params: must be a JSON object")
+        req = decode_any(data, SubmitRequest)
+        return req, {name: await upload.read() for name, upload in files.items()}
     finally:
         await form.close()
 
@@ -110,7 +113,7 @@ async def _after(web: WebState, request: Request, stream: str | None) -> bool:
     if not after:
         return True
     try:
-        stream_id_key(after)
+        parse_stream_id(after)
     except ValueError:
         raise ApiError(422, "invalid", f"after={after!r} is not a stream entry id") from None
     store = await web.store()
@@ -161,6 +164,18 @@ async def get_task(request: Request) -> Response:
     return json_response(view, headers=_stale_header(request))
 
 
+Epoch = Annotated[float, Meta(ge=0, le=LATEST_EPOCH)]
+
+
+class ListNumbers(msgspec.Struct, frozen=True, kw_only=True):
+    """The numbers of a list query, read leniently from the query string (so
+    ``limit=1.5`` is an error naming ``limit``, not a 500)."""
+
+    limit: Annotated[int, Meta(ge=1, le=500)] = 50
+    since: Epoch | None = None  # submitted at or after (seconds since the epoch)
+    until: Epoch | None = None  # submitted before
+
+
 LIST_PARAMS = {"status", "queue", "kind", "node", "since", "until", "limit", "cursor", "after"}
 
 
@@ -179,15 +194,10 @@ async def get_tasks(request: Request) -> Response:
             "invalid",
             f"status {q['status']!r} is not one of " + ", ".join(s.value for s in TaskStatus),
         )
-    try:
-        limit = int(q.get("limit", "50"))
-        since = float(q["since"]) if "since" in q else None
-        until = float(q["until"]) if "until" in q else None
-    except ValueError:
-        bad = next(n for n in ("limit", "since", "until") if n in q and not _is_number(q[n]))
-        raise ApiError(422, "invalid", f"{bad}={q[bad]!r} is not a number") from None
-    if not 1 <= limit <= 500:
-        raise ApiError(422, "invalid", "limit must be between 1 and 500")
+    numbers = decode_any({n: q[n] for n in ("limit", "since", "until") if n in q}, ListNumbers)
+    cursor = q.get("cursor")
+    if cursor is not None and not _is_cursor(cursor):
+        raise ApiError(422, "invalid", f"cursor {cursor!r} is not one this API gave out")
     tenant = q.get("tenant")
     if web.auth.enabled and not who.has("admin"):
         tenant = who.tenant
@@ -197,12 +207,12 @@ async def get_tasks(request: Request) -> Response:
         kind=q.get("kind"),
         node=q.get("node"),
         tenant=tenant,
-        since=since,
-        until=until,
+        since=numbers.since,
+        until=numbers.until,
     )
     fresh = await _after(web, request, None)
     try:
-        page = await list_tasks(await web.store(), flt, limit=limit, cursor=q.get("cursor"))
+        page = await list_tasks(await web.store(), flt, limit=numbers.limit, cursor=cursor)
     except ValueError as exc:
         raise ApiError(422, "invalid", str(exc)) from None
     return json_response(
@@ -211,12 +221,11 @@ async def get_tasks(request: Request) -> Response:
     )
 
 
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+def _is_cursor(text: str) -> bool:
+    """Whether ``text`` has the shape of a cursor this API gives out:
+    ``<ms>:<task id>``, ASCII digits (``int()`` would take others)."""
+    ms, _, task_id = text.partition(":")
+    return 0 < len(ms) <= 20 and ms.isascii() and ms.isdigit() and is_task_id(task_id)
 
 
 async def get_events(request: Request) -> Response:
