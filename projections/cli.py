@@ -354,12 +354,15 @@ async def _verify(elog: EventLog, views: str | None) -> int:
         try:
             with Progress("verifying") as bar:
                 res = await verify_at(elog, ViewStore(elog, name), progress=bar.update)
-            break
         except ViewsMoved:
-            # A rebuild switched to new views and dropped these meanwhile:
-            # verify the views now in use.
             if views is not None or tries_left == 0:
                 raise
+            continue
+        # A rebuild that switched to new views meanwhile may have dropped these
+        # while they were read: verify the views now in use instead.
+        if views is None and tries_left and await current_views(elog) != name:
+            continue
+        break
     for line in res.problems[:50]:
         print(line)
     if res.problems:
