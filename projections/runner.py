@@ -9,6 +9,13 @@ write what changed, the feed entries and the watermark in one script; XACK.
 A crash between the write and the ack redelivers the batch, and the folds
 skip what they already applied: nothing changes twice. A restarted projector
 (a new consumer name) first takes over whatever its group left pending.
+
+A projector that follows the pointer (:func:`~projections.store.current_views`)
+moves to the views a rebuild switched to, and their group, between two
+batches. A rebuild destroys the old group right after the switch, possibly
+while this projector is blocked reading it or about to: Redis then answers
+NOGROUP, which here means "the views in use changed, look again", never a
+reason to stop.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import socket
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventcore import groups
@@ -29,11 +37,16 @@ from eventcore.errors import DecodeError
 from eventcore.ids import stream_id_key
 from eventcore.log import EventLog
 from projections.replay import replay
-from projections.store import ViewStore, current_views, group_for
+from projections.store import ViewStore, current_views, drop_views, group_for, is_lost_group
 
 __all__ = ["Projector", "tune_gc"]
 
 log = logging.getLogger(__name__)
+
+# How often one step looks again after its group vanished before giving up:
+# each look follows the pointer or recreates the group, so a second loss in a
+# row means another rebuild switched meanwhile.
+_LOST_GROUP_TRIES = 5
 
 
 def tune_gc() -> None:
@@ -79,12 +92,24 @@ class Projector:
         self.streams = [k.events(p) for p in k.all_partitions()] + [k.nodes()]
         self.parked = 0
         self.applied = 0
+        self.switches = 0
+        # The watermark of the views this projector writes, as it last wrote
+        # it; after a switch, that of the views it left (see _announces).
+        self._marks: dict[str, str] = {}
+        self._announced: dict[str, str] = {}
         self._ready = False
         self._backlog = True  # first read this consumer's own pending entries
 
     async def _setup(self) -> None:
+        """Make sure the group exists on every stream and take over what it
+        left pending. A missing group starts right after the views' watermark
+        (the start of the log for empty views): views whose group was lost
+        carry on without applying anything twice or skipping anything."""
+        self._marks = await self.store.watermark()
         for stream in self.streams:
-            await groups.ensure_group(self.log.redis, stream, self.group, start_id="0")
+            start = self._marks.get(stream, "0")
+            if await groups.ensure_group(self.log.redis, stream, self.group, start_id=start):
+                log.info("projector: group %s created on %s at %s", self.group, stream, start)
             await self._adopt_pending(stream)
         self._ready = True
 
@@ -106,16 +131,47 @@ class Projector:
 
     async def step(self, block_ms: int | None = None) -> int:
         """Apply one batch; returns how many entries it read (0: nothing new)."""
-        if self.follow_pointer:
-            ns = await current_views(self.log)
-            if ns != self.store.ns:
-                log.info("projector: views switched from %s to %s", self.store.ns, ns)
-                self.store = ViewStore(self.log, ns, self.store.feed_maxlen)
-                self.group = group_for(ns)
+        for _ in range(_LOST_GROUP_TRIES):
+            if self.follow_pointer:
+                await self._follow()
+            try:
+                if not self._ready:
+                    await self._setup()
+                return await self._step(block_ms)
+            except ResponseError as exc:
+                if not is_lost_group(exc):
+                    raise
+                # A rebuild switched the views and dropped this group (or it
+                # was lost some other way): look at the pointer again, and set
+                # up the group of the views in use.
+                log.info("projector: group %s is gone (%s); looking again", self.group, exc)
                 self._ready = False
                 self._backlog = True
-        if not self._ready:
-            await self._setup()
+        raise ResponseError(f"NOGROUP {self.group} vanished {_LOST_GROUP_TRIES} times in a row")
+
+    async def _follow(self) -> None:
+        """Move to the view namespace in use if a rebuild switched it."""
+        ns = await current_views(self.log)
+        if ns == self.store.ns:
+            return
+        old = self.store.ns
+        log.info("projector: views switched from %s to %s", old, ns)
+        # What this projector applied to the old views it announced then; the
+        # new views may not have it yet, and applied there it is not announced
+        # a second time.
+        self._announced = self._marks
+        # The rebuild dropped the old views when it switched, but a batch this
+        # projector was writing then, or a group it recreated meanwhile, may
+        # have landed after that. Nobody writes the old views once their
+        # projector has left them, so this drop is the last.
+        await drop_views(self.log, old)
+        self.store = ViewStore(self.log, ns, self.store.feed_maxlen)
+        self.group = group_for(ns)
+        self.switches += 1
+        self._ready = False
+        self._backlog = True
+
+    async def _step(self, block_ms: int | None) -> int:
         start = "0" if self._backlog else ">"
         reply = await self.log.redis.xreadgroup(
             self.group,
@@ -128,7 +184,7 @@ class Projector:
         if self._backlog and not any(fields for _, (_, fields) in raw):
             self._backlog = False  # own pending entries done: now new ones
             if not raw:
-                return await self.step(block_ms)
+                return await self._step(block_ms)
         entries: list[Entry[Any]] = []
         acks: dict[str, list[str]] = {}
         marks: dict[str, str] = {}
@@ -159,16 +215,20 @@ class Projector:
             before = await self.store.load(task_ids)
             after = replay(entries, start=before)
             await self.store.write(before, after, marks, feed=await self._announces(marks))
+            self._marks = {**self._marks, **marks}
             await self._ack(acks)
             self.applied += len(entries)
         return len(raw)
 
     async def _announces(self, marks: dict[str, str]) -> bool:
         """Whether this batch's view changes go on the feed: always, unless
-        the views in ``feed_after`` already include every entry of it."""
-        if self.feed_after is None:
+        the views in ``feed_after``, or the views this projector left at a
+        switch, already include every entry of it."""
+        seen = self._announced
+        if self.feed_after is not None:
+            seen = {**seen, **await self.feed_after.watermark()}
+        if not seen:
             return True
-        seen = await self.feed_after.watermark()
         return any(
             s not in seen or stream_id_key(i) > stream_id_key(seen[s]) for s, i in marks.items()
         )
@@ -185,5 +245,10 @@ class Projector:
             try:
                 await self.step(block_ms)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("projector: %s; retrying in 1s", exc)
+                await asyncio.sleep(1)
+            except ResponseError as exc:
+                if not is_lost_group(exc):
+                    raise
                 log.warning("projector: %s; retrying in 1s", exc)
                 await asyncio.sleep(1)

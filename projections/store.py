@@ -17,16 +17,26 @@ changes, their feed entries and the watermark together.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
+from redis.exceptions import ResponseError
 
 from eventcore.log import EventLog
 from projections.replay import Views
 from projections.views import NodeView, QueueView, StatsView, TaskView
 
-__all__ = ["DEFAULT_VIEWS", "GLOBAL", "ViewStore", "current_views", "group_for"]
+__all__ = [
+    "DEFAULT_VIEWS",
+    "GLOBAL",
+    "ViewStore",
+    "current_views",
+    "drop_views",
+    "group_for",
+    "is_lost_group",
+]
 
 GLOBAL = "*"
 DEFAULT_VIEWS = "live"
@@ -41,6 +51,30 @@ async def current_views(elog: EventLog) -> str:
 def group_for(view_ns: str) -> str:
     """The projector's consumer group for a view namespace."""
     return "projector" if view_ns == DEFAULT_VIEWS else f"projector:{view_ns}"
+
+
+def is_lost_group(exc: ResponseError) -> bool:
+    """Whether a Redis error says the consumer group read from is gone
+    (destroyed, or its stream deleted), before or while the read blocked."""
+    return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
+
+
+async def drop_views(elog: EventLog, view_ns: str) -> int:
+    """Delete a view namespace's keys and its projector group; returns keys deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    async for key in elog.redis.scan_iter(match=elog.keys.view(view_ns, "*"), count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += await elog.redis.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += await elog.redis.unlink(*batch)
+    group = group_for(view_ns)
+    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
+        with contextlib.suppress(ResponseError):  # no such group or stream: nothing to drop
+            await elog.redis.xgroup_destroy(stream, group)
+    return deleted
 
 
 SEP = "\x1f"
@@ -106,12 +140,31 @@ class ViewStore:
         stats view (there are few of those), in one round trip."""
         ids = list(dict.fromkeys(task_ids))
         async with self.log.redis.pipeline(transaction=False) as pipe:
-            if ids:
-                pipe.mget([self.task_key(t) for t in ids])
-            pipe.hgetall(self.nodes_key)
-            pipe.hgetall(self.queues_key)
-            pipe.hgetall(self.stats_key)
+            self._queue_load(pipe, ids)
+            return self._decode_load(ids, await pipe.execute())
+
+    async def read_at(self, task_ids: Iterable[str]) -> tuple[dict[str, str], Views]:
+        """The watermark and the views :meth:`load` reads, in one transaction:
+        the views are exactly the fold of the log up to that watermark, however
+        busy the projector writing them (every batch is one script, so a
+        transaction sees all of one or none of it). Tasks without a view are
+        left out."""
+        ids = list(dict.fromkeys(task_ids))
+        async with self.log.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.watermark_key)
+            self._queue_load(pipe, ids)
             replies = await pipe.execute()
+        marks = {_s(k): _s(v) for k, v in replies.pop(0).items()}
+        return marks, self._decode_load(ids, replies)
+
+    def _queue_load(self, pipe: Any, ids: list[str]) -> None:
+        if ids:
+            pipe.mget([self.task_key(t) for t in ids])
+        pipe.hgetall(self.nodes_key)
+        pipe.hgetall(self.queues_key)
+        pipe.hgetall(self.stats_key)
+
+    def _decode_load(self, ids: list[str], replies: list[Any]) -> Views:
         raw_tasks = replies.pop(0) if ids else []
         nodes, queues, stats = replies
         stats_all = {_s(k): _stats.decode(v) for k, v in stats.items()}
@@ -122,6 +175,13 @@ class ViewStore:
             stats=stats_all.pop(GLOBAL, StatsView()),
             stats_by={tuple(k.split(SEP, 1)): v for k, v in stats_all.items()},  # type: ignore[misc]
         )
+
+    async def task_ids(self) -> list[str]:
+        """The id of every stored task view (a scan: the set may change meanwhile)."""
+        return [
+            k.decode().rsplit(":", 1)[1]
+            async for k in self.log.redis.scan_iter(match=self.task_key("*"), count=1000)
+        ]
 
     async def task(self, task_id: str) -> TaskView | None:
         raw = await self.log.redis.get(self.task_key(task_id))

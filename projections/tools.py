@@ -8,7 +8,6 @@ watermark. Without one they start from the first entry."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import secrets
 import time
@@ -16,7 +15,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import msgspec
-from redis.exceptions import ResponseError
 
 from eventcore import groups
 from eventcore.codec import Entry
@@ -30,11 +28,13 @@ from projections.snapshot import (
     latest_head,
     snapshot_tasks,
 )
-from projections.store import ViewStore, current_views, group_for
+from projections.store import ViewStore, current_views, drop_views, group_for
 from projections.trim import trim_marks
 
 __all__ = [
     "RebuildResult",
+    "VerifyResult",
+    "ViewsMoved",
     "describe",
     "diff_views",
     "drop_views",
@@ -120,19 +120,26 @@ async def log_after(
     marks: Mapping[str, str],
     *,
     end: str = "+",
+    upto: Mapping[str, str] | None = None,
     batch: int = 10_000,
     progress: Callable[[int], None] | None = None,
 ) -> list[Entry[Any]]:
     """The entries of every log stream after ``marks`` (stream -> last id
     already folded; a stream not named starts at its first entry), up to
-    ``end`` inclusive. Entries that do not decode are left out: the projector
-    parks them and they are in no view."""
+    ``end`` inclusive, or with ``upto`` up to each stream's id there (nothing
+    of a stream not named: a watermark). Entries that do not decode are left
+    out: the projector parks them and they are in no view."""
     out: list[Entry[Any]] = []
     read = 0
     for stream in log_streams(elog.keys):
         start = "(" + marks[stream] if stream in marks else "-"
+        last = end
+        if upto is not None:
+            if stream not in upto:
+                continue
+            last = upto[stream]
         while True:
-            raw = await elog.redis.xrange(stream, min=start, max=end, count=batch)
+            raw = await elog.redis.xrange(stream, min=start, max=last, count=batch)
             out += decode_batch(elog, stream, raw)[0]
             read += len(raw)
             if progress is not None and raw:
@@ -143,41 +150,120 @@ async def log_after(
     return out
 
 
-async def expected_views(elog: EventLog, *, progress: Callable[[int], None] | None = None) -> Views:
+async def expected_views(
+    elog: EventLog,
+    *,
+    upto: Mapping[str, str] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Views:
     """What the views must be: the latest snapshot's views (or nothing) with
-    every entry after its watermark folded on top."""
-    head = await starting_snapshot(elog)
+    every entry after its watermark folded on top, up to the end of the log
+    or to the watermark ``upto``."""
+    return await _expected(elog, await starting_snapshot(elog), upto, progress)
+
+
+async def _expected(
+    elog: EventLog,
+    head: SnapshotHead | None,
+    upto: Mapping[str, str] | None,
+    progress: Callable[[int], None] | None,
+) -> Views:
     if head is None:
-        return replay(await log_after(elog, {}, progress=progress))
+        return replay(await log_after(elog, {}, upto=upto, progress=progress))
     tasks: dict[str, Any] = {}
     async for chunk in snapshot_tasks(elog, head):
         tasks.update(chunk)
-    entries = await log_after(elog, head.watermark, progress=progress)
+    entries = await log_after(elog, head.watermark, upto=upto, progress=progress)
     return replay(entries, start=head.views(tasks))
 
 
-async def verify(
-    elog: EventLog, store: ViewStore, *, progress: Callable[[int], None] | None = None
-) -> list[str]:
-    """Replay the log into memory (a shadow of the views), from the latest
-    snapshot when there is one, and compare with the stored views; an empty
-    list means they are equal.
+class ViewsMoved(EventcoreError):
+    """The views verified went back while being read: a rebuild switched away
+    from them and dropped them."""
 
-    Run it when the projector has caught up (or stopped): views behind the log
-    show up as differences.
+
+class VerifyResult(msgspec.Struct, frozen=True):
+    problems: list[str]  # empty: the views equal the fold of the log
+    watermark: dict[str, str]  # the point they were compared at
+    behind: int  # log entries after that point (not yet applied), at most 10,001
+
+
+def _behind(marks: Mapping[str, str], than: Mapping[str, str]) -> list[str]:
+    """The streams ``marks`` has not reached ``than`` on."""
+    return [s for s, i in than.items() if s not in marks or id_lt(marks[s], i)]
+
+
+async def verify(
+    elog: EventLog,
+    store: ViewStore,
+    *,
+    progress: Callable[[int], None] | None = None,
+    wait: float = 10.0,
+) -> list[str]:
+    """Compare the views with a replay of the log (from the latest snapshot
+    when there is one) up to the views' own watermark; an empty list means
+    they are equal. See :func:`verify_at`."""
+    return (await verify_at(elog, store, progress=progress, wait=wait)).problems
+
+
+async def verify_at(
+    elog: EventLog,
+    store: ViewStore,
+    *,
+    progress: Callable[[int], None] | None = None,
+    wait: float = 10.0,
+) -> VerifyResult:
+    """Compare the views with the log folded up to exactly the watermark they
+    were read with, so a running projector and new traffic make no false
+    differences, and views behind the log are not wrong, only behind.
+
+    The views and their watermark are read in one transaction (every batch
+    the projector writes is one script: a transaction sees all of it or
+    none). Task views are found by a scan before that; a task the fold
+    expects that the scan missed (created meanwhile) is read again with the
+    watermark of that second read, and compared with the log folded that far.
+
+    Views behind the latest snapshot's watermark cannot be compared (the
+    fold starts there): this waits up to ``wait`` seconds for the projector
+    to pass it, then gives up with an :class:`EventcoreError`. A rebuild that
+    drops the views while they are read raises :class:`ViewsMoved`.
     """
-    expected = await expected_views(elog, progress=progress)
-    live = await store.load(expected.tasks)
-    stored_ids = [
-        k.decode().rsplit(":", 1)[1]
-        async for k in elog.redis.scan_iter(match=store.task_key("*"), count=1000)
-    ]
-    extra = set(stored_ids) - set(expected.tasks)
-    if extra:
-        live = msgspec.structs.replace(
-            live, tasks={**live.tasks, **(await store.load(extra)).tasks}
-        )
-    return diff_views(live, expected)
+    head = await starting_snapshot(elog)
+    ids = await store.task_ids()
+    marks, live = await store.read_at(ids)
+    deadline = time.monotonic() + wait
+    while head is not None and (late := _behind(marks, head.watermark)):
+        if time.monotonic() >= deadline:
+            raise EventcoreError(
+                f"views {store.ns!r} are behind snapshot {head.id} on {', '.join(late)}: "
+                "verify compares them from there; is the projector running?"
+            )
+        await asyncio.sleep(0.05)
+        marks, live = await store.read_at(ids)
+    expected = await _expected(elog, head, marks, progress)
+    known = set(ids)
+    unseen = [t for t in expected.tasks if t not in known]
+    tasks = dict(expected.tasks)
+    if unseen:
+        later, more = await store.read_at(unseen)
+        if _behind(later, marks):
+            raise ViewsMoved(f"views {store.ns!r} went back while being verified")
+        folded = replay(await log_after(elog, marks, upto=later), start=expected)
+        tasks.update((t, folded.tasks[t]) for t in unseen)
+        live = msgspec.structs.replace(live, tasks={**live.tasks, **more.tasks})
+    problems = diff_views(live, msgspec.structs.replace(expected, tasks=tasks))
+    return VerifyResult(problems, marks, await _count_after(elog, marks))
+
+
+async def _count_after(elog: EventLog, marks: Mapping[str, str], cap: int = 10_001) -> int:
+    """How many log entries lie after ``marks`` (at most ``cap``)."""
+    count = 0
+    for stream in log_streams(elog.keys):
+        start = "(" + marks[stream] if stream in marks else "-"
+        count += len(await elog.redis.xrange(stream, min=start, max="+", count=cap - count))
+        if count >= cap:
+            break
+    return count
 
 
 class RebuildResult(msgspec.Struct, frozen=True):
@@ -294,21 +380,3 @@ async def _check_not_trimmed_past(elog: EventLog, head: SnapshotHead) -> None:
                 f"{stream} was trimmed up to {mark}, past snapshot {head.id}'s watermark: "
                 "a newer snapshot was published meanwhile; run it again"
             )
-
-
-async def drop_views(elog: EventLog, view_ns: str) -> int:
-    """Delete a view namespace's keys and its projector group; returns keys deleted."""
-    deleted = 0
-    batch: list[bytes] = []
-    async for key in elog.redis.scan_iter(match=elog.keys.view(view_ns, "*"), count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += await elog.redis.unlink(*batch)
-            batch = []
-    if batch:
-        deleted += await elog.redis.unlink(*batch)
-    group = group_for(view_ns)
-    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
-        with contextlib.suppress(ResponseError):  # no such group or stream: nothing to drop
-            await elog.redis.xgroup_destroy(stream, group)
-    return deleted

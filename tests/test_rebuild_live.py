@@ -1,0 +1,256 @@
+"""A rebuild under a running system: the live projector follows it to the new
+views without stopping, and ``replay verify`` makes no false differences while
+the log grows.
+
+Regressions: a rebuild destroyed the group the live projector was blocked on
+(or about to read), and the projector died of ``NOGROUP``; verify read the log
+and then the views, so a heartbeat landing in between was a difference."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from eventcore.events import NodeHeartbeat
+from eventcore.keys import Keys
+from eventcore.log import EventLog
+from eventcore.nodes import append_node_event
+from projections.read import caught_up
+from projections.replay import replay
+from projections.runner import Projector
+from projections.store import ViewStore, current_views, group_for
+from projections.tools import diff_views, rebuild, verify, whole_log
+from tests.replaykit import NODE, claim, cli, finish, submit, workload
+from tests.test_projector_kill import PARTITIONS, spawn_projector
+from tests.viewkit import canonical, stored_views
+
+pytestmark = [pytest.mark.timeout(180)]
+
+
+class Writer:
+    """Appends until stopped, as a running system does: a few tasks, a node
+    heartbeat, and some of the queued tasks run to an end, round after round."""
+
+    def __init__(self, elog: EventLog, seed: int = 7, pace: float = 0.001) -> None:
+        self.elog = elog
+        self.pace = pace
+        self.rng = random.Random(seed)
+        self.rounds = 0
+        self.stop = asyncio.Event()
+
+    async def run(self, max_rounds: int = 5000) -> None:
+        while not self.stop.is_set() and self.rounds < max_rounds:
+            await submit(self.elog, self.rng.randint(1, 3))
+            await append_node_event(
+                self.elog, NodeHeartbeat(node=NODE, free_slots=self.rng.randint(0, 8))
+            )
+            for k, entry in enumerate(await claim(self.elog, self.rng.randint(0, 3))):
+                await finish(self.elog, entry, ok=k % 3 != 0)
+            self.rounds += 1
+            await asyncio.sleep(self.pace)  # let the projector and the test run too
+
+    async def rounds_more(self, n: int, timeout: float = 30) -> None:
+        """Until ``n`` more rounds were written."""
+        target = self.rounds + n
+        await until(lambda: _true(self.rounds >= target), timeout, "the writer")
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def writing(elog: EventLog, pace: float = 0.001) -> AsyncIterator[Writer]:
+    writer = Writer(elog, pace=pace)
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        writer.stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+@contextlib.asynccontextmanager
+async def projecting(projector: Projector) -> AsyncIterator[asyncio.Task[None]]:
+    """``projector.run`` in the background, as ``eventcore project`` runs it."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop, block_ms=200))
+    try:
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_caught_up(elog: EventLog, timeout: float = 60) -> ViewStore:
+    """Until the views in use have applied every stream's last entry."""
+    store = ViewStore(elog, await current_views(elog))
+    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
+        ((tip, _),) = await elog.redis.xrevrange(stream, count=1)
+
+        async def done(stream: str = stream, tip: str = tip.decode()) -> bool:
+            return await caught_up(store, stream, tip)
+
+        await until(done, timeout, f"the projector to reach the end of {stream}")
+    return store
+
+
+async def assert_equal_to_replay(elog: EventLog, store: ViewStore) -> None:
+    live = await stored_views(store)
+    expected = replay(await whole_log(elog))
+    assert canonical(live) == canonical(expected), diff_views(live, expected)[:20]
+
+
+async def assert_only(elog: EventLog, view_ns: str) -> None:
+    """Only ``view_ns`` is left: no key of another view namespace, and only
+    its projector group on the log streams."""
+    prefix = elog.keys.view("")
+    names = {
+        k.decode().removeprefix(prefix).split(":", 1)[0]
+        async for k in elog.redis.scan_iter(match=elog.keys.view("*"), count=1000)
+    }
+    assert names <= {view_ns, "current", "feed"}, names
+    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
+        found = {g["name"].decode() for g in await elog.redis.xinfo_groups(stream)}
+        assert found == {group_for(view_ns)}, (stream, found)
+
+
+@pytest.mark.parametrize("pace", [0.001, 0.05], ids=["busy", "idle"])
+async def test_a_running_projector_follows_rebuilds_under_traffic(r, namespace, pace) -> None:
+    """Busy: the projector is mostly folding when a rebuild switches. Idle: it
+    is mostly blocked reading its group when the rebuild destroys it."""
+    elog = EventLog(r, Keys(namespace, PARTITIONS))
+    await workload(elog, 20)
+    projector = Projector(elog, follow_pointer=True, batch=50, consumer="live-1")
+    results = []
+    async with projecting(projector) as running, writing(elog, pace) as writer:
+        await writer.rounds_more(10)
+        for _ in range(3):
+            results.append(await rebuild(elog, batch=40))
+            await writer.rounds_more(10)
+            assert not running.done(), running.exception()
+        writer.stop.set()
+        store = await wait_caught_up(elog)
+    assert store.ns == results[-1].views == projector.store.ns
+    assert getattr(projector, "switches", 3) == 3
+    await assert_equal_to_replay(elog, store)
+    await assert_only(elog, store.ns)
+
+
+async def test_the_project_command_follows_a_rebuild_command(
+    r, redis_url: str, namespace: str, tmp_path: Path
+) -> None:
+    elog = EventLog(r, Keys(namespace, PARTITIONS))
+    env = {
+        "REDIS_URL": redis_url,
+        "EVENTCORE_NAMESPACE": namespace,
+        "EVENTCORE_PARTITIONS": str(PARTITIONS),
+    }
+    await workload(elog, 20)
+    log_path = tmp_path / "projector.log"
+    log_path.touch()
+    projector = spawn_projector(redis_url, namespace, log_path)
+    try:
+        await until(lambda: _true(": views " in log_path.read_text()), 20, "the projector")
+        async with writing(elog, pace=0.05) as writer:
+            await writer.rounds_more(10)
+            for _ in range(2):
+                res = await asyncio.to_thread(cli, "replay", "rebuild", env=env)
+                assert res.returncode == 0, res.stderr
+                await writer.rounds_more(10)
+                assert projector.poll() is None, log_path.read_text()
+                verified = await asyncio.to_thread(cli, "replay", "verify", env=env)
+                assert verified.returncode == 0, verified.stdout + verified.stderr
+                assert "equal a replay" in verified.stdout
+        store = await wait_caught_up(elog)
+        assert projector.poll() is None, log_path.read_text()
+        assert store.ns != "live"
+        await assert_equal_to_replay(elog, store)
+        await assert_only(elog, store.ns)
+        projector.send_signal(signal.SIGTERM)
+        assert projector.wait(20) == 0, log_path.read_text()
+    finally:
+        if projector.poll() is None:
+            projector.kill()
+        projector.wait(10)
+    assert "NOGROUP" not in log_path.read_text()
+
+
+async def test_verify_while_the_log_grows_reports_equal_and_still_finds_corruption(
+    r, namespace
+) -> None:
+    elog = EventLog(r, Keys(namespace, PARTITIONS))
+    await workload(elog, 12, leave=0)
+    projector = Projector(elog, follow_pointer=True, batch=50, consumer="live-1")
+    async with projecting(projector), writing(elog) as writer:
+        await writer.rounds_more(5)
+        store = ViewStore(elog)
+        for _ in range(20):
+            assert await verify(elog, store) == []
+        done = [t for t, v in (await stored_views(store)).tasks.items() if v.status == "succeeded"]
+        some = done[0]  # ended: nothing the writer does touches it again
+        view = await store.task(some)
+        await r.set(
+            store.task_key(some),
+            msgspec.msgpack.encode(msgspec.structs.replace(view, attempt=99)),
+        )
+        for _ in range(3):
+            assert await verify(elog, store) == [f"tasks[{some}]: differs"]
+        await r.delete(store.task_key(some))
+        assert await verify(elog, store) == [f"tasks[{some}]: missing from the views"]
+
+
+async def test_a_lost_group_is_recreated_at_the_views_watermark(r, namespace) -> None:
+    """A projector whose group vanished (destroyed by hand, or by a rebuild
+    whose pointer it does not follow) carries on from its views' watermark:
+    nothing applied twice, nothing announced twice, nothing skipped."""
+    elog = EventLog(r, Keys(namespace, PARTITIONS))
+    await workload(elog, 8)
+    projector = Projector(elog, batch=20)
+    while await projector.step(block_ms=None):
+        pass
+    feed = await r.xlen(elog.keys.feed())
+    await _destroy(elog, "projector")
+    assert await projector.step(block_ms=None) == 0
+    assert await r.xlen(elog.keys.feed()) == feed  # nothing applied again
+    await submit(elog, 2)
+    await append_node_event(elog, NodeHeartbeat(node=NODE, free_slots=1))
+    while await projector.step(block_ms=None):
+        pass
+    await assert_equal_to_replay(elog, projector.store)
+    # While blocked on it, too.
+    reading = asyncio.create_task(projector.step(block_ms=5000))
+    await until(lambda: _blocked(r), 10, "the projector to block")
+    await _destroy(elog, "projector")
+    await submit(elog, 1)
+    assert await asyncio.wait_for(reading, 10) >= 0
+    while await projector.step(block_ms=None):
+        pass
+    await assert_equal_to_replay(elog, projector.store)
+
+
+async def _destroy(elog: EventLog, group: str) -> None:
+    async with elog.redis.pipeline(transaction=True) as pipe:
+        for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions())]:
+            pipe.xgroup_destroy(stream, group)
+        pipe.xgroup_destroy(elog.keys.nodes(), group)
+        await pipe.execute()
+
+
+async def _blocked(r) -> bool:
+    return any(c.get("cmd") == "xreadgroup" for c in await r.client_list())
