@@ -122,6 +122,10 @@ class Up:
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
+        return self.stop_wait()
+
+    def stop_wait(self) -> int:
+        """Wait for ``up`` to end (60 s at most) and finish reading its output."""
         code = self.proc.wait(60)
         for reader in self._readers:
             reader.join(10)
@@ -251,3 +255,22 @@ def test_up_says_what_is_missing_when_it_never_gets_ready(tmp_path: Path) -> Non
     finally:
         code = up.stop()
     assert code == 0, "".join(up.err)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_up_stops_everything_when_its_redis_dies(tmp_path: Path) -> None:
+    """Roles are restarted; the embedded Redis is not: every role needs it,
+    so its death ends `up` with an error that says so, and no role is left."""
+    up = Up(tmp_path, "--port", str(free_port()))
+    up.wait_line("web: http://")
+    server = next(p for p, c in up.children().items() if "eventcore.cli" not in c)
+    roles = [p for p, c in up.children().items() if "eventcore.cli" in c]
+    os.kill(server, signal.SIGKILL)
+    code = up.stop_wait()
+    err = "".join(up.err)
+    assert code == 1, err
+    assert f"the embedded Redis in {tmp_path / '.eventcore'} exited" in err
+    assert "every role needs it" in err
+    for pid in roles:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
