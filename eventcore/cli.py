@@ -18,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,8 @@ from eventcore.config import Settings, load_settings, to_toml_dict
 from eventcore.connection import ClientOptions, connect, redact
 from eventcore.embedded import EmbeddedRedis
 from eventcore.errors import ConfigError, EventcoreError
-from eventcore.stack import Stack
+from eventcore.servers import free_port
+from eventcore.stack import Stack, probe_ready
 
 __all__ = ["main"]
 
@@ -54,14 +56,21 @@ class RedisTarget:
 
 
 @contextlib.contextmanager
-def redis_for(settings: Settings) -> Iterator[RedisTarget]:
-    """The configured Redis, or an embedded one under ``redis.data_dir`` when
-    no URL is set (stopped on exit if this process started it)."""
+def redis_for(settings: Settings, *, start: bool = False) -> Iterator[RedisTarget]:
+    """The configured Redis or, with no URL, the embedded server of
+    ``redis.data_dir``.
+
+    Only ``start=True`` (``up`` and ``redis``) starts a server there when none
+    runs, and stops it on exit. Everything else uses the one running there
+    (``up`` or ``redis`` in another terminal) or fails with
+    :class:`~eventcore.embedded.NoServerRunning`: a tool that started an empty
+    server would show an empty system as if it were the real one.
+    """
     if settings.redis.url:
         yield RedisTarget(settings.redis.url, None)
         return
     embedded = EmbeddedRedis(settings.redis.data_dir, settings.redis.durability)
-    url = embedded.start()
+    url = embedded.start() if start else embedded.attach()
     try:
         yield RedisTarget(url, embedded)
     finally:
@@ -85,17 +94,60 @@ async def describe(url: str, settings: Settings) -> dict[str, str]:
     return {"url": redact(url), "server": f"{flavor} {version}", **conf}
 
 
-def wait_for_stop(embedded: EmbeddedRedis | None, stack: Stack | None = None) -> None:
-    """Block until Ctrl-C or SIGTERM (or the embedded server or a role dies)."""
+def stop_on_signals() -> threading.Event:
+    """An event set by Ctrl-C or SIGTERM (instead of raising or dying), so a
+    stop asked for at any moment still stops the roles and Redis in order."""
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
+    return stop
+
+
+def wait_for_stop(
+    stop: threading.Event, embedded: EmbeddedRedis | None, stack: Stack | None = None
+) -> None:
+    """Block until ``stop`` is set, restarting roles of ``stack`` that exit.
+
+    The embedded Redis dying is the one thing not restarted: every role
+    depends on it, so it ends ``up`` with an error naming the server's log.
+    """
+    while not stop.wait(0.2):
         if embedded is not None and embedded.owned and not embedded.running:
-            raise EventcoreError(f"the embedded Redis in {embedded.data_dir} exited")
-        if stack is not None and (dead := stack.dead()):
-            codes = ", ".join(f"{r.name} (exit {r.proc.returncode})" for r in dead)
-            raise EventcoreError(f"a role exited: {codes}")
+            raise EventcoreError(
+                f"the embedded Redis in {embedded.data_dir} exited (its log: "
+                f"{embedded.log_path}); every role needs it, so eventcore stops"
+            )
+        if stack is not None:
+            stack.supervise()
+
+
+def announce_when_ready(
+    ready_url: str, lines: Sequence[str], stop: threading.Event, timeout: float
+) -> None:
+    """Print ``lines`` (the web address) once ``ready_url`` answers 200, so the
+    address is never shown before a request to it can be served. Past
+    ``timeout`` seconds, say what is missing, again whenever that changes,
+    and keep waiting."""
+    started = time.monotonic()
+    told = None
+    while not stop.is_set():
+        seen = probe_ready(ready_url)
+        if seen.ready:
+            if told is not None:
+                print("eventcore is ready now.", file=sys.stderr, flush=True)
+            for line in lines:
+                print(line, flush=True)
+            return
+        waited = time.monotonic() - started
+        if waited > timeout and seen.detail != told:
+            print(
+                f"eventcore: not ready after {waited:.0f}s: {seen.detail} ({ready_url}); "
+                "the roles keep running, the address is shown once it is ready",
+                file=sys.stderr,
+                flush=True,
+            )
+            told = seen.detail
+        stop.wait(0.25)
 
 
 # -- commands ------------------------------------------------------------------
@@ -118,7 +170,8 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     if settings.redis.url:
         print(f"redis.url is set ({redact(settings.redis.url)}): no embedded server to run")
         return 0
-    with redis_for(settings) as target:
+    stop = stop_on_signals()
+    with redis_for(settings, start=True) as target:
         assert target.embedded is not None
         state = "started" if target.embedded.owned else "already running, reused"
         print(target.url, flush=True)
@@ -127,12 +180,28 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
             flush=True,
         )
-        wait_for_stop(target.embedded)
+        wait_for_stop(stop, target.embedded)
     return 0
 
 
+def web_address(host: str, port: int) -> tuple[str, str]:
+    """The address to show for the web role, and the one to probe it at (a
+    wildcard listen address is reached over loopback)."""
+    probe = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+
+    def url(h: str) -> str:
+        return f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}"
+
+    return url(host), url(probe)
+
+
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    with redis_for(settings) as target:
+    stop = stop_on_signals()
+    host = settings.web.host if args.host is None else args.host
+    port = settings.web.port if args.port is None else args.port
+    if port == 0:  # picked here, so a restarted web role comes back on the same port
+        port = free_port()
+    with redis_for(settings, start=True) as target:
         facts = asyncio.run(describe(target.url, settings))
         where = "embedded" if target.embedded else "external"
         print(f"eventcore is up. Redis ({where}): {target.url}", flush=True)
@@ -144,19 +213,37 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         if warning := memory_policy_warning(facts):
             print(warning, file=sys.stderr, flush=True)
         stack = Stack(target.url, args.config)
+        announcer = None
         try:
             stack.start("projector", "project")
-            stack.start("worker", "worker", "--node", f"{socket.gethostname()}-cpu-1")
-            stack.start("web", "web")
-            web = settings.web
-            print(
-                f"  web: http://{web.host}:{web.port}  (API /v1, live feed /v1/stream, "
-                "IOPaint-compatible /api/v1)",
-                flush=True,
-            )
+            for i in range(1, args.workers + 1):
+                name = "worker" if args.workers == 1 else f"worker-{i}"
+                argv = ["worker", "--node", f"{socket.gethostname()}-cpu-{i}"]
+                if args.concurrency is not None:
+                    argv += ["--concurrency", str(args.concurrency)]
+                stack.start(name, *argv)
+            stack.start("web", "web", "--host", host, "--port", str(port))
+            shown, probe = web_address(host, port)
             print("Ctrl-C stops it.", flush=True)
-            wait_for_stop(target.embedded, stack)
+            announcer = threading.Thread(
+                target=announce_when_ready,
+                args=(
+                    f"{probe}/readyz",
+                    [
+                        f"  web: {shown}  (API /v1, live feed /v1/stream, "
+                        "IOPaint-compatible /api/v1, readiness /readyz)"
+                    ],
+                    stop,
+                    args.ready_timeout,
+                ),
+                daemon=True,
+            )
+            announcer.start()
+            wait_for_stop(stop, target.embedded, stack)
         finally:
+            stop.set()
+            if announcer is not None:
+                announcer.join(5)
             stack.stop(settings.worker.shutdown_grace)
     print("eventcore stopped.", flush=True)
     return 0
@@ -195,19 +282,73 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 # -- entry point -------------------------------------------------------------------
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A parser that takes the common options (``--config``, ``-v``) wherever
+    they are put: before the command, after it, or after a sub-command
+    (``eventcore events export --config F``).
+
+    argparse makes every sub-parser with the class of its parent, so the
+    options defined here reach each command, the roles' commands included,
+    without any of them declaring them. On sub-parsers they default to
+    "not given", so one given earlier on the line is not reset.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--config",
+            metavar="FILE",
+            default=argparse.SUPPRESS,
+            help="TOML settings file (default: $EVENTCORE_CONFIG)",
+        )
+        self.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="log debug messages",
+        )
+
+
+def count(text: str) -> int:
+    """A whole number of at least 1, for ``--workers`` and ``--concurrency``."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="eventcore", description="Event-sourced tasks on Redis Streams."
-    )
-    parser.add_argument(
-        "--config", metavar="FILE", help="TOML settings file (default: $EVENTCORE_CONFIG)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser = CommandParser(prog="eventcore", description="Event-sourced tasks on Redis Streams.")
+    parser.set_defaults(config=None, verbose=False)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
+    up = sub.add_parser(
         "up",
         help="run the system on this machine: Redis (embedded if REDIS_URL is unset), "
-        "the web app, the projector and a CPU worker",
+        "the web app, the projector and CPU workers; a role that exits is restarted",
+    )
+    up.add_argument("--host", help="address the web app listens on (default: web.host)")
+    up.add_argument(
+        "--port", type=int, help="port of the web app (default: web.port; 0 picks a free one)"
+    )
+    up.add_argument(
+        "--workers", type=count, default=1, metavar="N", help="CPU worker processes (default 1)"
+    )
+    up.add_argument(
+        "--concurrency",
+        type=count,
+        metavar="N",
+        help="tasks at once per worker (default: worker.concurrency, else one per core)",
+    )
+    up.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="say what is missing if /readyz is not 200 by then (default 60)",
     )
     sub.add_parser("redis", help="run only the embedded Redis and print its URL")
     check = sub.add_parser("check", help="connect to Redis and show how it is set up")

@@ -41,7 +41,7 @@ from eventcore.servers import (
     ping_url,
 )
 
-__all__ = ["DataDirBusy", "Durability", "EmbeddedRedis", "durability_config"]
+__all__ = ["DataDirBusy", "Durability", "EmbeddedRedis", "NoServerRunning", "durability_config"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ _AOF_ERROR_RE = re.compile(r"append only file|\bAOF\b", re.IGNORECASE)
 
 class DataDirBusy(RedisUnavailable):
     """The data directory is locked by another process, but no server answers there."""
+
+
+class NoServerRunning(RedisUnavailable):
+    """No server runs in the data directory, and the caller may not start one."""
 
 
 def durability_config(durability: Durability) -> dict[str, str]:
@@ -137,6 +141,11 @@ class EmbeddedRedis:
             return self._server.running
         return self.url is not None and ping_url(self.url)
 
+    @property
+    def log_path(self) -> Path | None:
+        """The log of an owned server (None when reused or not started)."""
+        return self._server.log_path if self._server is not None else None
+
     def __enter__(self) -> Self:
         self.start()
         return self
@@ -171,6 +180,37 @@ class EmbeddedRedis:
         except BaseException:
             os.close(fd)  # the server is not running, so this frees the lock
             raise
+
+    def attach(self, timeout: float = 10.0) -> str:
+        """Connect to the server running in ``data_dir``; return its URL.
+
+        Never starts one and never writes to the directory: with no server
+        there, raises :class:`NoServerRunning`, saying how to start one. A
+        server still starting (its owner holds the lock) is waited for up to
+        ``timeout`` seconds, as :meth:`start` does.
+        """
+        if self.url is not None:
+            return self.url
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise self._not_running() from None
+        try:
+            # A free lock means neither an owner nor its server is alive; it is
+            # released at once (a shared lock, so it never looks like an owner).
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return self._reuse(timeout)
+        finally:
+            os.close(fd)
+        raise self._not_running()
+
+    def _not_running(self) -> NoServerRunning:
+        return NoServerRunning(
+            f"no Redis is running in {self.data_dir}: start one there with `eventcore up` "
+            "(the whole system) or `eventcore redis` (the server alone), "
+            "or set REDIS_URL to use another server"
+        )
 
     def _start_owned(self, fd: int, settings: dict[str, str], timeout: float) -> str:
         _write_lock(fd, f"{os.getpid()}\n")

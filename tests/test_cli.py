@@ -134,10 +134,10 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path: Path) -> None:
         url = first.rsplit(" ", 1)[1].strip()
         assert "appendfsync=always" in proc.stdout.readline()
         lines = [proc.stdout.readline()]
-        while not lines[-1].strip().startswith("worker |") and len(lines) < 20:
+        while not lines[-1].strip().startswith("web: http://") and len(lines) < 40:
             lines.append(proc.stdout.readline())
-        assert lines[-1].strip().startswith("worker |"), lines
-        assert any(line.strip().startswith("web: http://") for line in lines), lines
+        assert lines[-1].strip().startswith("web: http://"), lines
+        assert any(line.strip().startswith("worker |") for line in lines), lines
         res = cli("submit", "noop", "-p", "x=7", "--wait", env={"REDIS_URL": url}, timeout=30)
         assert res.returncode == 0, res.stdout + res.stderr
         task_id = res.stdout.splitlines()[0]
@@ -296,3 +296,122 @@ def test_status_prints_queues_and_pending(redis_url: str) -> None:
     table = cli("status", env=env).stdout.splitlines()
     assert table[0].split()[:3] == ["queue", "entries", "pending"]
     assert any(line.split()[:2] == ["cpu-light", "2"] for line in table)
+
+
+# -- --config anywhere on the line -------------------------------------------------------
+
+COMMAND_LINES = [
+    ["up"],
+    ["redis"],
+    ["check"],
+    ["config"],
+    ["worker", "--cpu"],
+    ["project"],
+    ["web", "--port", "0"],
+    ["status"],
+    ["submit", "noop"],
+    ["token", "list"],
+    ["events", "export"],
+    ["events", "history", "x"],
+    ["replay", "verify"],
+    ["as-of", "--stats", "--at", "0"],
+]
+
+
+@pytest.mark.parametrize("argv", COMMAND_LINES, ids=" ".join)
+def test_config_is_read_when_given_after_the_command(argv: list[str], tmp_path: Path) -> None:
+    """`eventcore up --config F` was "unrecognized arguments": only
+    `eventcore --config F up` worked. A file with a wrong value shows the file
+    was read, before anything starts."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("partitions = 0\n")
+    res = cli(*argv, "--config", str(bad), cwd=tmp_path, timeout=30)
+    assert res.returncode == 2, res.stderr
+    assert "partitions" in res.stderr and str(bad) in res.stderr, res.stderr
+    assert "unrecognized" not in res.stderr
+    assert not (tmp_path / ".eventcore").exists()
+
+
+def test_config_after_a_sub_command_is_used(redis_url: str, tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(f'namespace = "cfg{os.urandom(4).hex()}"\n[redis]\nurl = "{redis_url}"\n')
+    shown = cli("config", "--json", "--config", str(good))
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["redis"]["url"] == redis_url
+    export = cli("events", "export", "--config", str(good), "-v", cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    assert "exported 0 entries" in export.stderr
+    # Before the command and after it: the one after wins.
+    bad = tmp_path / "bad.toml"
+    bad.write_text("partitions = 0\n")
+    both = cli("--config", str(bad), "config", "--config", str(good))
+    assert both.returncode == 0, both.stderr
+
+
+# -- only up and redis start a Redis ---------------------------------------------------
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if text in cmdline:
+                found.append(cmdline)
+    return found
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["events", "export"],
+        ["events", "tail"],
+        ["status"],
+        ["check"],
+        ["replay", "verify"],
+        ["submit", "noop"],
+        ["project"],
+        ["worker", "--cpu"],
+    ],
+    ids=" ".join,
+)
+def test_tools_refuse_when_no_redis_runs_in_the_data_dir(argv: list[str], tmp_path: Path) -> None:
+    """With REDIS_URL unset and nothing running in the data directory,
+    `events export` started an empty embedded server and exported 0 entries
+    without a word. Now it says no Redis runs there and how to start one."""
+    data = tmp_path / "data"
+    res = cli(*argv, env={"EVENTCORE_REDIS__DATA_DIR": str(data)}, cwd=tmp_path, timeout=30)
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert f"no Redis is running in {data}" in res.stderr
+    assert "eventcore up" in res.stderr and "eventcore redis" in res.stderr
+    assert "REDIS_URL" in res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not data.exists() and list(tmp_path.iterdir()) == []
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.slow
+def test_tools_use_the_redis_running_in_the_data_dir(tmp_path: Path) -> None:
+    """The embedded server `eventcore redis` (or `up`) runs is reused by the
+    tools; once it is stopped they refuse again, its old lock file
+    notwithstanding."""
+    env = {"EVENTCORE_REDIS__DATA_DIR": str(tmp_path / "data")}
+    proc = start("redis", env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("unix://")
+        export = cli("events", "export", env=env, cwd=tmp_path)
+        assert export.returncode == 0, export.stderr
+        assert "exported 0 entries" in export.stderr
+        status = cli("status", env=env, cwd=tmp_path)
+        assert status.returncode == 0, status.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+    assert (tmp_path / "data" / "lock").exists()
+    again = cli("events", "export", env=env, cwd=tmp_path)
+    assert again.returncode == 1 and "no Redis is running in" in again.stderr
+    assert _processes_mentioning(str(tmp_path / "data")) == []

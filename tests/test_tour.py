@@ -111,7 +111,9 @@ def test_readme_tour(tmp_path: Path) -> None:
     up, up_out = start(up_block)
     feed = None
     try:
-        up_out.wait_for(rf"http://127\.0\.0\.1:{port}", up, timeout=120)
+        # The address line of `up` itself, shown once /readyz is 200 (the web
+        # role's own "listening on" line comes earlier, before it can serve).
+        up_out.wait_for(rf"(?m)^\s*web: http://127\.0\.0\.1:{port}\s", up, timeout=120)
         # Terminal 2: the live feed.
         feed, feed_out = start(feed_block)
         # Terminal 3: make the images and submit.

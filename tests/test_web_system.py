@@ -8,7 +8,7 @@ import asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventcore.log import EventLog
-from tests.webkit import j, projector, web_client
+from tests.webkit import announce, j, projector, web_client
 from tests.workerkit import fast_settings, make_worker, running, wait_ended
 
 
@@ -72,3 +72,50 @@ async def test_nodes_queues_stats_control_metrics(
         assert "/v1/stream" in page.text and "EventSource" in page.text
         assert (await c.get("/nope")).status_code == 404
         assert j(await c.delete("/v1/tasks"))["error"] == "method_not_allowed"
+
+
+async def test_readyz_waits_for_a_live_node_and_folded_views(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    """/readyz is 503 naming what is missing until a node serving a queue has
+    announced itself and a projector has folded into the views in use; then
+    200. /healthz (liveness) is 200 all along."""
+    settings = fast_settings(namespace)
+    async with web_client(redis_url, settings) as c:
+        assert (await c.get("/healthz")).status_code == 200
+        first = await c.get("/readyz")
+        assert first.status_code == 503
+        body = j(first)
+        assert body["error"] == "not_ready"
+        assert body["checks"]["redis"]["ok"] is True
+        assert body["checks"]["views"]["ok"] is False
+        assert body["checks"]["nodes"]["ok"] is False
+        assert "no live node serves a queue" in body["detail"]
+
+        await announce(log, "w-ready", ("noop",))
+        before_projector = j(await c.get("/readyz"))
+        assert before_projector["checks"]["nodes"] == {
+            "ok": True,
+            "serving": {"w-ready": ["cpu-light"]},
+        }
+        assert before_projector["checks"]["views"]["ok"] is False
+        assert "projector" in before_projector["detail"]
+
+        async with projector(log):
+            deadline = asyncio.get_running_loop().time() + 10
+            while (ready := await c.get("/readyz")).status_code != 200:
+                assert asyncio.get_running_loop().time() < deadline, ready.text
+                await asyncio.sleep(0.05)
+        body = j(ready)
+        assert body["status"] == "ready" and all(v["ok"] for v in body["checks"].values())
+
+
+async def test_readyz_is_503_when_redis_does_not_answer(namespace: str) -> None:
+    from eventcore.servers import free_port
+
+    async with web_client(f"redis://127.0.0.1:{free_port()}/0", fast_settings(namespace)) as c:
+        r = await c.get("/readyz")
+    assert r.status_code == 503
+    body = j(r)
+    assert body["error"] == "not_ready" and body["checks"]["redis"]["ok"] is False
+    assert "Redis" in body["detail"]

@@ -28,6 +28,7 @@ SUMMARIES = {
     ("GET", "/v1/queues"): "Queues",
     ("GET", "/v1/stats"): "Throughput, success rate and durations",
     ("GET", "/healthz"): "Health",
+    ("GET", "/readyz"): "Readiness: 503 naming what is missing until the system can take work",
     ("GET", "/metrics"): "Prometheus metrics",
     ("POST", "/api/v1/inpaint"): "IOPaint-compatible inpaint (answers with the PNG)",
     ("POST", "/api/v1/run_plugin_gen_image"): "IOPaint-compatible plugin (RealESRGAN: upscale)",

@@ -1,13 +1,15 @@
-"""Nodes, queues, stats, node control, health, metrics and the OpenAPI document."""
+"""Nodes, queues, stats, node control, health, readiness, metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -23,6 +25,8 @@ from web.openapi import document
 from web.tasks import json_response
 
 __all__ = ["routes"]
+
+logger = logging.getLogger(__name__)
 
 
 async def get_nodes(request: Request) -> Response:
@@ -124,6 +128,46 @@ async def healthz(request: Request) -> Response:
     )
 
 
+async def readyz(request: Request) -> Response:
+    """200 when this deployment can take work, else 503 naming what is missing.
+
+    Three checks: Redis answers; the views in use are being folded (a
+    projector has written their watermark, which it does with the first
+    batch it folds, and a node's announcement is such a batch); and a live
+    node (heard from within ``worker.heartbeat_timeout``) serves at least one
+    queue. ``/healthz`` answers whether the web process itself is up.
+    """
+    web = state_of(request)
+    checks: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    started = time.perf_counter()
+    try:
+        await web.redis.ping()
+        checks["redis"] = {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 2)}
+        store = await web.store()
+        marks = await store.watermark()
+        checks["views"] = {"ok": bool(marks), "views": store.ns, "watermark": marks}
+        if not marks:
+            problems.append(f"no projector has folded into the views {store.ns!r} yet")
+        alive = await live_nodes(web.log, silent_for=web.settings.worker.heartbeat_timeout)
+        serving = {n: list(s.queues) for n, s in sorted(alive.items()) if s.queues}
+        checks["nodes"] = {"ok": bool(serving), "serving": serving}
+        if not serving:
+            problems.append("no live node serves a queue")
+    except RedisError as exc:
+        # A probe's answer, not a failed request: reported in the body, logged
+        # quietly, since a load balancer asks every few seconds.
+        logger.info("readyz: Redis does not answer: %s", exc)
+        checks["redis"] = {"ok": False, "detail": str(exc)}
+        problems = [f"Redis does not answer: {exc}"]
+        for name in ("views", "nodes"):
+            checks.setdefault(name, {"ok": False, "detail": "not checked: Redis does not answer"})
+    if problems:
+        body = {"error": "not_ready", "detail": "; ".join(problems), "checks": checks}
+        return JSONResponse(body, 503, headers={"Retry-After": "1"})
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
 async def metrics(request: Request) -> Response:
     web = state_of(request)
     # Counts over every tenant: with auth on, only an admin token sees them.
@@ -158,6 +202,7 @@ routes = [
     Route("/v1/queues", get_queues, methods=["GET"]),
     Route("/v1/stats", get_stats, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
+    Route("/readyz", readyz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),
     Route("/openapi.json", openapi, methods=["GET"]),
 ]
