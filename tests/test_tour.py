@@ -50,6 +50,9 @@ class Output:
         for line in proc.stdout:
             self.lines.append(line)
 
+    def join(self) -> None:
+        self._thread.join(10)
+
     def text(self) -> str:
         return "".join(self.lines)
 
@@ -109,7 +112,7 @@ def test_readme_tour(tmp_path: Path) -> None:
 
     # Terminal 1: the stack; the user waits for the address it prints.
     up, up_out = start(up_block)
-    feed = None
+    feed = feed_out = None
     try:
         # The address line of `up` itself, shown once /readyz is 200 (the web
         # role's own "listening on" line comes earlier, before it can serve).
@@ -146,5 +149,10 @@ def test_readme_tour(tmp_path: Path) -> None:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait(10)
+        for proc, out in ((feed, feed_out), (up, up_out)):
+            if proc is not None:
+                out.join()
+                assert proc.stdout is not None
+                proc.stdout.close()
     assert up.returncode == 0, up_out.text()[-3000:]
     assert "eventcore stopped." in up_out.text()
