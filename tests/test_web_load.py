@@ -27,7 +27,11 @@ from pathlib import Path
 
 import pytest
 
+from eventcore.config import RedisSettings, Settings
 from eventcore.ids import new_task_id
+from eventcore.servers import ServerConfig, ServerProcess, free_port
+from tests.conftest import server_binary
+from tests.webkit import j, web_client
 
 N = 1000
 REQUEST_TIMEOUT = 45.0  # seconds; longer than the web's own waits (redis.pool_timeout)
@@ -164,3 +168,53 @@ async def test_a_burst_of_clients_gets_answers_not_503(web: Web) -> None:
     assert got["submits"] == {202: N}, got
     assert set(got["reads"]) <= {200, 404}, got
     assert got["SSE connects"] == {200: N}, got
+
+
+async def test_a_pool_wait_that_runs_out_is_a_503_with_retry_after(
+    redis_url: str, namespace: str
+) -> None:
+    """Past ``redis.pool_timeout`` a request gives up as when Redis is away:
+    503 and Retry-After, never a 500."""
+    settings = Settings(
+        namespace=namespace, redis=RedisSettings(max_connections=1, pool_timeout=0.1)
+    )
+    async with web_client(redis_url, settings) as c:
+        web = c.app.state.web  # type: ignore[attr-defined]
+        # The request client's one connection, held for half a second.
+        holder = asyncio.create_task(web.redis.blpop([f"{namespace}:held"], timeout=0.5))
+        while not web.redis.connection_pool._in_use_connections:
+            await asyncio.sleep(0.01)
+        r = await c.get("/v1/queues")
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1"
+        assert j(r)["error"] == "unavailable"
+        await holder
+        assert (await c.get("/v1/queues")).status_code == 200
+
+
+@pytest.mark.slow
+async def test_an_sse_connect_without_redis_is_still_a_503(tmp_path: Path, namespace: str) -> None:
+    """A new SSE client is checked against the feed reader, not with a PING
+    of its own. Once the reader's reads fail or go stale (within about
+    ``stale_after`` seconds of Redis going away) a connect is a 503 with
+    Retry-After, as before, and answered within about ``web.redis_timeout``."""
+    server = ServerProcess(server_binary(), ServerConfig(tmp_path, port=free_port()))
+    server.start()
+    try:
+        async with web_client(server.url, Settings(namespace=namespace)) as c:
+            hub = c.app.state.web.hub  # type: ignore[attr-defined]
+            assert await hub.wait_live(5)
+            server.kill()
+            gone = time.monotonic()
+            while hub.live():
+                assert time.monotonic() - gone < 10, "the feed reader did not notice"
+                await asyncio.sleep(0.05)
+            started = time.monotonic()
+            r = await c.get("/v1/stream")
+            took = time.monotonic() - started
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1"
+            assert j(r)["error"] == "unavailable"
+            assert took < 2, f"took {took:.1f}s"
+    finally:
+        server.stop()
