@@ -164,6 +164,7 @@ class FeedHub:
                     newest = await self.log.redis.xrevrange(self.key, count=1)
                     self.position = newest[0][0].decode() if newest else "0-0"
                     self.ready.set()
+                    self._heard()  # clients need not wait for the first blocking read
                 reply = await self.log.redis.xread(
                     {self.key: self.position}, count=1000, block=self.block_ms
                 )
