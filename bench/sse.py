@@ -397,7 +397,10 @@ async def start_web(env: dict[str, str], log_path: Path) -> Web:
         await proc.wait()
         raise RuntimeError(f"eventcore web did not start:\n{log_path.read_text()[-2000:]}")
     base = f"http://{m[1]}:{m[2]}"
-    return Web(proc, m[1], int(m[2]), httpx.AsyncClient(base_url=base, timeout=10), log_path)
+    # The health and metrics reads queue behind the fan-out: on a machine too
+    # busy to keep up they come late, and the delay figures say so.
+    http = httpx.AsyncClient(base_url=base, timeout=60)
+    return Web(proc, m[1], int(m[2]), http, log_path)
 
 
 # -- phases ---------------------------------------------------------------------------

@@ -44,6 +44,8 @@ def client_options(settings: Settings) -> ClientOptions:
         retry_attempts=r.retry_attempts,
         retry_backoff_base=r.retry_backoff_base,
         retry_backoff_cap=r.retry_backoff_cap,
+        max_connections=r.max_connections,
+        pool_timeout=r.pool_timeout,
     )
 
 

@@ -98,6 +98,9 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     (see :func:`eventcore.embedded.durability_config`).
     Failed connections are retried ``retry_attempts`` times with jittered
     exponential backoff from ``retry_backoff_base`` up to ``retry_backoff_cap``.
+    Each client (a process may have a few) keeps at most ``max_connections``
+    connections; a command that finds them all busy waits up to
+    ``pool_timeout`` seconds for one before failing as "Redis unavailable".
     """
 
     url: str | None = None
@@ -108,6 +111,8 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     retry_attempts: Count = 6
     retry_backoff_base: NonNegative = 0.05
     retry_backoff_cap: NonNegative = 2.0
+    max_connections: Annotated[int, Meta(ge=1)] = 100
+    pool_timeout: Positive = 30.0
 
 
 class WorkerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -6,6 +6,12 @@ ridden out. A retry re-sends the command; if the connection broke after Redis
 ran it but before the reply arrived, a plain append can be written twice.
 Submits made with an idempotency key are safe from that, and a ``settle`` sent
 twice answers "stale" the second time without writing.
+
+Each client keeps at most ``max_connections`` connections. A command that
+finds them all busy waits up to ``pool_timeout`` seconds for one to be
+released (a burst of requests queues rather than being refused); only when
+that wait runs out does it fail, with a ``ConnectionError`` like any other
+unreachable Redis.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import (
+    BlockingConnectionPool,
     Connection,
-    ConnectionPool,
     SSLConnection,
     UnixDomainSocketConnection,
 )
@@ -51,13 +57,16 @@ SCHEMES = ("redis", "rediss", "unix")
 
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
-    """Timeouts and retry policy for a client (see ``RedisSettings`` in config)."""
+    """Timeouts, retry policy and pool size for a client (see ``RedisSettings``
+    in config)."""
 
     connect_timeout: float = 5.0
     socket_timeout: float = 10.0
     retry_attempts: int = 6
     retry_backoff_base: float = 0.05
     retry_backoff_cap: float = 2.0
+    max_connections: int = 100
+    pool_timeout: float = 30.0
 
 
 def redact(url: str) -> str:
@@ -119,15 +128,20 @@ _FAST = {
 
 
 def make_client(url: str, options: ClientOptions | None = None) -> Redis:
-    """A client that retries transient errors with capped, jittered backoff."""
+    """A client that retries transient errors with capped, jittered backoff,
+    and whose commands wait for a free connection when the pool is full."""
     opts = options or ClientOptions()
     check_url(url)
     retry = Retry(
         ExponentialWithJitterBackoff(cap=opts.retry_backoff_cap, base=opts.retry_backoff_base),
         opts.retry_attempts,
     )
-    pool = ConnectionPool.from_url(
+    # redis-py's plain ConnectionPool raises "Too many connections" at its cap;
+    # the blocking pool makes a burst wait its turn instead.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=opts.max_connections,
+        timeout=opts.pool_timeout,
         socket_connect_timeout=opts.connect_timeout,
         socket_timeout=opts.socket_timeout,
         retry=retry,

@@ -157,6 +157,17 @@ def test_to_toml_dict_converts_back_to_the_same_settings() -> None:
     assert msgspec.convert(data, Settings) == s
 
 
+def test_redis_pool_keys_from_env_reach_the_client_options() -> None:
+    from eventcore.cli import client_options
+
+    s = load_settings(
+        env={"EVENTCORE_REDIS__MAX_CONNECTIONS": "40", "EVENTCORE_REDIS__POOL_TIMEOUT": "2.5"}
+    )
+    assert (s.redis.max_connections, s.redis.pool_timeout) == (40, 2.5)
+    opts = client_options(s)
+    assert (opts.max_connections, opts.pool_timeout) == (40, 2.5)
+
+
 # -- errors name the key and the source ----------------------------------------
 
 
@@ -221,6 +232,19 @@ def test_partitions_zero() -> None:
     e = config_error(EVENTCORE_PARTITIONS="0")
     assert (e.key, e.source) == ("partitions", "EVENTCORE_PARTITIONS")
     assert ">= 1" in e.detail
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "key", "bound"),
+    [
+        ("EVENTCORE_REDIS__MAX_CONNECTIONS", "0", "redis.max_connections", ">= 1"),
+        ("EVENTCORE_REDIS__POOL_TIMEOUT", "0", "redis.pool_timeout", "> 0"),
+    ],
+)
+def test_redis_pool_keys_must_be_positive(var: str, value: str, key: str, bound: str) -> None:
+    e = config_error(**{var: value})
+    assert (e.key, e.source) == (key, var)
+    assert bound in e.detail
 
 
 def test_bad_queue_name(tmp_path: Path) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio import BlockingConnectionPool
 
 from eventcore.connection import check_url, connect, redact
 from eventcore.errors import RedisUnavailable
@@ -112,3 +116,74 @@ async def test_transient_outage_is_ridden_out_by_retries() -> None:
         for p in (proc, *restarted):
             p.kill()
             p.wait()
+
+
+# -- the pool ------------------------------------------------------------------
+
+
+async def test_a_burst_waits_for_a_pooled_connection(redis_url: str) -> None:
+    """Regression: past the pool's cap a command failed at once with "Too many
+    connections" (redis-py's ConnectionPool); now it waits for a free one."""
+    from eventcore.connection import ClientOptions, make_client
+
+    client = make_client(redis_url, ClientOptions(max_connections=2, pool_timeout=10))
+    try:
+        # Each BLPOP holds its connection for its whole timeout.
+        key = f"t{uuid.uuid4().hex}"
+        got = await asyncio.gather(*(client.blpop([key], timeout=0.05) for _ in range(12)))
+        assert got == [None] * 12
+        assert len(client.connection_pool._available_connections) <= 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_pool_wait_that_runs_out_is_a_connection_error(redis_url: str) -> None:
+    """The wait is bounded: it ends as a ConnectionError, which the web
+    answers as 503 like any unreachable Redis."""
+    from eventcore.connection import ClientOptions, make_client
+
+    client = make_client(
+        redis_url, ClientOptions(max_connections=1, pool_timeout=0.2, retry_attempts=0)
+    )
+    try:
+        holder = asyncio.create_task(client.blpop([f"t{uuid.uuid4().hex}"], timeout=1))
+        while not client.connection_pool._in_use_connections:
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError):
+            await client.ping()
+        assert time.monotonic() - started < 2
+        await holder
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("over", ["tcp", "unix"])
+async def test_pooled_clients_keep_the_fast_packing(over: str, tmp_path: Path) -> None:
+    from eventcore.connection import _FAST, make_client
+    from eventcore.servers import ServerConfig, ServerProcess
+
+    config = (
+        ServerConfig(tmp_path, port=_free_port())
+        if over == "tcp"
+        else ServerConfig(tmp_path, unix_socket=True)
+    )
+    server = ServerProcess(server_binary(), config)
+    url = server.start()
+    client = make_client(url)
+    try:
+        assert url.startswith("unix://" if over == "unix" else "redis://")
+        pool = client.connection_pool
+        assert isinstance(pool, BlockingConnectionPool)
+        assert pool.connection_class in _FAST.values()
+        assert await client.set("k", "v") and await client.get("k") == b"v"
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+def test_tls_urls_get_the_fast_tls_connection() -> None:
+    from eventcore.connection import _FastSSLConnection, make_client
+
+    client = make_client("rediss://127.0.0.1:6380/0")  # not contacted
+    assert client.connection_pool.connection_class is _FastSSLConnection

@@ -37,6 +37,8 @@ class WebState:
     Two Redis clients: ``redis`` answers requests and gives up fast (a Redis
     that does not answer turns into a 503 within a second); ``blocking`` is
     for reads that wait on purpose (the feed, control acks, task results).
+    Each has its own pool of ``redis.max_connections``; a request that finds
+    its pool busy waits up to ``redis.pool_timeout`` for a connection.
     """
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
@@ -46,9 +48,14 @@ class WebState:
         self.redis: Redis = make_client(
             redis_url,
             ClientOptions(
-                connect_timeout=min(r.connect_timeout, w.redis_timeout),
+                # Not web.redis_timeout: a connection is made once and kept, and
+                # under a burst the event loop alone can take longer than that to
+                # finish a handshake; a refused or reset connection fails at once.
+                connect_timeout=r.connect_timeout,
                 socket_timeout=w.redis_timeout,
                 retry_attempts=0,
+                max_connections=r.max_connections,
+                pool_timeout=r.pool_timeout,
             ),
         )
         self.blocking: Redis = make_client(
@@ -59,6 +66,8 @@ class WebState:
                 retry_attempts=r.retry_attempts,
                 retry_backoff_base=r.retry_backoff_base,
                 retry_backoff_cap=r.retry_backoff_cap,
+                max_connections=r.max_connections,
+                pool_timeout=r.pool_timeout,
             ),
         )
         self.log = EventLog(

@@ -7,6 +7,10 @@ it reconnects with ``Last-Event-ID`` and reads what it missed from the
 stream itself. A client resuming with ``Last-Event-ID`` is registered first
 and then reads the stream from that id, and only then drains its queue,
 skipping what it already sent, so nothing falls between history and live.
+
+The reader also tells whether Redis is there (:meth:`FeedHub.wait_live`): a
+new client is checked against it rather than with a command of its own, so a
+thousand browsers reconnecting at once cost Redis nothing.
 """
 
 from __future__ import annotations
@@ -14,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 
 import msgspec
+from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from eventcore.ids import stream_id_key
@@ -110,7 +116,20 @@ class _Client:
 
 
 class FeedHub:
-    def __init__(self, log: EventLog, *, buffer: int = 256, block_ms: int = 250) -> None:
+    """The one feed reader of a web process and the clients it feeds.
+
+    ``stale_after``: how long past a blocking read's ``block_ms`` the reader
+    may go without a successful read before Redis counts as away.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        buffer: int = 256,
+        block_ms: int = 250,
+        stale_after: float = 2.0,
+    ) -> None:
         self.log = log
         self.key = log.keys.feed()
         self.buffer = buffer
@@ -120,6 +139,9 @@ class FeedHub:
         self._closing = False
         self.position: str | None = None
         self.ready = asyncio.Event()
+        self.stale_after = stale_after
+        self._read_at: float | None = None  # when a read last succeeded; None: failing
+        self._read = asyncio.Event()  # set (and replaced) at each successful read
 
     async def start(self) -> None:
         self._closing = False
@@ -142,13 +164,16 @@ class FeedHub:
                     newest = await self.log.redis.xrevrange(self.key, count=1)
                     self.position = newest[0][0].decode() if newest else "0-0"
                     self.ready.set()
+                    self._heard()  # clients need not wait for the first blocking read
                 reply = await self.log.redis.xread(
                     {self.key: self.position}, count=1000, block=self.block_ms
                 )
                 backoff = 0.1
+                self._heard()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: keep clients, try again
+                self._read_at = None
                 log.warning("feed reader: %s; retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -157,6 +182,27 @@ class FeedHub:
                 for raw_id, fields in entries:
                     self.position = raw_id.decode()
                     self.publish(self.position, fields)
+
+    def _heard(self) -> None:
+        self._read_at = time.monotonic()
+        read, self._read = self._read, asyncio.Event()
+        read.set()
+
+    def live(self) -> bool:
+        """Whether the reader's last read succeeded, and recently enough."""
+        at = self._read_at
+        return at is not None and time.monotonic() - at < self.block_ms / 1000 + self.stale_after
+
+    async def wait_live(self, timeout: float) -> bool:
+        """True at once if :meth:`live`, else once the next read succeeds;
+        False if none does within ``timeout`` seconds (Redis is away)."""
+        if self.live():
+            return True
+        try:
+            await asyncio.wait_for(self._read.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
 
     def publish(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         item: FeedItem | None = None
@@ -180,10 +226,11 @@ class FeedHub:
         rows = await self.log.redis.xrange(self.key, f"({after}", "+", count=count)
         return [FeedItem.from_entry(raw_id.decode(), fields) for raw_id, fields in rows]
 
-    async def _dropped_after(self, last_id: str) -> bool:
-        """Whether the capped feed has dropped entries newer than ``last_id``."""
+    async def dropped_after(self, last_id: str, redis: Redis | None = None) -> bool:
+        """Whether the capped feed has dropped entries newer than ``last_id``
+        (asked with ``redis``, else the reader's client)."""
         try:
-            info = await self.log.redis.xinfo_stream(self.key)
+            info = await (redis or self.log.redis).xinfo_stream(self.key)
         except ResponseError:  # no feed yet
             return False
         deleted = info.get("max-deleted-entry-id")
@@ -197,18 +244,19 @@ class FeedHub:
         return stream_id_key(first_id) > stream_id_key(last_id)
 
     async def follow(
-        self, flt: FeedFilter, last_id: str | None = None
+        self, flt: FeedFilter, last_id: str | None = None, *, checked: bool = False
     ) -> AsyncIterator[list[FeedItem]]:
         """The matching view changes after ``last_id`` (from the stream), then
         live ones, in batches of whatever is ready (one write to the socket
-        each). Raises :class:`Resync` when the client must re-read the views."""
+        each). Raises :class:`Resync` when the client must re-read the views.
+        ``checked``: the caller has found :meth:`dropped_after` false already."""
         client = _Client(flt, self.buffer)
         self.clients.add(client)
         try:
             sent = (0, 0)
             if last_id is not None:
                 client.catching_up = True
-                if await self._dropped_after(last_id):
+                if not checked and await self.dropped_after(last_id):
                     # The capped feed dropped entries this client never saw.
                     raise Resync()
                 cursor = last_id

@@ -47,15 +47,30 @@ async def stream(request: Request) -> Response:
             raise ApiError(
                 422, "invalid", f"Last-Event-ID {last_id!r} is not a stream id"
             ) from None
-    await web.redis.ping()  # a Redis that is away is a 503 now, not a stream that never speaks
     tenant = who.tenant if web.auth.enabled and not who.has("admin") else None
     flt = FeedFilter(tenant=tenant, **{f: params[f] for f in FILTERS if f in params})
     hub = web.hub
+    # A Redis that is away is a 503 now, not a stream that never speaks. A
+    # resume reads the feed anyway, so it asks Redis (waiting on the pool
+    # like any request); a new client goes by the hub's reader, so a crowd
+    # reconnecting at once takes no connection each.
+    dropped = False
+    if last_id is not None:
+        dropped = await hub.dropped_after(last_id, web.redis)
+    elif not await hub.wait_live(web.settings.web.redis_timeout):
+        raise ApiError(
+            503,
+            "unavailable",
+            "the event store (Redis) is unavailable; retry shortly",
+            {"Retry-After": "1"},
+        )
     web.metrics.sse_clients.inc()
 
     async def events() -> AsyncIterator[bytes | ServerSentEvent]:
         try:
-            async for batch in hub.follow(flt, last_id):
+            if dropped:  # the capped feed no longer holds what this client missed
+                raise Resync()
+            async for batch in hub.follow(flt, last_id, checked=True):
                 yield b"".join(item.frame for item in batch)
         except Resync:
             yield ServerSentEvent('{"reason": "fell behind or missed entries"}', event="resync")
