@@ -14,7 +14,8 @@
 Each figure is the median of R runs. No worker runs: the tasks stay queued,
 which costs the submit path nothing (stream lengths are O(1)).
 
-Usage: python bench/http_submit.py [--seconds S] [--concurrency C] [--runs R]
+Usage: python bench/http_submit.py [--seconds S] [--concurrency C] [--runs R] [--warmup W]
+                                   [--quick]
 
 (Not bench/http.py: a script's directory comes first on sys.path, so that
 name would shadow the standard library's `http` for every script in bench/.)
@@ -34,6 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import _quick
 import httpx
 
 from eventcore.config import DEFAULT_QUEUES
@@ -248,5 +250,5 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of HTTP load first")
-    args = parser.parse_args()
+    args = _quick.parse_args(parser, {"seconds": 1.0, "concurrency": 8, "runs": 1, "warmup": 0.3})
     asyncio.run(main(args.seconds, args.concurrency, args.runs, args.warmup))

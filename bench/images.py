@@ -8,7 +8,7 @@ framework cost) and 2 (this machine's cores).
 direct: the same handler function called in a loop in this process, with
 the same blob store: the ceiling for one core.
 
-Usage: python bench/images.py [--tasks N] [--runs R]
+Usage: python bench/images.py [--tasks N] [--runs R] [--quick]
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import time
 import uuid
 from pathlib import Path
 
+# Run as a script, this folder is on sys.path: _quick and throughput are bench/'s.
+import _quick
 import numpy as np
 import redis as sync_redis
-
-# Run as a script, this folder is on sys.path.
 from throughput import start_worker, wait_started
 
 from eventcore.blobs import RedisBlobStore, SyncRedisBlobStore
@@ -142,5 +142,5 @@ if __name__ == "__main__":
     )
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = _quick.parse_args(parser, {"tasks": 6, "runs": 1})
     asyncio.run(main(args.tasks, args.runs))

@@ -6,7 +6,7 @@ disk) and prints, for each mode, the median of several runs:
   raw XADD, one at a time        vs  submit, one at a time
   raw XADD, pipelined (B/trip)   vs  submit_many, B per trip
 
-Usage: python bench/log.py [--tasks N] [--batch B] [--runs R]
+Usage: python bench/log.py [--tasks N] [--single-tasks S] [--batch B] [--runs R] [--quick]
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import _quick
 
 from eventcore.codec import encode
 from eventcore.connection import make_client
@@ -43,22 +45,23 @@ async def rate(run: Callable[[], Awaitable[int]]) -> float:
     return n / (time.perf_counter() - t0)
 
 
-async def main(tasks: int, batch: int, runs: int) -> None:
+async def main(tasks: int, single_n: int, batch: int, runs: int) -> None:
     binary = find_server_binary(prefer="path")
     with tempfile.TemporaryDirectory(prefix="ec-bench-") as tmp:
         server = ServerProcess(binary, ServerConfig(Path(tmp), port=free_port()))
         server.start()
         try:
-            await measure(binary, server.url, tasks, batch, runs)
+            await measure(binary, server.url, tasks, single_n, batch, runs)
         finally:
             server.stop()
 
 
-async def measure(binary: ServerBinary, url: str, tasks: int, batch: int, runs: int) -> None:
+async def measure(
+    binary: ServerBinary, url: str, tasks: int, single_n: int, batch: int, runs: int
+) -> None:
     redis = make_client(url)
     try:
         payload = encode(TaskSubmitted(task_id=new_task_id(), spec=SPEC))
-        single_n = max(1000, tasks // 4)
 
         async def xadd_single() -> int:
             stream = f"bench:{uuid.uuid4().hex}"
@@ -127,7 +130,11 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument(
+        "--single-tasks", type=int, help="per one-at-a-time run (default: max(1000, tasks/4))"
+    )
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--runs", type=int, default=5)
-    args = parser.parse_args()
-    asyncio.run(main(args.tasks, args.batch, args.runs))
+    args = _quick.parse_args(parser, {"tasks": 500, "single_tasks": 200, "runs": 1})
+    single_n = args.single_tasks or max(1000, args.tasks // 4)
+    asyncio.run(main(args.tasks, single_n, args.batch, args.runs))

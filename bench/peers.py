@@ -22,9 +22,12 @@ cannot be imported, or fails, is reported as skipped and the rest go on.
 and latency() when that file is importable (its latency is submit -> terminal
 event by XREAD, not BLPOP).
 
+--quick runs every peer installed here (arq only with --python arq=PATH) and
+eventcore at tiny sizes, and exits non-zero when any of them fails.
+
 Usage: python bench/peers.py [--tasks N] [--runs R] [--latency-runs R]
        [--peers celery,arq,...] [--python arq=/venv/bin/python] [--concurrency huey=4]
-       [--eventcore]
+       [--eventcore] [--quick]
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import _quick
 import redis
 import redis.asyncio
 
@@ -327,6 +331,18 @@ def report(results: list[Result], eventcore: Result | None) -> None:
     )
 
 
+def broken(results: list[Result], eventcore: Result | None, args: argparse.Namespace) -> list[str]:
+    """What failed, for --quick. A peer may be missing only if it needs a venv of
+    its own (arq) and none was given."""
+    out = []
+    for r in results + ([eventcore] if eventcore else []):
+        if r.failed:
+            out.append(f"{r.name}: {'; '.join(r.errors)}")
+        elif r.skipped and (r.name not in HINTS or r.name in args.python):
+            out.append(f"{r.name}: skipped: {r.skipped}")
+    return out
+
+
 def measure(args: argparse.Namespace, url: str, logs: Path) -> tuple[list[Result], Result | None]:
     results = [Result(name) for name in args.peers]
     eventcore: Result | None = None
@@ -399,6 +415,8 @@ def main(args: argparse.Namespace) -> None:
         f"apart; submit -> BLPOP of the key the task pushed; median of {args.latency_runs} run(s)"
     )
     report(results, eventcore)
+    if args.quick and (failures := broken(results, eventcore, args)):
+        raise SystemExit("--quick: failed:\n  " + "\n  ".join(failures))
 
 
 if __name__ == "__main__":
@@ -417,7 +435,18 @@ if __name__ == "__main__":
     parser.add_argument("--logs", help="keep worker logs in this directory")
     parser.add_argument("--eventcore", action="store_true", help="also measure eventcore")
     parser.add_argument("--eventcore-concurrency", type=int, default=1000)
-    ns = parser.parse_args()
+    # Starting each peer's worker is most of a quick run; the sizes only need
+    # to be big enough that every phase does some work.
+    quick = {
+        "tasks": 50,
+        "runs": 1,
+        "latency_runs": 1,
+        "latency_tasks": 10,
+        "gap_ms": 5.0,
+        "timeout": 60.0,
+        "eventcore": True,
+    }
+    ns = _quick.parse_args(parser, quick)
     ns.peers = [p.strip() for p in ns.peers.split(",") if p.strip()]
     unknown = sorted(set(ns.peers) - set(PEERS))
     if unknown:

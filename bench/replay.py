@@ -19,7 +19,7 @@ Last, the live projector's lag while one worker process runs no-op tasks (one
 partition: the worker runs with the default config).
 
 Usage: python bench/replay.py [--events N] [--partitions P] [--batch B] [--runs R]
-                              [--in-flight W] [--live-tasks T] [--live-seconds S]
+                              [--in-flight W] [--live-tasks T] [--live-seconds S] [--quick]
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import _quick
 from redis.asyncio import Redis
 from throughput import ended, start_worker, wait_started
 
@@ -364,4 +365,13 @@ if __name__ == "__main__":
     parser.add_argument("--live-tasks", type=int, default=20_000)
     parser.add_argument("--live-seconds", type=float, default=2.5)
     parser.add_argument("--timeout", type=float, default=900, help="per rebuild, seconds")
-    asyncio.run(main(parser.parse_args()))
+    quick = {
+        "events": 20_000,
+        "batch": 5_000,  # several steps per rebuild, as with the full log
+        "runs": 1,
+        "in_flight": 500,
+        "live_tasks": 1_000,
+        "live_seconds": 1.0,
+        "timeout": 60,
+    }
+    asyncio.run(main(_quick.parse_args(parser, quick)))

@@ -10,6 +10,7 @@
    acking) written as a bare loop with no framework: the ceiling to approach.
 
 Usage: python bench/throughput.py [--tasks N] [--runs R] [--concurrency C]
+                                  [--latency-tasks L] [--quick]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import time
 import uuid
 from pathlib import Path
 
+import _quick
 from redis.asyncio import Redis
 
 from eventcore import groups
@@ -215,5 +217,5 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument("--latency-tasks", type=int, default=200)
-    args = parser.parse_args()
+    args = _quick.parse_args(parser, {"tasks": 300, "runs": 1, "latency_tasks": 20})
     asyncio.run(main(args.tasks, args.runs, args.concurrency, args.latency_tasks))

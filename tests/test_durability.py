@@ -1,11 +1,17 @@
-"""The durable profile: no acknowledged submit is lost to a kill -9 of Redis."""
+"""The durable profile: no acknowledged submit is lost to a kill -9 of Redis.
+
+The full size is RELIABILITY.md's: 20 rounds of submit, kill -9 and restart,
+10,000 acknowledged submissions in all. ``EVENTCORE_TEST_FAULT_SIZE=quick``
+runs 3 rounds, 450 submissions."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import redis
@@ -16,8 +22,17 @@ from eventcore.events import TaskSpec
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from tests.conftest import server_binary
+from tests.faultkit import fault_size
 
 SPEC = TaskSpec(kind="noop", queue="cpu-light")
+
+
+class Size(NamedTuple):
+    rounds: int  # kill -9 and restart this many times
+    acks: int  # acknowledged submissions over all rounds, at least
+
+
+SIZE = fault_size(full=Size(20, 10_000), quick=Size(3, 450))
 
 
 async def _submit_until_killed(url: str, keys: Keys, kill_after: int, pid: int) -> list[str]:
@@ -44,16 +59,19 @@ async def _submit_until_killed(url: str, keys: Keys, kill_after: int, pid: int) 
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(fault_size(420, 120))
 async def test_acknowledged_submits_survive_kill_9(tmp_path: Path, namespace: str) -> None:
     keys = Keys(namespace, partitions=2)
     binary = server_binary().path
     acked: list[str] = []
-    for round_ in range(3):
+    started = time.monotonic()
+    for round_ in range(SIZE.rounds):
         server = EmbeddedRedis(tmp_path / "data", "durable", binary)
         url = server.start()
         assert server.pid is not None
-        acked += await _submit_until_killed(url, keys, 150 + 50 * round_, server.pid)
+        # Each round kills at a different count, so the kills fall on different work.
+        kill_after = SIZE.acks // SIZE.rounds + 10 * (round_ % 3)
+        acked += await _submit_until_killed(url, keys, kill_after, server.pid)
         server.stop()  # notices the dead server, releases the lock
 
     server = EmbeddedRedis(tmp_path / "data", "durable", binary)
@@ -65,8 +83,13 @@ async def test_acknowledged_submits_survive_kill_9(tmp_path: Path, namespace: st
         for p in keys.all_partitions():
             found |= {e.event.task_id for e in await log.read(keys.events(p))}
             queued += await client.xlen(keys.work(p, "cpu-light", "normal"))
-        assert len(acked) >= 450, f"only {len(acked)} submits acknowledged"
         lost = set(acked) - found
+        print(
+            f"\nredis kill -9: {SIZE.rounds} kills and restarts in "
+            f"{time.monotonic() - started:.0f} s; {len(acked)} submissions acknowledged, "
+            f"{len(lost)} lost; {len(found)} in the log, {queued} work entries"
+        )
+        assert len(acked) >= SIZE.acks, f"only {len(acked)} submits acknowledged"
         assert not lost, f"{len(lost)} acknowledged submits lost, e.g. {sorted(lost)[:3]}"
         # every event kept its work entry (atomic submit)
         assert queued == len(found), f"{len(found)} submitted events, {queued} work entries"
