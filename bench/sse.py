@@ -55,6 +55,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import _quick
 import httpx
 from redis.asyncio import Redis
 
@@ -667,4 +668,5 @@ if __name__ == "__main__":
     parser.add_argument(
         "--rate", type=float, default=2.0, help="with --watch all: tasks submitted per second"
     )
-    asyncio.run(main(parser.parse_args()))
+    quick = {"clients": 50, "stalled": 5, "seconds": 2.0, "stalled_seconds": 2.0}
+    asyncio.run(main(_quick.parse_args(parser, quick)))
