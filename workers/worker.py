@@ -172,7 +172,7 @@ class Worker:
             ),
         )
         # Imported here: both modules import this one for its types.
-        from workers import upkeep
+        from workers import reroute, upkeep
         from workers.commands import control_loop
 
         loops = [
@@ -181,6 +181,7 @@ class Worker:
             lambda: upkeep.lease_loop(self),
             lambda: upkeep.reclaim_loop(self),
             lambda: upkeep.release_loop(self),
+            lambda: reroute.reroute_loop(self),
             lambda: upkeep.heartbeat_loop(self),
             lambda: control_loop(self),
         ]
