@@ -294,3 +294,16 @@ def test_status_prints_queues_and_pending(redis_url: str) -> None:
     table = cli("status", env=env).stdout.splitlines()
     assert table[0].split()[:3] == ["queue", "entries", "pending"]
     assert any(line.split()[:2] == ["cpu-light", "2"] for line in table)
+
+
+def test_status_warns_of_a_queue_no_live_worker_reads(redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": "st" + os.urandom(4).hex()}
+    assert cli("submit", "inpaint", "--queue", "gpu-high", env=env).returncode == 0
+    res = cli("status", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    rows = {q["queue"]: q for q in json.loads(res.stdout)["queues"]}
+    assert rows["gpu-high"]["consumers"] == 0
+    assert "no worker serves this queue" in rows["gpu-high"]["warning"]
+    assert rows["cpu-light"]["warning"] is None
+    text = cli("status", env=env).stdout
+    assert "warning: queue gpu-high: no worker serves this queue: 1 task(s) wait" in text
