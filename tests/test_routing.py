@@ -296,3 +296,49 @@ def test_the_least_demanding_queue_needs_no_more_than_any_other(
         assert demand(chosen) <= demand(q)
         if demand(q) == demand(chosen):  # equals: the first declared
             assert queues.index(chosen) <= queues.index(q)
+
+
+# -- the submit path, as `eventcore up` meets it -------------------------------------------
+
+
+async def test_web_submit_before_any_worker_announced_goes_to_a_queue_any_machine_reads(
+    redis_url, log, namespace
+) -> None:
+    """Regression (issue: the first request after start-up could hang): a
+    routed inpaint sent before the worker's NodeStarted went to gpu-high,
+    which a machine without a GPU never reads."""
+    import msgspec
+
+    from eventcore.config import Settings
+    from eventcore.events import Capabilities, NodeStarted, TaskSubmitted
+    from eventcore.nodes import append_node_event
+    from tests.webkit import j, web_client
+
+    settings = Settings(namespace=namespace)  # the default queues
+    async with web_client(redis_url, settings) as c:
+        routed = await c.post("/v1/tasks", json={"kind": "inpaint"})
+        assert routed.status_code == 202, routed.text
+        assert j(routed)["queue"] == "cpu-light"
+        pinned = await c.post("/v1/tasks", json={"kind": "inpaint", "queue": "gpu-high"})
+        assert j(pinned)["queue"] == "gpu-high"
+        # A CPU-only node that reads cpu-heavy and cpu-light: never a gpu queue.
+        caps = Capabilities(cpu_cores=8, memory_mb=16_000, handlers=("inpaint",))
+        started = NodeStarted(
+            node="cpu-1", capabilities=caps, queues=("cpu-heavy", "cpu-light"), concurrency=2
+        )
+        await append_node_event(log, started)
+        c.app.state.web.node_facts = None  # forget the cached node facts
+        for _ in range(4):
+            r = await c.post("/v1/tasks", json={"kind": "inpaint"})
+            assert j(r)["queue"] in ("cpu-heavy", "cpu-light"), r.text
+    flags = {}
+    for tid in (j(routed)["task_id"], j(pinned)["task_id"]):
+        [sub] = [e.event for e in await log.history(tid) if isinstance(e.event, TaskSubmitted)]
+        flags[sub.spec.queue] = sub.routed
+    assert flags == {"cpu-light": True, "gpu-high": False}
+    assert (
+        msgspec.json.decode(
+            b'{"task_id": "t", "spec": {"kind": "k", "queue": "q"}}', type=TaskSubmitted
+        ).routed
+        is False
+    )
