@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import msgspec
+import pytest
 
 from eventcore import groups
 from eventcore.codec import encode
@@ -171,3 +172,31 @@ async def test_nothing_moves_without_a_live_node(r, namespace) -> None:
     await _stranded(elog)
     assert await reroute_once(elog, settings.queues, silent_for=1.0, by="x") == []
     assert len(await waiting_entries(elog, ["gpu"])) == 1
+
+
+async def test_reroute_refuses_bad_arguments_and_writes_nothing(log: EventLog) -> None:
+    from eventcore.errors import ScriptArgumentError
+
+    k = log.keys
+    keys = [k.events(0), k.done(0), k.work(0, "gpu", "normal"), k.work(0, "cpu", "normal")]
+    good = ["workers", "1-0", "t", b"event", b"spec"]
+    bad = [
+        (keys, ["", *good[1:]]),
+        (keys, [good[0], "not-an-id", *good[2:]]),
+        (keys, [*good[:2], "", *good[3:]]),
+        (keys, [*good[:3], "", good[4]]),
+        (keys, [*good[:4], ""]),
+        ([*keys[:3], keys[2]], good),
+    ]
+    for keys_, args in bad:
+        with pytest.raises(ScriptArgumentError):
+            await log._call(log.scripts.reroute, keys_, args)
+    assert await log.redis.keys(k.all_keys_pattern()) == []
+
+
+async def test_a_task_that_ended_is_not_moved(log: EventLog) -> None:
+    task = await _stranded(log)
+    [w] = await waiting_entries(log, ["gpu"])
+    await log.redis.hset(log.keys.done(log.keys.partition(task)), task, "task.cancelled")
+    [res] = await log.reroute([_move(log, task, w.entry_id, w.submitted)])
+    assert not res.ok and "ended" in res.why
