@@ -200,3 +200,26 @@ async def test_a_task_that_ended_is_not_moved(log: EventLog) -> None:
     await log.redis.hset(log.keys.done(log.keys.partition(task)), task, "task.cancelled")
     [res] = await log.reroute([_move(log, task, w.entry_id, w.submitted)])
     assert not res.ok and "ended" in res.why
+
+
+async def test_routed_tasks_behind_a_long_pinned_backlog_are_reached(log: EventLog) -> None:
+    """Each pass reads a page per stream and the next one goes on from there,
+    so pinned tasks at the head of a queue cannot hide routed ones for ever."""
+    from eventcore.events import Capabilities, NodeStarted
+    from eventcore.nodes import append_node_event
+
+    caps = Capabilities(cpu_cores=2, memory_mb=1024)
+    await append_node_event(
+        log, NodeStarted(node="cpu-1", capabilities=caps, queues=("cpu",), concurrency=1)
+    )
+    for _ in range(5):
+        await _stranded(log, routed=False)
+    routed = await _stranded(log)
+    cursors: dict[str, str] = {}
+    passes = 0
+    while "task.rerouted" not in await event_types(log, routed):
+        passes += 1
+        assert passes <= 3, "the routed task was never reached"
+        await reroute_once(log, QUEUES, silent_for=5.0, by="t", cursors=cursors, limit=2)
+    assert passes == 3  # pages of 2: pinned, pinned; pinned, pinned; pinned, routed
+    assert len(await waiting_entries(log, ["gpu"])) == 5

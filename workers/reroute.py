@@ -37,6 +37,7 @@ from eventcore.codec import TASK, encode
 from eventcore.config import QueueConfig
 from eventcore.errors import DecodeError
 from eventcore.events import PRIORITIES_HIGH_FIRST, Priority, TaskRerouted, TaskSubmitted
+from eventcore.ids import stream_id_key
 from eventcore.log import EventLog, Reroute, RerouteResult
 from eventcore.nodes import read_queue_consumers
 from eventcore.routing import RoutingError, backlog, route
@@ -101,12 +102,22 @@ def plan(
 
 
 async def waiting_entries(
-    elog: EventLog, queues: Sequence[str], *, limit: int = BATCH
+    elog: EventLog,
+    queues: Sequence[str],
+    *,
+    limit: int = BATCH,
+    cursors: dict[str, str] | None = None,
 ) -> list[Waiting]:
     """Entries of ``queues`` that no worker has been handed yet, at most
     ``limit`` per work stream, in two round trips. Entries whose spec does
     not decode are logged and left to the worker that claims them (it
-    dead-letters them)."""
+    dead-letters them).
+
+    ``cursors`` (work stream -> last entry id read), kept by the caller
+    between calls, makes a long stream be read page by page: a call starts
+    after its cursor and moves it on, and a stream read to its end starts
+    over next time. Without it, a backlog of pinned tasks longer than
+    ``limit`` would hide the routed ones behind it for ever."""
     k = elog.keys
     streams = [
         (k.work(p, q, prio), q, prio)
@@ -127,7 +138,14 @@ async def waiting_entries(
         delivered = next(
             (_s(g["last-delivered-id"]) for g in info if _s(g["name"]) == elog.group), None
         )
-        starts.append((stream, q, prio, "-" if delivered is None else "(" + delivered))
+        # Start after the cursor, or after the last entry handed to a worker
+        # if that is further on.
+        after = cursors.get(stream) if cursors is not None else None
+        if after is None or (
+            delivered is not None and stream_id_key(delivered) > stream_id_key(after)
+        ):
+            after = delivered
+        starts.append((stream, q, prio, "-" if after is None else "(" + after))
     if not starts:
         return []
     async with elog.redis.pipeline(transaction=False) as pipe:
@@ -136,6 +154,11 @@ async def waiting_entries(
         replies = await pipe.execute()
     out = []
     for (stream, q, prio, _), raw in zip(starts, replies):
+        if cursors is not None:
+            if len(raw) >= limit:
+                cursors[stream] = _s(raw[-1][0])
+            else:
+                cursors.pop(stream, None)
         for eid, fields in raw:
             entry_id = _s(eid)
             try:
@@ -155,16 +178,19 @@ async def reroute_once(
     silent_for: float,
     by: str,
     now: float | None = None,
+    cursors: dict[str, str] | None = None,
+    limit: int = BATCH,
 ) -> list[RerouteResult]:
     """One pass: read which queues live nodes read, the entries waiting on the
-    others, and move those :func:`plan` says. Returns what each move did."""
+    others, and move those :func:`plan` says. Returns what each move did.
+    ``cursors`` and ``limit``: see :func:`waiting_entries`."""
     names = [q.name for q in queues]
     consumers = await read_queue_consumers(elog, names, silent_for=silent_for, now=now)
     served = {q for q, n in consumers.items() if n > 0}
     unserved = [q for q in names if q not in served]
     if not served or not unserved:
         return []
-    waiting = await waiting_entries(elog, unserved)
+    waiting = await waiting_entries(elog, unserved, limit=limit, cursors=cursors)
     if not waiting:
         return []
     lengths = await backlog(elog, sorted(served & set(names)))
@@ -205,6 +231,7 @@ async def reroute_once(
 async def reroute_loop(worker: Worker) -> None:
     """Every ``worker.reclaim_interval`` seconds, move stranded routed tasks."""
     ws = worker.settings.worker
+    cursors: dict[str, str] = {}
     while not worker.closing:
         await asyncio.sleep(ws.reclaim_interval)
         await reroute_once(
@@ -213,6 +240,7 @@ async def reroute_loop(worker: Worker) -> None:
             silent_for=ws.heartbeat_timeout,
             by=worker.node,
             now=time.time(),
+            cursors=cursors,
         )
 
 
