@@ -194,7 +194,9 @@ async def main(seconds: float, concurrency: int, runs: int, warmup: float) -> No
             return await log.submit(SPEC)
 
         async def routed_submit() -> object:
-            queue = route("noop", None, None, DEFAULT_QUEUES, await backlog(log, QUEUES))
+            queue = route(
+                "noop", None, None, DEFAULT_QUEUES, await backlog(log, QUEUES), served=QUEUES
+            )
             return await log.submit(TaskSpec(kind="noop", queue=queue))
 
         try:

@@ -31,6 +31,7 @@ from eventcore.events import (
     TaskCancelled,
     TaskCancelRequested,
     TaskDeadLettered,
+    TaskRerouted,
     TaskRetryScheduled,
     TaskScheduled,
     TaskSpec,
@@ -46,6 +47,8 @@ __all__ = [
     "CancelResult",
     "EventLog",
     "HeldAppend",
+    "Reroute",
+    "RerouteResult",
     "SettleResult",
     "Settlement",
     "Submission",
@@ -69,6 +72,7 @@ class Submission(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_key: str | None = None
     run_at: float | None = None
     task_id: str | None = None
+    routed: bool = False  # the router chose spec.queue (see TaskSubmitted.routed)
 
 
 class SubmitResult(msgspec.Struct, frozen=True):
@@ -102,6 +106,25 @@ class HeldAppend(msgspec.Struct, frozen=True):
     written: bool
     event_ids: tuple[str, ...] = ()
     not_held: str = ""  # why nothing was written, when not written
+
+
+class Reroute(msgspec.Struct, frozen=True):
+    """Move one waiting work entry to ``to_stream`` (same partition), recording
+    ``event``. ``spec`` is the new entry's encoded ``TaskSubmitted`` (its
+    ``spec.queue`` naming the new queue)."""
+
+    stream: str
+    entry_id: str
+    to_stream: str
+    event: TaskRerouted
+    spec: bytes
+
+
+class RerouteResult(msgspec.Struct, frozen=True):
+    ok: bool
+    event_id: str = ""
+    entry_id: str = ""  # the new work entry's id
+    why: str = ""  # why nothing was written, when not ok
 
 
 class CancelOutcome(enum.StrEnum):
@@ -146,11 +169,19 @@ class EventLog:
         idempotency_key: str | None = None,
         run_at: float | None = None,
         task_id: str | None = None,
+        routed: bool = False,
     ) -> SubmitResult:
         """Append ``TaskSubmitted`` and add the work entry (or the delayed item),
         atomically. With an idempotency key that was seen within the TTL, the
-        earlier task's id is returned and nothing is written."""
-        sub = Submission(spec=spec, idempotency_key=idempotency_key, run_at=run_at, task_id=task_id)
+        earlier task's id is returned and nothing is written. ``routed`` says
+        the router chose ``spec.queue`` (the submitter did not name it)."""
+        sub = Submission(
+            spec=spec,
+            idempotency_key=idempotency_key,
+            run_at=run_at,
+            task_id=task_id,
+            routed=routed,
+        )
         return (await self.submit_many([sub]))[0]
 
     async def submit_many(self, subs: Sequence[Submission]) -> list[SubmitResult]:
@@ -169,7 +200,12 @@ class EventLog:
                 spec = sub.spec
                 check_name("queue", spec.queue)
                 submitted = encode(
-                    TaskSubmitted(task_id=task_id, spec=spec, idempotency_key=sub.idempotency_key)
+                    TaskSubmitted(
+                        task_id=task_id,
+                        spec=spec,
+                        idempotency_key=sub.idempotency_key,
+                        routed=sub.routed,
+                    )
                 )
                 keys.append(self.keys.work(p, spec.queue, spec.priority))
                 if sub.idempotency_key:
@@ -381,6 +417,27 @@ class EventLog:
         ]
         replies = await self._run(self.scripts.release_due, calls)
         return sum(int(released) for released, _orphans in replies)
+
+    async def reroute(self, moves: Sequence[Reroute]) -> list[RerouteResult]:
+        """Move waiting work entries to other queues, each with its
+        ``TaskRerouted``, in one round trip. An entry that no longer waits
+        (claimed, gone, its task ended) is left alone and answered with why.
+        Safe to run from many processes at once: an entry moves once."""
+        calls = []
+        for move in moves:
+            p = self.keys.partition(move.event.task_id)
+            keys = [self.keys.events(p), self.keys.done(p), move.stream, move.to_stream]
+            args = [self.group, move.entry_id, move.event.task_id, encode(move.event), move.spec]
+            calls.append((keys, args))
+        if not calls:
+            return []
+        out = []
+        for reply in await self._run(self.scripts.reroute, calls):
+            if int(reply[0]):
+                out.append(RerouteResult(True, _s(reply[1]), _s(reply[2])))
+            else:
+                out.append(RerouteResult(False, why=_s(reply[1])))
+        return out
 
     # -- reading -----------------------------------------------------------------------
 

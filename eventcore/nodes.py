@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -28,6 +29,8 @@ __all__ = [
     "last_seen",
     "live_nodes",
     "mark_lost",
+    "queue_consumers",
+    "read_queue_consumers",
 ]
 
 
@@ -109,3 +112,30 @@ async def live_nodes(
         for node, rec in (await announced_nodes(log)).items()
         if rec.alive(silent_for, now)
     }
+
+
+def queue_consumers(
+    records: Mapping[str, NodeRecord], queues: Iterable[str], *, silent_for: float, now: float
+) -> dict[str, int]:
+    """How many live nodes read each queue: every name in ``queues`` (0 when
+    none does) and any other queue a live node announced. A node counts while
+    it has been heard from in the last ``silent_for`` seconds, as routing
+    sees it; a queue with waiting work and 0 here is stranded until a node
+    that reads it starts (or a routed task there is moved, see
+    :mod:`workers.reroute`)."""
+    out = dict.fromkeys(queues, 0)
+    for rec in records.values():
+        if rec.alive(silent_for, now):
+            for q in rec.started.queues:
+                out[q] = out.get(q, 0) + 1
+    return out
+
+
+async def read_queue_consumers(
+    log: EventLog, queues: Iterable[str], *, silent_for: float, now: float | None = None
+) -> dict[str, int]:
+    """:func:`queue_consumers` of the node records as they are now (one round trip).
+    The one count the queue list, the metrics, ``eventcore status`` and the
+    rerouting loop all use."""
+    now = time.time() if now is None else now
+    return queue_consumers(await announced_nodes(log), queues, silent_for=silent_for, now=now)

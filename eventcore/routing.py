@@ -2,22 +2,38 @@
 
 The rule, in full:
 
-1. A task that names its ``queue`` goes there, provided the queue is declared
-   and its ``kinds`` (if any) include the task's kind.
-2. Otherwise the eligible queues are those whose ``kinds`` is empty or lists
-   the kind and, when the task names a ``model``, whose ``models`` is empty or
-   lists the model. The one with the least backlog wins; a tie goes to the
-   queue declared first.
-3. No eligible queue is an error (:class:`RoutingError`) at submit time, never
-   a task that waits forever.
+1. A task that names its ``queue`` is *pinned*: it goes there, provided the
+   queue is declared and its ``kinds`` (if any) include the task's kind.
+2. Otherwise the task is *routed*. The eligible queues are those whose
+   ``kinds`` is empty or lists the kind and, when the task names a ``model``,
+   whose ``models`` is empty or lists the model. No eligible queue is an error
+   (:class:`RoutingError`) at submit time, never a task that waits forever.
+3. If live nodes read (``served``) any eligible queue, the served one with the
+   least backlog wins; a tie goes to the queue declared first.
+4. If none is served (no node is live yet, as in the seconds after
+   ``eventcore up`` starts, or none of the live ones can run the task), the
+   *least demanding* eligible queue wins: the one the most machines could
+   serve. Queues compare by their requirements in this order: no GPU before
+   GPU, then ``min_gpu_memory_mb``, ``min_cores``, ``min_memory_mb`` and the
+   number of ``models``, lowest first (:func:`demand`); a tie goes to the least
+   backlog, then to the queue declared first.
+
+Step 4 is why the first task after start-up runs: with the default queues, an
+``inpaint`` routed before the CPU worker announced itself goes to
+``cpu-light``, which any worker can read, not to ``gpu-high``, which a machine
+without a GPU never reads. A routed task that still ends up waiting on a queue
+nobody reads is moved to a served one by the workers (see
+:mod:`workers.reroute`, which applies this same rule); a pinned task is never
+moved.
 
 A catch-all queue and a queue that lists the kind are equally eligible: the
-rule stays one line, and the declaration order in config is the tie-break an
+rule stays short, and the declaration order in config is the tie-break an
 operator controls.
 
 Coming from Celery: an explicit queue is ``apply_async(queue=...)``, and the
 ``kinds`` of a queue play the part of ``task_routes``; what Celery lacks is
-step 2, where several queues may take a task and the least loaded one does.
+steps 3 and 4, where several queues may take a task and the least loaded one
+that a live worker reads does.
 Coming from BullMQ: an explicit queue is the ``Queue`` object you ``add()`` to;
 leave it out and the router chooses among the queues that can run the job.
 Either way, the queue decides *which workers* may run a task (through their
@@ -37,7 +53,7 @@ from eventcore.events import PRIORITIES_HIGH_FIRST
 if TYPE_CHECKING:
     from eventcore.log import EventLog
 
-__all__ = ["RoutingError", "accepts", "backlog", "route"]
+__all__ = ["RoutingError", "accepts", "backlog", "demand", "route"]
 
 
 class RoutingError(EventcoreError):
@@ -51,44 +67,55 @@ def accepts(queue: QueueConfig, kind: str, model: str | None = None) -> bool:
     return model is None or not queue.models or model in queue.models
 
 
+def demand(queue: QueueConfig) -> tuple[int, int, int, int, int]:
+    """How much a queue asks of a machine, as a key to sort by: the least
+    demanding queue (the one the most machines could serve) sorts first.
+
+    A GPU memory minimum counts as needing a GPU, as it does for the workers
+    (:func:`workers.capabilities.unmet`).
+    """
+    needs_gpu = queue.gpu or queue.min_gpu_memory_mb > 0
+    return (
+        int(needs_gpu),
+        queue.min_gpu_memory_mb,
+        queue.min_cores,
+        queue.min_memory_mb,
+        len(queue.models),
+    )
+
+
 def route(
     kind: str,
     model: str | None,
     queue: str | None,
     queues: Sequence[QueueConfig],
     backlog: Mapping[str, int],
-    served: Collection[str] | None = None,
+    *,
+    served: Collection[str],
 ) -> str:
     """The name of the queue a task of ``kind`` (using ``model``) goes to.
 
     ``queue`` is the submitter's explicit choice, if any. ``backlog`` maps queue
     names to the number of tasks waiting; a queue missing from it counts as
-    empty. ``served`` names the queues live workers read: when one of them
-    accepts the task, only those are considered, so a task does not wait in
-    a queue nobody reads while another would run it now. Raises
+    empty. ``served`` names the queues live nodes read (empty: no node is
+    live). See the module's docstring for the rule. Raises
     :class:`RoutingError` when the task cannot be placed.
     """
     if queue is not None:
         return _explicit(kind, queue, queues)
-    if served:
-        live = [q for q in queues if q.name in served and accepts(q, kind, model)]
-        if live:
-            queues = live
-    best: QueueConfig | None = None
-    for q in queues:
-        # Strictly less: on a tie the queue declared first stays.
-        if accepts(q, kind, model) and (
-            best is None or backlog.get(q.name, 0) < backlog.get(best.name, 0)
-        ):
-            best = q
-    if best is None:
+    eligible = [q for q in queues if accepts(q, kind, model)]
+    if not eligible:
         what = f"kind {kind!r}" + (f" with model {model!r}" if model is not None else "")
         raise RoutingError(
             f"no queue accepts {what}; declared: {_describe(queues)}. "
             "Add the kind (and model) to a queue's `kinds` (and `models`) in [[queues]], "
             "or leave them empty to accept anything"
         )
-    return best.name
+    live = [q for q in eligible if q.name in served]
+    if live:
+        # min() keeps the first of equals: a tie goes to the queue declared first.
+        return min(live, key=lambda q: backlog.get(q.name, 0)).name
+    return min(eligible, key=lambda q: (demand(q), backlog.get(q.name, 0))).name
 
 
 def _explicit(kind: str, name: str, queues: Sequence[QueueConfig]) -> str:

@@ -34,6 +34,7 @@ SCRIPT_NAMES = (
     "trim_stream",
     "prune_done",
     "import_entries",
+    "reroute",
 )
 _MARKER = re.compile(r"^--- script: (\w+)\s*$", re.MULTILINE)
 
@@ -72,6 +73,7 @@ class Scripts:
     trim_stream: AsyncScript
     prune_done: AsyncScript
     import_entries: AsyncScript
+    reroute: AsyncScript
 
     def __init__(self, redis: Redis) -> None:
         for name, source in load_sources().items():

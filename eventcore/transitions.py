@@ -4,7 +4,8 @@ Both sides use this one table: workers refuse illegal moves before writing,
 projections flag them on the view instead of crashing. ``TaskCancelRequested``
 and ``TaskResultStale`` are annotations: they are recorded but never change
 the status (``TaskResultStale`` is allowed even after the end, which is the
-point of it).
+point of it). ``TaskRerouted`` is one too as far as the status goes: it moves
+a waiting task to another queue, and the task keeps waiting.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from eventcore.events import (
     TaskDeadLettered,
     TaskFailed,
     TaskProgress,
+    TaskRerouted,
     TaskResultStale,
     TaskRetryScheduled,
     TaskScheduled,
@@ -63,7 +65,9 @@ WAITING = (S.QUEUED, S.SCHEDULED, S.RETRYING)
 HELD = (S.CLAIMED, S.RUNNING)
 LIVE = (*WAITING, *HELD)
 
-ANNOTATIONS: frozenset[type[Event]] = frozenset({TaskCancelRequested, TaskResultStale})
+ANNOTATIONS: frozenset[type[Event]] = frozenset(
+    {TaskCancelRequested, TaskResultStale, TaskRerouted}
+)
 
 
 # event type -> (statuses it may follow, the status it leads to; None = unchanged)
@@ -83,6 +87,8 @@ _TABLE: dict[type[Event], tuple[tuple[TaskStatus | None, ...], TaskStatus | None
     TaskDeadLettered: (LIVE, S.DEAD_LETTERED),
     TaskCancelRequested: (LIVE, None),
     TaskResultStale: ((*LIVE, *TERMINAL), None),
+    # Only a task waiting for a worker moves; a claimed one stays where it is.
+    TaskRerouted: (WAITING, None),
 }
 
 TRANSITIONS: Mapping[TaskStatus | None, Mapping[type[Event], TaskStatus]] = {

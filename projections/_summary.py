@@ -14,6 +14,7 @@ from eventcore.events import (
     TaskEvent,
     TaskFailed,
     TaskProgress,
+    TaskRerouted,
     TaskResultStale,
     TaskRetryScheduled,
     TaskScheduled,
@@ -128,6 +129,8 @@ def _summary(event: TaskEvent) -> str:
             return f"dead-lettered after {deliveries} deliveries" + _reason(reason)
         case TaskResultStale(node=node, outcome=outcome):
             return f"stale {outcome} from {node}"
+        case TaskRerouted(from_queue=old, to_queue=new, reason=reason):
+            return f"moved from {old} to {new}" + _reason(reason)
     return ""
 
 

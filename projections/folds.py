@@ -62,6 +62,7 @@ from eventcore.events import (
     TaskEvent,
     TaskFailed,
     TaskProgress,
+    TaskRerouted,
     TaskResultStale,
     TaskRetryScheduled,
     TaskScheduled,
@@ -93,6 +94,7 @@ __all__ = [
     "is_new",
     "nodes_of",
     "queue_of",
+    "queues_of",
     "step",
 ]
 
@@ -288,6 +290,8 @@ def _task_changes(view: TaskView, event: TaskEvent) -> dict[str, Any]:
             return {"deliveries": max(view.deliveries, deliveries), "dead_letter_reason": reason}
         case TaskResultStale():
             return {"stale_results": view.stale_results + 1}
+        case TaskRerouted(to_queue=to_queue):
+            return {"queue": to_queue}
     return {}
 
 
@@ -295,12 +299,32 @@ def _task_changes(view: TaskView, event: TaskEvent) -> dict[str, Any]:
 
 
 def queue_of(event: TaskEvent, task_before: TaskView | None) -> str | None:
-    """The queue whose view ``event`` touches, or ``None`` (a task never submitted)."""
+    """The queue whose view ``event`` touches, or ``None`` (a task never
+    submitted). For a ``TaskRerouted`` it is the queue the task leaves; the
+    one it joins is touched too (:func:`queues_of`)."""
     if task_before is not None and task_before.queue:
         return task_before.queue
     if type(event) is TaskSubmitted:
         return event.spec.queue
     return None
+
+
+def queues_of(event: TaskEvent, task_before: TaskView | None) -> tuple[str, ...]:
+    """Every queue whose view ``event`` touches: :func:`queue_of`, and for a
+    legal ``TaskRerouted`` the queue the task moves to (an illegal one
+    touches no view but the task's)."""
+    queue = queue_of(event, task_before)
+    if queue is None:
+        return ()
+    if type(event) is TaskRerouted and event.to_queue != queue and _moves(task_before):
+        return (queue, event.to_queue)
+    return (queue,)
+
+
+def _moves(task_before: TaskView | None) -> bool:
+    """Whether a ``TaskRerouted`` is legal after ``task_before``."""
+    status = task_before.status if task_before is not None else None
+    return TaskRerouted in TRANSITIONS[status]
 
 
 def fold_queue(
@@ -309,21 +333,32 @@ def fold_queue(
     entry_id: str,
     event: TaskEvent,
     task_before: TaskView | None,
+    *,
+    queue: str | None = None,
 ) -> QueueView | None:
-    """Apply one task event to its queue's view (``None``: start one).
+    """Apply one task event to a queue's view (``None``: start one, for
+    ``queue``, by default :func:`queue_of` the event).
 
     Returns ``view`` unchanged (possibly ``None``) when the event belongs to
-    another queue or to no queue (:func:`queue_of`).
+    other queues or to no queue (:func:`queues_of`).
     """
-    queue = queue_of(event, task_before)
-    if queue is None or (view is not None and view.queue != queue):
+    touched = queues_of(event, task_before)
+    name = view.queue if view is not None else (queue if queue is not None else None)
+    if not touched or (name is not None and name not in touched):
         return view
-    draft = QueueDraft(view if view is not None else QueueView(queue=queue))
+    draft = QueueDraft(view if view is not None else QueueView(queue=name or touched[0]))
     draft.apply(stream, id_rank(entry_id), entry_id, change_of(event, task_before))
     return draft.view()
 
 
-_QUEUE_COUNTS = ("submitted", "waiting", "in_flight", *sorted(s.value for s in TERMINAL))
+_QUEUE_COUNTS = (
+    "submitted",
+    "waiting",
+    "in_flight",
+    "moved_in",
+    "moved_out",
+    *sorted(s.value for s in TERMINAL),
+)
 _TERMINAL_FIELD = {s: s.value for s in TERMINAL}  # faster than .value
 
 
@@ -351,11 +386,12 @@ class QueueDraft:
         if not self.seen.advance(stream, key, entry_id):
             return
         event, task, before, after = change.event, change.task, change.before, change.after
+        if type(event) is TaskRerouted and after is not None:
+            self._move(event, task)
+            return
         if after is None or after is before:
             return
-        counts = self.counts
-        if counts is None:
-            counts = self.counts = {f: getattr(self.base, f) for f in _QUEUE_COUNTS}
+        counts = self._counts()
         if type(event) is TaskSubmitted:
             counts["submitted"] += 1
         counts["in_flight"] += (after in HELD) - (before in HELD)
@@ -368,6 +404,29 @@ class QueueDraft:
         else:
             counts["waiting"] -= before in WAITING
             self._leave(event.task_id)
+
+    def _counts(self) -> dict[str, int]:
+        if self.counts is None:
+            self.counts = {f: getattr(self.base, f) for f in _QUEUE_COUNTS}
+        return self.counts
+
+    def _move(self, event: TaskRerouted, task: TaskView | None) -> None:
+        """A waiting task leaves its queue for ``event.to_queue``: it stops
+        waiting in one and starts waiting in the other, with its submit time."""
+        left = task.queue if task is not None and task.queue else event.from_queue
+        here = self.base.queue
+        if left == event.to_queue:
+            return
+        counts = self._counts()
+        if here == left:
+            counts["waiting"] -= 1
+            counts["moved_out"] += 1
+            self._leave(event.task_id)
+        elif here == event.to_queue:
+            counts["waiting"] += 1
+            counts["moved_in"] += 1
+            submitted_at = task.submitted_at if task is not None else None
+            self._wait(event.task_id, submitted_at if submitted_at is not None else event.at)
 
     def _own_waiting(self) -> dict[str, float]:
         if not self._own:

@@ -6,14 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
 from eventcore.ids import stream_id_key
+from eventcore.log import EventLog
+from eventcore.nodes import read_queue_consumers
+from eventcore.routing import backlog
 from projections.store import ViewStore
 from projections.views import TaskView
 
-__all__ = ["TaskFilter", "TaskPage", "caught_up", "list_tasks", "wait_for"]
+__all__ = [
+    "QueueHealth",
+    "TaskFilter",
+    "TaskPage",
+    "caught_up",
+    "list_tasks",
+    "queue_health",
+    "read_queue_health",
+    "wait_for",
+]
 
 # Filters in the order an index is chosen: the most selective first.
 INDEXED = ("status", "node", "queue", "kind", "tenant")
@@ -122,3 +135,55 @@ async def wait_for(store: ViewStore, stream: str, entry_id: str, *, timeout: flo
             return False
         await asyncio.sleep(0.01)
     return True
+
+
+# -- queue health ----------------------------------------------------------------------
+
+
+class QueueHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """Whether anyone reads a queue: ``consumers`` live nodes read it;
+    ``stranded`` work entries sit in it with none to read them (0 when
+    served); ``warning`` says so in words, or is ``None``."""
+
+    queue: str
+    consumers: int
+    served: bool
+    stranded: int
+    warning: str | None = None
+
+
+def queue_health(
+    names: Sequence[str], entries: Mapping[str, int], consumers: Mapping[str, int]
+) -> dict[str, QueueHealth]:
+    """The health of each queue in ``names`` from the entries in its work
+    streams (:func:`eventcore.routing.backlog`) and its live consumers
+    (:func:`eventcore.nodes.queue_consumers`). Pure: the queue list, the
+    metrics, ``eventcore status`` and the dashboard all show this.
+
+    With no live consumer, every entry is stranded: a waiting one has nobody
+    to take it, and a claimed one was claimed by a node that is gone and that
+    only a reader of this queue would reclaim."""
+    out = {}
+    for name in names:
+        n = consumers.get(name, 0)
+        stranded = entries.get(name, 0) if n == 0 else 0
+        warning = (
+            f"no worker serves this queue: {stranded} task(s) wait and no live node reads it"
+            if stranded
+            else None
+        )
+        out[name] = QueueHealth(
+            queue=name, consumers=n, served=n > 0, stranded=stranded, warning=warning
+        )
+    return out
+
+
+async def read_queue_health(
+    elog: EventLog, declared: Sequence[str], others: Iterable[str] = (), *, silent_for: float
+) -> dict[str, QueueHealth]:
+    """:func:`queue_health` of the declared queues and then ``others`` (queues
+    that have a view but are no longer declared), read now from the node
+    records and the work streams (two round trips)."""
+    names = [*declared, *sorted(set(others) - set(declared))]
+    consumers = await read_queue_consumers(elog, names, silent_for=silent_for)
+    return queue_health(names, await backlog(elog, names), consumers)

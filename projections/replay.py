@@ -3,7 +3,7 @@
 :func:`replay` is what ``replay verify`` compares live views with and what the
 projector folds each batch with. It routes each entry exactly as a runner
 should: a task event goes to its task, to its queue
-(:func:`~projections.folds.queue_of`), to the nodes it touches
+(:func:`~projections.folds.queues_of`: two for a move), to the nodes it touches
 (:func:`~projections.folds.nodes_of`), to the global stats and to its
 ``(queue, kind)`` stats (:func:`~projections.stats.scope_of`), every one of
 them given the task view from *before* the entry. Node events go to their
@@ -26,7 +26,14 @@ from typing import cast
 import msgspec
 
 from eventcore.codec import Entry
-from eventcore.events import NODE_EVENT_TYPES, TASK_EVENT_TYPES, Event, NodeEvent, TaskEvent
+from eventcore.events import (
+    NODE_EVENT_TYPES,
+    TASK_EVENT_TYPES,
+    Event,
+    NodeEvent,
+    TaskEvent,
+    TaskRerouted,
+)
 from eventcore.transitions import TRANSITIONS
 from projections.folds import (
     HELD,
@@ -41,8 +48,9 @@ from projections.folds import (
     fold_task,
     id_rank,
     nodes_of,
+    queues_of,
 )
-from projections.stats import StatsDraft, fold_stats, scope_of, tally_of
+from projections.stats import StatsDraft, fold_stats, scope_of, scopes_of, tally_of
 from projections.views import NodeView, QueueView, StatsView, TaskView
 
 __all__ = ["Views", "replay", "replay_each"]
@@ -139,20 +147,23 @@ def replay(entries: Iterable[Item], start: Views | None = None) -> Views:
         tally = tally_of(change)
         scope = scope_of(event, before)
         if scope is not None:
-            queue = queue_drafts.get(scope[0])
-            if queue is None:
-                view = queues.get(scope[0])
-                queue = queue_drafts[scope[0]] = QueueDraft(
-                    view if view is not None else QueueView(queue=scope[0])
-                )
-            queue.apply(stream, key, entry_id, change)
-            scoped = scope_drafts.get(scope)
-            if scoped is None:
-                view = stats_by.get(scope)
-                scoped = scope_drafts[scope] = StatsDraft(
-                    view if view is not None else StatsView(queue=scope[0], kind=scope[1])
-                )
-            scoped.apply(stream, key, entry_id, tally)
+            # A move touches the queue it joins as well (queues_of, scopes_of).
+            scopes = scopes_of(event, before) if event_type is TaskRerouted else (scope,)
+            for name, kind in scopes:
+                queue = queue_drafts.get(name)
+                if queue is None:
+                    view = queues.get(name)
+                    queue = queue_drafts[name] = QueueDraft(
+                        view if view is not None else QueueView(queue=name)
+                    )
+                queue.apply(stream, key, entry_id, change)
+                scoped = scope_drafts.get((name, kind))
+                if scoped is None:
+                    view = stats_by.get((name, kind))
+                    scoped = scope_drafts[name, kind] = StatsDraft(
+                        view if view is not None else StatsView(queue=name, kind=kind)
+                    )
+                scoped.apply(stream, key, entry_id, tally)
         stats.apply(stream, key, entry_id, tally)
 
     nodes.update((name, draft.view()) for name, draft in node_drafts.items())
@@ -187,11 +198,11 @@ def replay_each(entries: Iterable[Item], start: Views | None = None) -> Views:
             nodes[node] = fold_node_task(
                 nodes.get(node), stream, entry_id, event, before, node=node
             )
-        scope = scope_of(event, before)
-        if scope is not None:
-            queue = fold_queue(queues.get(scope[0]), stream, entry_id, event, before)
+        for name in queues_of(event, before):
+            queue = fold_queue(queues.get(name), stream, entry_id, event, before, queue=name)
             if queue is not None:
-                queues[scope[0]] = queue
+                queues[name] = queue
+        for scope in scopes_of(event, before):
             stats_by[scope] = fold_stats(
                 stats_by.get(scope), stream, entry_id, event, before, scope=scope
             )

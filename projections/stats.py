@@ -29,9 +29,9 @@ from typing import Any
 
 import msgspec
 
-from eventcore.events import TaskEvent, TaskSubmitted
+from eventcore.events import TaskEvent, TaskRerouted, TaskSubmitted
 from eventcore.transitions import TERMINAL
-from projections.folds import Seen, TaskChange, by_key, change_of, id_rank
+from projections.folds import Seen, TaskChange, by_key, change_of, id_rank, queues_of
 from projections.views import Counts, DurationHistogram, StatsView, TaskView
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "minute_of",
     "percentile",
     "scope_of",
+    "scopes_of",
     "tally_of",
 ]
 
@@ -183,6 +184,20 @@ def scope_of(event: TaskEvent, task_before: TaskView | None) -> tuple[str, str] 
     return None
 
 
+def scopes_of(event: TaskEvent, task_before: TaskView | None) -> tuple[tuple[str, str], ...]:
+    """Every ``(queue, kind)`` stats view ``event`` touches: :func:`scope_of`,
+    and for a ``TaskRerouted`` the scope of the queue the task moves to. A
+    move counts nothing in either, but the second one records the entry as
+    seen: the task's earlier entries, if folded again, then name a scope that
+    has already seen a later entry of their stream and are skipped there."""
+    scope = scope_of(event, task_before)
+    if scope is None:
+        return ()
+    if type(event) is TaskRerouted and len(queues_of(event, task_before)) == 2:
+        return (scope, (event.to_queue, scope[1]))
+    return (scope,)
+
+
 def fold_stats(
     view: StatsView | None,
     stream: str,
@@ -202,7 +217,7 @@ def fold_stats(
     """
     if view is None:
         view = StatsView() if scope is None else StatsView(queue=scope[0], kind=scope[1])
-    if view.queue is not None and scope_of(event, task_before) != (view.queue, view.kind):
+    if view.queue is not None and (view.queue, view.kind) not in scopes_of(event, task_before):
         return view
     draft = StatsDraft(view)
     draft.apply(stream, id_rank(entry_id), entry_id, tally_of(change_of(event, task_before)))

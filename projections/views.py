@@ -141,11 +141,13 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class QueueView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One queue's backlog and outcomes.
 
-    Every count moves with a task's status change, so at any point
-    ``submitted == waiting + in_flight + succeeded + failed + cancelled +
-    timed_out + dead_lettered`` for tasks submitted in the folded log.
-    ``waiting`` counts queued, scheduled and retrying tasks; ``in_flight``
-    claimed and running ones.
+    Every count moves with a task's status change or a move between queues
+    (``TaskRerouted``), so at any point ``submitted + moved_in == waiting +
+    in_flight + succeeded + failed + cancelled + timed_out + dead_lettered +
+    moved_out`` for tasks submitted in the folded log. ``waiting`` counts
+    queued, scheduled and retrying tasks; ``in_flight`` claimed and running
+    ones; ``moved_out`` / ``moved_in`` waiting tasks moved to / from another
+    queue.
 
     ``waiting_since`` maps each waiting task id to its ``submitted_at``: the
     exact state needed to keep ``oldest_waiting_at`` right when any waiting
@@ -162,6 +164,8 @@ class QueueView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     cancelled: int = 0
     timed_out: int = 0
     dead_lettered: int = 0
+    moved_in: int = 0
+    moved_out: int = 0
     oldest_waiting_at: float | None = None
     waiting_since: dict[str, float] = {}
     last_ids: dict[str, str] = {}

@@ -415,3 +415,16 @@ def test_tools_use_the_redis_running_in_the_data_dir(tmp_path: Path) -> None:
     again = cli("events", "export", env=env, cwd=tmp_path)
     assert again.returncode == 1 and "no Redis is running in" in again.stderr
     assert _processes_mentioning(str(tmp_path / "data")) == []
+
+
+def test_status_warns_of_a_queue_no_live_worker_reads(redis_url: str) -> None:
+    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": "st" + os.urandom(4).hex()}
+    assert cli("submit", "inpaint", "--queue", "gpu-high", env=env).returncode == 0
+    res = cli("status", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    rows = {q["queue"]: q for q in json.loads(res.stdout)["queues"]}
+    assert rows["gpu-high"]["consumers"] == 0
+    assert "no worker serves this queue" in rows["gpu-high"]["warning"]
+    assert rows["cpu-light"]["warning"] is None
+    text = cli("status", env=env).stdout
+    assert "warning: queue gpu-high: no worker serves this queue: 1 task(s) wait" in text

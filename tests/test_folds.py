@@ -385,3 +385,55 @@ def test_sorted_encoding_does_not_depend_on_stream_order() -> None:
     assert len(one.queues["gpu"].waiting_since) == 2
     for view_one, view_two in [(one.queues["gpu"], two.queues["gpu"]), (one.stats, two.stats)]:
         assert msgspec.msgpack.encode(view_one) == msgspec.msgpack.encode(view_two)
+
+
+# -- moves between queues ------------------------------------------------------------
+
+
+def test_a_move_takes_a_waiting_task_from_one_queue_to_the_other() -> None:
+    from eventcore.events import TaskRerouted, TaskSpec, TaskSubmitted, TaskSucceeded
+    from projections.replay import replay_each
+
+    spec = TaskSpec(kind="inpaint", queue="gpu-high")
+    log = [
+        ("p0", "1-0", TaskSubmitted(task_id="t", spec=spec, routed=True, at=T)),
+        ("p0", "2-0", TaskRerouted(task_id="t", from_queue="gpu-high", to_queue="cpu", at=T + 1)),
+    ]
+    moved = replay(log)
+    task = moved.tasks["t"]
+    assert task.queue == "cpu" and task.status is TaskStatus.QUEUED
+    assert task.history[-1].summary == "moved from gpu-high to cpu"
+    gpu, cpu = moved.queues["gpu-high"], moved.queues["cpu"]
+    assert (gpu.submitted, gpu.waiting, gpu.moved_out, gpu.waiting_since) == (1, 0, 1, {})
+    assert (cpu.submitted, cpu.waiting, cpu.moved_in, cpu.waiting_since) == (0, 1, 1, {"t": T})
+    assert gpu.oldest_waiting_at is None and cpu.oldest_waiting_at == T
+    assert moved.stats.totals.submitted == 1  # a move is no new submission
+    assert moved.stats_by["gpu-high", "inpaint"].totals.submitted == 1
+    assert moved.stats_by["cpu", "inpaint"].totals.submitted == 0
+    # The rest of the task's life counts where it now is.
+    log += [
+        ("p0", "3-0", TaskClaimed(task_id="t", node="n", attempt=1, deliveries=1, entry_id="x")),
+        ("p0", "4-0", TaskStarted(task_id="t", node="n", attempt=1)),
+        ("p0", "5-0", TaskSucceeded(task_id="t", node="n", attempt=1)),
+    ]
+    end = replay(log)
+    assert end.queues["cpu"].succeeded == 1 and end.queues["gpu-high"].succeeded == 0
+    assert end.stats_by["cpu", "inpaint"].totals.succeeded == 1
+    # The batch fold, the per-entry fold, and folding twice all agree.
+    assert replay_each(log) == end
+    assert replay(log, start=replay(log[:2])) == end
+    assert replay(log + log) == end
+
+
+def test_a_move_of_a_claimed_task_is_flagged_and_moves_nothing() -> None:
+    from eventcore.events import TaskRerouted, TaskSpec, TaskSubmitted
+
+    spec = TaskSpec(kind="inpaint", queue="gpu-high")
+    log = [
+        ("p0", "1-0", TaskSubmitted(task_id="t", spec=spec, routed=True, at=T)),
+        ("p0", "2-0", TaskClaimed(task_id="t", node="n", attempt=1, deliveries=1, entry_id="x")),
+        ("p0", "3-0", TaskRerouted(task_id="t", from_queue="gpu-high", to_queue="cpu")),
+    ]
+    views = replay(log)
+    assert views.tasks["t"].queue == "gpu-high" and views.tasks["t"].illegal
+    assert "cpu" not in views.queues and views.queues["gpu-high"].moved_out == 0

@@ -47,6 +47,7 @@ from eventcore.events import (
     TaskDeadLettered,
     TaskFailed,
     TaskProgress,
+    TaskRerouted,
     TaskResultStale,
     TaskRetryScheduled,
     TaskScheduled,
@@ -164,6 +165,11 @@ def _event_for(task_id: str, m: TaskModel, kind: type[Event], d: st.DataObject, 
         )
     if kind is TaskCancelRequested:
         return TaskCancelRequested(task_id=task_id, reason="user", by="tester", at=at)
+    if kind is TaskRerouted:
+        # The test does not track the queue: a move to the same queue, or to
+        # the other one, are both events a log may hold.
+        to = d.draw(st.sampled_from(["q", "r"]))
+        return TaskRerouted(task_id=task_id, from_queue="q", to_queue=to, reason="test", at=at)
     if kind is TaskResultStale:
         return TaskResultStale(
             task_id=task_id,

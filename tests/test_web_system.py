@@ -119,3 +119,46 @@ async def test_readyz_is_503_when_redis_does_not_answer(namespace: str) -> None:
     body = j(r)
     assert body["error"] == "not_ready" and body["checks"]["redis"]["ok"] is False
     assert "Redis" in body["detail"]
+
+
+async def test_a_queue_with_work_and_no_live_reader_shows_as_stranded(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    """/v1/queues and /metrics say which queues no live node reads while
+    work waits there, and how many live nodes read the others."""
+    import msgspec
+
+    from eventcore.config import QueueConfig
+    from eventcore.events import Capabilities, NodeStarted, TaskSpec
+    from eventcore.nodes import append_node_event
+
+    settings = msgspec.structs.replace(
+        fast_settings(namespace),
+        queues=(QueueConfig(name="gpu", gpu=True), QueueConfig(name="cpu")),
+    )
+    caps = Capabilities(cpu_cores=2, memory_mb=1024)
+    for node in ("cpu-1", "cpu-2"):
+        started = NodeStarted(node=node, capabilities=caps, queues=("cpu",), concurrency=1)
+        await append_node_event(log, started)
+    await log.submit(TaskSpec(kind="noop", queue="gpu"))  # pinned: stays there
+    async with web_client(redis_url, settings) as c:
+        queues = {q["queue"]: q for q in j(await c.get("/v1/queues"))["queues"]}
+        gpu, cpu = queues["gpu"], queues["cpu"]
+        assert (gpu["consumers"], gpu["served"], gpu["stranded"]) == (0, False, 1)
+        assert "no worker serves this queue" in gpu["warning"]
+        assert (cpu["consumers"], cpu["served"], cpu["stranded"], cpu["warning"]) == (
+            2,
+            True,
+            0,
+            None,
+        )
+        text = (await c.get("/metrics")).text
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        consumers = {
+            s.labels["queue"]: s.value for s in families["eventcore_queue_consumers"].samples
+        }
+        unserved = {
+            s.labels["queue"]: s.value for s in families["eventcore_queue_unserved"].samples
+        }
+        assert consumers == {"gpu": 0, "cpu": 2}
+        assert unserved == {"gpu": 1, "cpu": 0}

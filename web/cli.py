@@ -91,6 +91,7 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
     import json
 
     from eventcore.routing import backlog
+    from projections.read import read_queue_health
     from projections.store import ViewStore, current_views
 
     log = await _log(url, settings)
@@ -102,11 +103,14 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
         waiting = await backlog(log, names)
         pending = await _pending(log, names, settings.group)
         marks = await store.watermark()
+        health = await read_queue_health(
+            log, names, queues, silent_for=settings.worker.heartbeat_timeout
+        )
     finally:
         await log.redis.aclose()
     now = time.time()
     qrows = []
-    for name in [*names, *sorted(set(queues) - set(names))]:
+    for name, h in health.items():
         v = queues.get(name)
         qrows.append(
             {
@@ -120,6 +124,7 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
                 "oldest_wait_s": round(now - v.oldest_waiting_at, 1)
                 if v and v.oldest_waiting_at
                 else None,
+                "consumers": h.consumers,
             }
         )
     nrows = [
@@ -135,10 +140,15 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
         }
         for n in sorted(nodes.values(), key=lambda n: n.node)
     ]
+    warnings = {name: h.warning for name, h in health.items() if h.warning}
     if as_json:
+        for row in qrows:
+            row["warning"] = warnings.get(row["queue"])
         print(json.dumps({"queues": qrows, "nodes": nrows, "watermark": marks}, indent=2))
         return 0
     print(table(qrows) if qrows else "no queues")
+    for name, warning in warnings.items():
+        print(f"warning: queue {name}: {warning}")
     print()
     print(table(nrows) if nrows else "no nodes have announced themselves yet")
     return 0

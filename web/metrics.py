@@ -9,7 +9,7 @@ clients) live in a registry per app.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import (
@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from projections.read import QueueHealth
 from projections.stats import bucket_upper, bucket_value
 from projections.views import NodeView, QueueView, StatsView
 
@@ -56,9 +57,11 @@ class _Views(Collector):
         stats: dict[tuple[str, str], StatsView],
         now: float,
         heartbeat_timeout: float,
+        health: Mapping[str, QueueHealth],
     ) -> None:
         self.queues, self.nodes, self.stats = queues, nodes, stats
         self.now, self.heartbeat_timeout = now, heartbeat_timeout
+        self.health = health
 
     def collect(self) -> Iterator[Metric]:
         tasks = CounterMetricFamily(
@@ -94,6 +97,18 @@ class _Views(Collector):
             age = 0.0 if q.oldest_waiting_at is None else max(0.0, self.now - q.oldest_waiting_at)
             oldest.add_metric([name], age)
         yield from (tasks, waiting, pending, oldest)
+        consumers = GaugeMetricFamily(
+            "eventcore_queue_consumers", "Live worker nodes that read the queue", labels=["queue"]
+        )
+        unserved = GaugeMetricFamily(
+            "eventcore_queue_unserved",
+            "Tasks waiting in a queue that no live worker node reads (0 when one does)",
+            labels=["queue"],
+        )
+        for name, h in sorted(self.health.items()):
+            consumers.add_metric([name], h.consumers)
+            unserved.add_metric([name], h.stranded)
+        yield from (consumers, unserved)
         online = GaugeMetricFamily("eventcore_nodes", "Worker nodes by state", labels=["state"])
         by_state: dict[str, int] = {}
         for n in self.nodes.values():
@@ -133,7 +148,10 @@ def render_views(
     nodes: dict[str, NodeView],
     stats: Iterable[tuple[tuple[str, str], StatsView]],
     heartbeat_timeout: float,
+    health: Mapping[str, QueueHealth] | None = None,
 ) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Views(queues, nodes, dict(stats), time.time(), heartbeat_timeout))
+    registry.register(
+        _Views(queues, nodes, dict(stats), time.time(), heartbeat_timeout, health or {})
+    )
     return generate_latest(registry) + generate_latest(metrics.registry)

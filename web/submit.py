@@ -201,7 +201,9 @@ async def submit(
         req.run_at if req.run_at is not None else (time.time() + req.delay if req.delay else None)
     )
     key = idempotency_key or req.idempotency_key
-    result = await web.log.submit(spec, idempotency_key=key, run_at=run_at)
+    result = await web.log.submit(
+        spec, idempotency_key=key, run_at=run_at, routed=req.queue is None
+    )
     return result, queue
 
 

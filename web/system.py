@@ -17,6 +17,7 @@ from starlette.routing import Route
 from eventcore.control import BROADCAST, issue_and_wait
 from eventcore.events import ControlKind
 from eventcore.nodes import live_nodes
+from projections.read import read_queue_health
 from web.app import state_of
 from web.errors import ApiError
 from web.limits import read_json
@@ -42,11 +43,22 @@ async def get_queues(request: Request) -> Response:
     await web.auth.principal(request, "admin")
     queues = await (await web.store()).queues()
     declared = [q.name for q in web.settings.queues]
-    names = [*declared, *sorted(set(queues) - set(declared))]
+    health = await read_queue_health(
+        web.log, declared, queues, silent_for=web.settings.worker.heartbeat_timeout
+    )
     out = []
-    for name in names:
-        view = queues.get(name)
-        out.append({"queue": name, "declared": name in declared, "view": view})
+    for name, h in health.items():
+        out.append(
+            {
+                "queue": name,
+                "declared": name in declared,
+                "consumers": h.consumers,
+                "served": h.served,
+                "stranded": h.stranded,
+                "warning": h.warning,
+                "view": queues.get(name),
+            }
+        )
     return json_response({"queues": out})
 
 
@@ -176,9 +188,10 @@ async def metrics(request: Request) -> Response:
     queues = await store.queues()
     nodes = await store.nodes()
     _, by_scope = await store.stats()
-    body = render_views(
-        web.metrics, queues, nodes, by_scope.items(), web.settings.worker.heartbeat_timeout
-    )
+    timeout = web.settings.worker.heartbeat_timeout
+    declared = [q.name for q in web.settings.queues]
+    health = await read_queue_health(web.log, declared, queues, silent_for=timeout)
+    body = render_views(web.metrics, queues, nodes, by_scope.items(), timeout, health)
     return Response(body, media_type=CONTENT_TYPE)
 
 

@@ -335,7 +335,7 @@ async def retry_task(request: Request) -> Response:
         raise ApiError(409, "not_finished", f"task {task_id} has not finished; cancel it first")
     if ended == "task.succeeded":
         raise ApiError(409, "succeeded", f"task {task_id} succeeded; submit a new task instead")
-    result = await web.log.submit(submitted.spec)
+    result = await web.log.submit(submitted.spec, routed=submitted.routed)
     return json_response(
         {
             "task_id": result.task_id,

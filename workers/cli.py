@@ -249,7 +249,9 @@ async def _submit(
             params=params,
             model=args.model,
         )
-        res = await elog.submit(spec, idempotency_key=args.idempotency_key)
+        res = await elog.submit(
+            spec, idempotency_key=args.idempotency_key, routed=args.queue is None
+        )
         print(
             res.task_id if res.created else f"{res.task_id} (existing, same idempotency key)",
             flush=True,

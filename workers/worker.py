@@ -166,7 +166,7 @@ class Worker:
     async def run(self) -> None:
         """Announce the node, run every loop, and on stop drain and say goodbye."""
         # Imported here: both modules import this one for its types.
-        from workers import upkeep
+        from workers import reroute, upkeep
         from workers.commands import control_loop, note_positions
 
         for streams in self.streams.values():
@@ -193,6 +193,7 @@ class Worker:
             lambda: upkeep.lease_loop(self),
             lambda: upkeep.reclaim_loop(self),
             lambda: upkeep.release_loop(self),
+            lambda: reroute.reroute_loop(self),
             lambda: upkeep.heartbeat_loop(self),
             lambda: control_loop(self),
         ]

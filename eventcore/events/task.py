@@ -3,7 +3,8 @@
 ``TaskSubmitted`` → (``TaskScheduled``) → ``TaskClaimed`` → ``TaskStarted`` →
 ``TaskProgress``* → one terminal event. ``TaskRetryScheduled`` sends the task
 back to the queue; ``TaskCancelRequested`` and ``TaskResultStale`` may come at
-any point and never change the outcome. The legal moves are in
+any point and never change the outcome; ``TaskRerouted`` moves a waiting
+task to another queue without changing its status. The legal moves are in
 :mod:`eventcore.transitions`.
 """
 
@@ -85,6 +86,10 @@ class TaskSubmitted(Event, frozen=True, tag="task.submitted"):
     task_id: str
     spec: TaskSpec
     idempotency_key: str | None = None
+    # True when the router chose ``spec.queue``; False when the submitter named
+    # the queue (pinned), and in events written before this field existed,
+    # whose origin is unknown. Only a routed task is ever moved to another queue.
+    routed: bool = False
 
 
 class TaskScheduled(Event, frozen=True, tag="task.scheduled"):
@@ -195,6 +200,17 @@ class TaskDeadLettered(Event, frozen=True, tag="task.dead_lettered"):
     node: str | None = None
 
 
+class TaskRerouted(Event, frozen=True, tag="task.rerouted"):
+    """A routed task waiting on a queue no live node reads was moved, with its
+    work entry, to ``to_queue``, which a live node reads. Changes no status."""
+
+    task_id: str
+    from_queue: str
+    to_queue: str
+    reason: str = ""
+    by: str = ""  # the node that moved it
+
+
 class TaskResultStale(Event, frozen=True, tag="task.result_stale"):
     """A late outcome from a worker that no longer held the task; changes nothing."""
 
@@ -219,6 +235,7 @@ TaskEvent = (
     | TaskRetryScheduled
     | TaskDeadLettered
     | TaskResultStale
+    | TaskRerouted
 )
 
 TASK_EVENT_TYPES: tuple[type[Event], ...] = TaskEvent.__args__  # type: ignore[attr-defined]

@@ -581,3 +581,42 @@ for i = 1, n do
   end
 end
 return {added, present, trimmed, 0, '', newest}
+
+--- script: reroute
+-- Moves a routed task's waiting work entry to another queue of the same
+-- partition and records the move (TaskRerouted), at once. Only an entry that
+-- still waits moves: it is there, holds this task, was never delivered to a
+-- worker (its id is past the group's last-delivered id, so it is not pending
+-- either) and its task has not ended. A claimed entry never moves. The new
+-- entry keeps the attempt and carries the task's spec with its new queue.
+-- KEYS: events, done, from work stream, to work stream (one partition)
+-- ARGV: group, entry_id, task_id, rerouted event, spec for the new entry
+-- Returns {1, event_id, new_entry_id}, or {0, why} when nothing was written.
+local group, entry, tid = ARGV[1], ARGV[2], ARGV[3]
+if group == nil or group == '' or not parse(entry) or tid == nil or tid == ''
+    or ARGV[4] == nil or ARGV[4] == '' or ARGV[5] == nil or ARGV[5] == '' then
+  return redis.error_reply('ERR eventcore reroute: group, entry id, task id, event and spec are needed')
+end
+if KEYS[3] == KEYS[4] then return redis.error_reply('ERR eventcore reroute: from and to are one stream') end
+local got = redis.call('XRANGE', KEYS[3], entry, entry)
+if #got == 0 then return {0, 'entry ' .. entry .. ' is gone'} end
+local fields = got[1][2]
+local owner, attempt = '', '1'
+for f = 1, #fields, 2 do
+  if fields[f] == 'task' then owner = fields[f + 1] end
+  if fields[f] == 'attempt' then attempt = fields[f + 1] end
+end
+if owner ~= tid then return {0, 'entry ' .. entry .. ' holds another task'} end
+local done = redis.call('HGET', KEYS[2], tid)
+if done then return {0, 'task already ended: ' .. done} end
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[3])) do
+  local info = {}
+  for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+  if info['name'] == group and not id_lt(info['last-delivered-id'], entry) then
+    return {0, 'entry ' .. entry .. ' was delivered to a worker'}
+  end
+end
+local eid = redis.call('XADD', KEYS[1], '*', 'task', tid, 'e', ARGV[4])
+local new = redis.call('XADD', KEYS[4], '*', 'task', tid, 'attempt', attempt, 'spec', ARGV[5])
+redis.call('XDEL', KEYS[3], entry)
+return {1, eid, new}

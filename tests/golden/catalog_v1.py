@@ -38,6 +38,7 @@ from eventcore.events import (
     TaskDeadLettered,
     TaskFailed,
     TaskProgress,
+    TaskRerouted,
     TaskResultStale,
     TaskRetryScheduled,
     TaskScheduled,
@@ -154,6 +155,14 @@ CATALOG = [
         issued_by="admin",
     ),
     ControlAcked(at=AT, command_id="c1", node="gpu-1", ok=True, detail="concurrency 4"),
+    TaskRerouted(
+        at=AT,
+        task_id=T,
+        from_queue="gpu-high",
+        to_queue="cpu-light",
+        reason="no live node reads gpu-high; a live node reads cpu-light",
+        by="cpu-1",
+    ),
 ]
 
 
