@@ -44,6 +44,14 @@ def _stop(*procs) -> None:
 
 
 async def test_sigkilled_worker_task_completes_elsewhere_once(elog, redis_url, namespace) -> None:
+    """A SIGKILLed worker's task is reclaimed by another and ends there, once.
+
+    The reclaim counts a delivery, but not necessarily the second: a live
+    worker whose event loop stalls past its lease (starting its first child
+    takes that long on a loaded machine, against the 600 ms lease here) takes
+    its own entry back through its reclaim loop, which counts one too. So the
+    counts are checked as the design promises them, growing with each claim,
+    not as 1 then 2."""
     a = spawn_worker(redis_url, namespace, "a", ["--cpu"])
     try:
         res = await elog.submit(spec("sleep", seconds=1.0))
@@ -56,11 +64,18 @@ async def test_sigkilled_worker_task_completes_elsewhere_once(elog, redis_url, n
             _stop(b)
     finally:
         _stop(a)
-    history = [e.event for e in await elog.history(res.task_id)]
+    entries = await elog.history(res.task_id)
+    history = [e.event for e in entries]
     done = [e for e in history if e.type_name() == "task.succeeded"]
     assert len(done) == 1 and done[0].node == "b"
-    claims = [e for e in history if e.type_name() == "task.claimed"]
-    assert [(c.node, c.deliveries) for c in claims] == [("a", 1), ("b", 2)]
+    claims = [(e.node, e.deliveries) for e in history if e.type_name() == "task.claimed"]
+    assert [node for node, _ in claims] == ["a", "b"], claims
+    assert claims[0][1] == 1 and claims[1][1] > claims[0][1], claims
+    progress = {(e.node, e.delivery) for e in history if e.type_name() == "task.progress"}
+    assert progress <= set(claims), f"progress not of a claim: {progress - set(claims)}"
+    view = replay(entries).tasks[res.task_id]
+    assert view.illegal == ()
+    assert (view.status, view.node, view.deliveries) == ("succeeded", "b", claims[1][1])
 
 
 async def test_crash_after_result_before_ack(elog, redis_url, namespace) -> None:
@@ -188,7 +203,8 @@ async def test_zombie_writes_no_progress_after_its_lease_is_taken(elog, redis_ur
         i for i, e in enumerate(events) if e.type_name() == "task.claimed" and e.node == "b"
     )
     progress = [e for e in events if e.type_name() == "task.progress"]
-    assert {(p.node, p.delivery) for p in progress} <= {("a", 1), ("b", 2)}
+    claims = {(e.node, e.deliveries) for e in events if e.type_name() == "task.claimed"}
+    assert {(p.node, p.delivery) for p in progress} <= claims  # each of its own delivery
     assert any(p.node == "b" for p in progress)
     late = [e for e in events[taken:] if e.type_name() == "task.progress" and e.node != "b"]
     assert late == [], f"progress from the old delivery after the reclaim: {late}"
