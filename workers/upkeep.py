@@ -18,7 +18,8 @@ from eventcore.nodes import append_node_event, last_seen, mark_lost
 from workers.capabilities import free_gpu_memory_mb, free_memory_mb
 
 if TYPE_CHECKING:
-    from workers.worker import Running, Worker
+    from workers.running import Running
+    from workers.worker import Worker
 
 __all__ = ["heartbeat", "heartbeat_loop", "lease_loop", "reclaim_loop", "release_loop"]
 
