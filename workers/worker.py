@@ -131,7 +131,7 @@ class Worker:
         self._immediate = False
         self._loops: list[asyncio.Task[Any]] = []
         self._children: set[asyncio.Task[Any]] = set()
-        self._reclaim_cursor: dict[str, str] = {}
+        self.reclaim_cursor: dict[str, str] = {}  # stream -> where the next reclaim scan starts
         self.control_positions: dict[str, str] = {}  # control stream -> last id handled
         k = elog.keys
         self.streams = {
@@ -264,6 +264,10 @@ class Worker:
 
     # -- claim -------------------------------------------------------------------
 
+    def wake_claim(self) -> None:
+        """Let the claim loop look again (a slot came free, or it was resumed)."""
+        self._room.set()
+
     @property
     def inflight(self) -> int:
         """Entries held: claimed and not yet settled (or left for reclaim)."""
@@ -303,12 +307,13 @@ class Worker:
                 newest.update(res.last_ids)
             if got:
                 for entry in got:
-                    self._dispatch(entry)
+                    self.dispatch(entry)
                 continue
             # Nothing waiting: sleep until anything newer than what we saw arrives.
             await redis.xread(newest, count=1, block=self.options.block_ms)
 
-    def _dispatch(self, entry: WorkEntry) -> None:
+    def dispatch(self, entry: WorkEntry) -> None:
+        """Take a claimed entry in hand: settle it at once or start running it."""
         self.held[entry.id] = entry
         t = entry.task_id
         try:
@@ -434,7 +439,7 @@ class Worker:
         self.running[t] = run
         timers: list[asyncio.TimerHandle] = []
         try:
-            slot._ensure()
+            slot.start()
             # Written while the child already starts: the child's first
             # progress waits for it (see RunWrites.write), so the log keeps its order.
             self.run_writes.write(
