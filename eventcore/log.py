@@ -8,13 +8,11 @@ partition.
 
 from __future__ import annotations
 
-import enum
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import msgspec
 from redis.asyncio import Redis
 
 from eventcore.codec import CONTROL, NODE, TASK, Codec, Entry, encode
@@ -31,7 +29,6 @@ from eventcore.events import (
     TaskCancelled,
     TaskCancelRequested,
     TaskDeadLettered,
-    TaskRerouted,
     TaskRetryScheduled,
     TaskScheduled,
     TaskSpec,
@@ -40,6 +37,17 @@ from eventcore.events import (
 from eventcore.groups import WorkEntry
 from eventcore.ids import id_time_ms, is_task_id, new_task_id, task_id_in_partition
 from eventcore.keys import Keys, check_name
+from eventcore.log_types import (
+    CancelOutcome,
+    CancelResult,
+    HeldAppend,
+    Reroute,
+    RerouteResult,
+    Settlement,
+    SettleResult,
+    Submission,
+    SubmitResult,
+)
 from eventcore.scripts import Scripts
 
 __all__ = [
@@ -62,81 +70,6 @@ DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 def stream_id_at(t: float) -> str:
     """The smallest stream id written at or after time ``t`` (seconds since the epoch)."""
     return f"{int(t * 1000)}-0"
-
-
-class Submission(msgspec.Struct, frozen=True, kw_only=True):
-    """One task to submit. ``run_at`` (seconds since the epoch) delays it;
-    ``task_id`` may be given to choose the id (it must be a UUIDv7)."""
-
-    spec: TaskSpec
-    idempotency_key: str | None = None
-    run_at: float | None = None
-    task_id: str | None = None
-    routed: bool = False  # the router chose spec.queue (see TaskSubmitted.routed)
-
-
-class SubmitResult(msgspec.Struct, frozen=True):
-    task_id: str
-    event_id: str  # the TaskSubmitted entry id; "" when the idempotency key existed
-    created: bool
-
-
-class Settlement(msgspec.Struct, frozen=True):
-    """How a held work entry ends: the events to append, last one deciding.
-
-    The last event is a terminal one (succeeded, failed, cancelled, timed out),
-    a ``TaskRetryScheduled`` (back to the delayed set) or a ``TaskDeadLettered``
-    (parked in the dead-letter stream). Earlier events (claimed, started,
-    progress) may ride along in the same write.
-    """
-
-    entry: WorkEntry
-    events: tuple[Event, ...]
-
-
-class SettleResult(msgspec.Struct, frozen=True):
-    ok: bool
-    event_id: str = ""  # id of the last event written
-    stale_reason: str = ""  # why nothing was written, when not ok
-
-
-class HeldAppend(msgspec.Struct, frozen=True):
-    """What :meth:`EventLog.append_held` did: the ids written, or why nothing was."""
-
-    written: bool
-    event_ids: tuple[str, ...] = ()
-    not_held: str = ""  # why nothing was written, when not written
-
-
-class Reroute(msgspec.Struct, frozen=True):
-    """Move one waiting work entry to ``to_stream`` (same partition), recording
-    ``event``. ``spec`` is the new entry's encoded ``TaskSubmitted`` (its
-    ``spec.queue`` naming the new queue)."""
-
-    stream: str
-    entry_id: str
-    to_stream: str
-    event: TaskRerouted
-    spec: bytes
-
-
-class RerouteResult(msgspec.Struct, frozen=True):
-    ok: bool
-    event_id: str = ""
-    entry_id: str = ""  # the new work entry's id
-    why: str = ""  # why nothing was written, when not ok
-
-
-class CancelOutcome(enum.StrEnum):
-    REQUESTED = "requested"  # the worker that claims or runs it will see it
-    CANCELLED = "cancelled"  # it was waiting in the delayed set: cancelled now
-    ALREADY_DONE = "done"  # it had already ended; nothing written
-
-
-class CancelResult(msgspec.Struct, frozen=True):
-    outcome: CancelOutcome
-    event_id: str = ""
-    ended_as: str = ""  # for ALREADY_DONE: the terminal event type
 
 
 def _s(value: bytes | str) -> str:

@@ -6,7 +6,8 @@ view store, the read API (lists with cursors, read-your-writes), and the
 tools behind ``eventcore events`` and ``eventcore replay verify``.
 """
 
-from projections.folds import fold_node, fold_node_task, fold_queue, fold_task
+from projections.folds import fold_queue, fold_task
+from projections.nodes import fold_node, fold_node_task
 from projections.read import TaskFilter, TaskPage, caught_up, list_tasks, wait_for
 from projections.replay import Views, replay
 from projections.runner import Projector

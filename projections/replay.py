@@ -4,7 +4,7 @@
 projector folds each batch with. It routes each entry exactly as a runner
 should: a task event goes to its task, to its queue
 (:func:`~projections.folds.queues_of`: two for a move), to the nodes it touches
-(:func:`~projections.folds.nodes_of`), to the global stats and to its
+(:func:`~projections.nodes.nodes_of`), to the global stats and to its
 ``(queue, kind)`` stats (:func:`~projections.stats.scope_of`), every one of
 them given the task view from *before* the entry. Node events go to their
 node; control events touch no view.
@@ -37,19 +37,15 @@ from eventcore.events import (
 from eventcore.transitions import TRANSITIONS
 from projections.folds import (
     HELD,
-    NodeDraft,
     QueueDraft,
     TaskChange,
     apply_task,
-    event_node,
-    fold_node,
-    fold_node_task,
     fold_queue,
     fold_task,
     id_rank,
-    nodes_of,
     queues_of,
 )
+from projections.nodes import NodeDraft, event_node, fold_node, fold_node_task, nodes_of
 from projections.stats import StatsDraft, fold_stats, scope_of, scopes_of, tally_of
 from projections.views import NodeView, QueueView, StatsView, TaskView
 

@@ -246,7 +246,7 @@ def tally_of(change: TaskChange) -> Tally | None:
     event, task, before, after = change.event, change.task, change.before, change.after
     if after is None:
         return None
-    if type(event) is TaskSubmitted:  # event types are final: see projections.folds
+    if type(event) is TaskSubmitted:  # event types are final: see projections.nodes
         return Tally(event.at, "submitted", None)
     if after not in TERMINAL or before in TERMINAL:
         return Tally(event.at, None, None)

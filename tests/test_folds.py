@@ -33,7 +33,8 @@ from eventcore.events import (
 )
 from eventcore.ids import stream_id_key
 from eventcore.transitions import TaskStatus
-from projections.folds import fold_node, fold_queue, fold_task, id_rank, is_new, queue_of
+from projections.folds import fold_queue, fold_task, id_rank, is_new, queue_of
+from projections.nodes import fold_node
 from projections.replay import Views, replay
 from projections.stats import (
     BUCKETS,

@@ -89,7 +89,7 @@ async def handle(worker: Worker, cmd: ControlIssued) -> tuple[bool, str]:
                 return True, "paused: no new tasks are claimed"
             case ControlKind.RESUME:
                 worker.paused = False
-                worker._room.set()
+                worker.wake_claim()
                 await append_node_event(worker.log, NodeResumed(node=worker.node, by=by))
                 return True, "resumed"
             case ControlKind.DRAIN | ControlKind.SHUTDOWN:
@@ -101,7 +101,7 @@ async def handle(worker: Worker, cmd: ControlIssued) -> tuple[bool, str]:
                     return False, "concurrency must be >= 1"
                 worker.concurrency = n
                 worker.pool.size = n
-                worker._room.set()
+                worker.wake_claim()
                 return True, f"concurrency {n}"
             case ControlKind.CANCEL_TASK:
                 task_id = str(args["task_id"])

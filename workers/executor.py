@@ -122,6 +122,10 @@ class ChildSlot:
         assert self._conn is not None
         return self._conn
 
+    def start(self) -> None:
+        """Start the child process unless it runs already (so :attr:`pid` is known)."""
+        self._ensure()
+
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None

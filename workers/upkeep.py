@@ -18,7 +18,8 @@ from eventcore.nodes import append_node_event, last_seen, mark_lost
 from workers.capabilities import free_gpu_memory_mb, free_memory_mb
 
 if TYPE_CHECKING:
-    from workers.worker import Running, Worker
+    from workers.running import Running
+    from workers.worker import Worker
 
 __all__ = ["heartbeat", "heartbeat_loop", "lease_loop", "reclaim_loop", "release_loop"]
 
@@ -81,10 +82,10 @@ async def reclaim_loop(worker: Worker) -> None:
                     worker.log.group,
                     worker.node,
                     worker.stream_queue[stream].lease_ms,
-                    start=worker._reclaim_cursor.get(stream, "0-0"),
+                    start=worker.reclaim_cursor.get(stream, "0-0"),
                     count=worker.free,
                 )
-                worker._reclaim_cursor[stream] = res.next_start
+                worker.reclaim_cursor[stream] = res.next_start
                 # Entries this worker already holds looked idle because their
                 # lease could not be renewed (Redis was away): they still run
                 # here, so they are not started a second time.
@@ -96,7 +97,7 @@ async def reclaim_loop(worker: Worker) -> None:
                     flags = await worker.log.cancel_requested(e.task_id for e in new)
                     for entry in new:
                         entry.cancel_requested = entry.task_id in flags
-                        worker._dispatch(entry)
+                        worker.dispatch(entry)
 
 
 async def release_loop(worker: Worker) -> None:

@@ -7,7 +7,9 @@ Loops, all in one event loop:
   priority first, in one script call per partition; when nothing is there it
   blocks on XREAD from the newest ids it saw, so new work wakes it at once.
 - **settle**: outcomes queue up and go out in batches, one round trip each;
-  a batch is kept and retried until it is written (Redis may be away).
+  a batch is kept and retried until it is written (Redis may be away); see
+  :mod:`workers.settle`. A running task's own writes are in
+  :mod:`workers.running`.
 - **leases**: renews the idle time of the entries it runs, and watches for
   cancel requests of running tasks.
 - **reclaim**: takes over entries idle longer than their queue's lease
@@ -26,7 +28,6 @@ import os
 import random
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -47,19 +48,20 @@ from eventcore.events import (
     TaskDeadLettered,
     TaskFailed,
     TaskProgress,
-    TaskResultStale,
     TaskStarted,
     TaskSubmitted,
 )
 from eventcore.groups import WorkEntry
-from eventcore.log import EventLog, Settlement, SettleResult
+from eventcore.log import EventLog
 from eventcore.nodes import append_node_event
 from workers.context import TaskContext
-from workers.executor import ChildSlot, ProcessPool
+from workers.executor import ProcessPool
 from workers.faults import crash_point
 from workers.handlers import Handler, Registry
 from workers.outcomes import Ending, Outcome, closing_event, outcome_of_exception
 from workers.resources import ResourceConfig, Resources
+from workers.running import Running, RunWrites
+from workers.settle import SettleQueue, describe
 from workers.writes import persist
 
 __all__ = ["Worker", "WorkerOptions"]
@@ -85,26 +87,6 @@ class WorkerOptions(msgspec.Struct, kw_only=True):
     # a child never idles for the round trips of the next claim (as Celery's
     # prefetch). Their leases are renewed like those of running tasks.
     prefetch: int = 1
-
-
-@dataclass(eq=False)
-class Running:
-    """A task running in a child process."""
-
-    entry: WorkEntry
-    submitted: TaskSubmitted
-    queue: QueueConfig
-    slot: ChildSlot
-    started: float
-    lease_lost: bool = False
-    cancel_requested: bool = False
-    cancel_killed: bool = False
-    last_progress: float = 0.0  # monotonic time of the last progress written
-    fraction: float = 0.0  # the highest progress reported
-    pending: list[asyncio.Task[Any]] = field(default_factory=list)
-    # Claimed/started whose write failed: they go out with the next write, or
-    # with the outcome, so the log never shows progress or an end without them.
-    unwritten: list[Event] = field(default_factory=list)
 
 
 def default_node_id() -> str:
@@ -136,18 +118,20 @@ class Worker:
         self.running: dict[str, Running] = {}
         self.waiting: dict[str, WorkEntry] = {}  # prefetched, waiting for a child
         self._child_free = asyncio.Event()
-        self.processed = 0
-        self._settle_q: asyncio.Queue[Settlement] = asyncio.Queue()
-        # The batch being written; kept here, not in the loop, so a restarted
-        # settle loop picks it up again.
-        self._settling: list[Settlement] = []
-        self._settle_failing = False  # the last try to write a batch failed
         self._room = asyncio.Event()
+        self.run_writes = RunWrites(elog, self.node, progress_interval=options.progress_interval)
+        self.settles = SettleQueue(
+            elog,
+            self.node,
+            batch_size=options.settle_batch,
+            release=self._release,
+            stopping=lambda: self.closing,
+        )
         self._stopped = asyncio.Event()
         self._immediate = False
         self._loops: list[asyncio.Task[Any]] = []
         self._children: set[asyncio.Task[Any]] = set()
-        self._reclaim_cursor: dict[str, str] = {}
+        self.reclaim_cursor: dict[str, str] = {}  # stream -> where the next reclaim scan starts
         self.control_positions: dict[str, str] = {}  # control stream -> last id handled
         k = elog.keys
         self.streams = {
@@ -189,7 +173,7 @@ class Worker:
         )
         loops = [
             self._claim_loop,
-            self._settle_loop,
+            self.settles.run,
             lambda: upkeep.lease_loop(self),
             lambda: upkeep.reclaim_loop(self),
             lambda: upkeep.release_loop(self),
@@ -247,19 +231,15 @@ class Worker:
         if not self._immediate:
             # Let the outcomes already known reach the log: all of them while
             # Redis answers, and while it does not, until the grace is spent.
-            while (not self._settle_q.empty() or self._settling) and (
-                time.monotonic() < deadline or not self._settle_failing
-            ):
+            while self.settles.busy and (time.monotonic() < deadline or not self.settles.failing):
                 await asyncio.sleep(0.01)
-        left = list(self._settling)
-        while not self._settle_q.empty():
-            left.append(self._settle_q.get_nowait())
+        left = self.settles.take_unwritten()
         if left:
             log.error(
                 "stopping with %d outcomes unwritten (%s); their entries stay pending "
                 "and run again on another worker after their lease",
                 len(left),
-                _describe(left),
+                describe(left),
             )
         self.closing = True
         for task in self._loops:
@@ -284,10 +264,19 @@ class Worker:
 
     # -- claim -------------------------------------------------------------------
 
+    def wake_claim(self) -> None:
+        """Let the claim loop look again (a slot came free, or it was resumed)."""
+        self._room.set()
+
     @property
     def inflight(self) -> int:
         """Entries held: claimed and not yet settled (or left for reclaim)."""
         return len(self.held)
+
+    @property
+    def processed(self) -> int:
+        """Entries settled by this worker."""
+        return self.settles.written
 
     @property
     def free(self) -> int:
@@ -318,12 +307,13 @@ class Worker:
                 newest.update(res.last_ids)
             if got:
                 for entry in got:
-                    self._dispatch(entry)
+                    self.dispatch(entry)
                 continue
             # Nothing waiting: sleep until anything newer than what we saw arrives.
             await redis.xread(newest, count=1, block=self.options.block_ms)
 
-    def _dispatch(self, entry: WorkEntry) -> None:
+    def dispatch(self, entry: WorkEntry) -> None:
+        """Take a claimed entry in hand: settle it at once or start running it."""
         self.held[entry.id] = entry
         t = entry.task_id
         try:
@@ -449,10 +439,10 @@ class Worker:
         self.running[t] = run
         timers: list[asyncio.TimerHandle] = []
         try:
-            slot._ensure()
+            slot.start()
             # Written while the child already starts: the child's first
-            # progress waits for it (see _write), so the log keeps its order.
-            self._write(
+            # progress waits for it (see RunWrites.write), so the log keeps its order.
+            self.run_writes.write(
                 run,
                 claimed,
                 TaskStarted(task_id=t, node=self.node, attempt=entry.attempt, pid=slot.pid),
@@ -462,7 +452,7 @@ class Worker:
             soft = spec.soft_timeout or queue.soft_timeout
             hard = spec.hard_timeout or queue.hard_timeout
             if soft:
-                timers.append(loop.call_later(soft, self._soft_timeout, run, soft))
+                timers.append(loop.call_later(soft, self.run_writes.soft_timeout, run, soft))
             if hard:
                 timers.append(loop.call_later(hard, slot.kill))
             outcome = await slot.run(
@@ -471,7 +461,7 @@ class Worker:
                 spec.params,
                 entry.attempt,
                 spec.model,
-                lambda f, m: self._progress(run, f, m),
+                lambda f, m: self.run_writes.progress(run, f, m),
             )
         except Exception as exc:
             log.exception("running task %s failed in the worker", t)
@@ -522,78 +512,6 @@ class Worker:
             rand=random.random(),
         )
 
-    def _progress(self, run: Running, fraction: float, message: str) -> None:
-        now = time.monotonic()
-        if fraction < 1.0 and now - run.last_progress < self.options.progress_interval:
-            return  # throttled: the log gets a few updates a second, not every call
-        run.last_progress = now
-        run.fraction = max(run.fraction, fraction)  # progress never goes back in an attempt
-        event = TaskProgress(
-            task_id=run.entry.task_id,
-            attempt=run.entry.attempt,
-            progress=run.fraction,
-            message=message,
-            node=self.node,
-            delivery=run.entry.deliveries,
-        )
-        self._write(run, event)
-
-    def _write(self, run: Running, *events: Event) -> None:
-        """Append a running task's events in order, without waiting: each write
-        starts after the one before it ends, and the settle waits for all."""
-        previous = run.pending[-1] if run.pending else None
-        run.pending.append(asyncio.create_task(self._append_after(run, previous, events)))
-
-    async def _append_after(
-        self, run: Running, previous: asyncio.Task[Any] | None, events: tuple[Event, ...]
-    ) -> None:
-        """One write of a running task. It goes out only while this delivery
-        holds the entry (``append_held``), so a worker that lost its lease
-        writes no progress beside the new owner's or after the end. A failed
-        write is logged; its claimed/started are kept for the next write (or
-        the outcome), its progress is dropped (a later report supersedes it)."""
-        if previous is not None:
-            await asyncio.wait([previous])  # never raises: _append_after logs its errors
-        if run.lease_lost:
-            return  # known already: the entry is another's, or settled
-        events = (*run.unwritten, *events)
-        try:
-            res = await self.log.append_held(self.node, run.entry, events)
-        except Exception as exc:  # Redis away (or a bug): log what is lost, carry on
-            run.unwritten = [e for e in events if not isinstance(e, TaskProgress)]
-            later = " (claimed/started go out with a later write)" if run.unwritten else ""
-            log.warning(
-                "could not write %s of task %s: %s: %s%s",
-                ", ".join(e.type_name() for e in events),
-                run.entry.task_id,
-                type(exc).__name__,
-                exc,
-                later,
-            )
-            return
-        run.unwritten = []
-        if not res.written:
-            run.lease_lost = True
-            log.warning(
-                "task %s: %s not written: %s (this delivery no longer holds it)",
-                run.entry.task_id,
-                ", ".join(e.type_name() for e in events),
-                res.not_held,
-            )
-
-    def _soft_timeout(self, run: Running, soft: float) -> None:
-        run.slot.soft.set()
-        event = TaskProgress(
-            task_id=run.entry.task_id,
-            attempt=run.entry.attempt,
-            progress=run.fraction,
-            message="",
-            warning=f"soft timeout of {soft}s passed",
-            node=self.node,
-            delivery=run.entry.deliveries,
-        )
-        self._write(run, event)
-
     def cancel_running(self, task_id: str) -> bool:
         """Ask a running task to stop; kill it if it has not after the grace period."""
         run = self.running.get(task_id)
@@ -614,7 +532,7 @@ class Worker:
     # -- settle --------------------------------------------------------------------
 
     def _settle(self, entry: WorkEntry, *events: Event) -> None:
-        self._settle_q.put_nowait(Settlement(entry, events))
+        self.settles.put(entry, *events)
 
     def _abandon(self, entry: WorkEntry) -> None:
         """Give the slot back without settling: the entry stays pending and is
@@ -625,90 +543,3 @@ class Worker:
         for entry in entries:
             self.held.pop(entry.id, None)
         self._room.set()
-
-    async def _settle_loop(self) -> None:
-        while not self.closing:
-            if not self._settling:
-                batch = [await self._settle_q.get()]
-                while not self._settle_q.empty() and len(batch) < self.options.settle_batch:
-                    batch.append(self._settle_q.get_nowait())
-                self._settling = batch
-            await self._write_settlements(self._settling)
-            self._settling = []
-
-    async def _write_settlements(self, batch: list[Settlement]) -> None:
-        """Write one batch, retrying through a Redis outage; then give its slots back.
-
-        A try whose reply was lost may have been written: the retry then finds
-        the entries gone and answers stale, writing nothing (see settle), so a
-        batch is never written twice."""
-        crash_point("after_result_before_ack")
-        tries = 0
-
-        async def write() -> list[SettleResult]:
-            nonlocal tries
-            tries += 1
-            try:
-                results = await self.log.settle(self.node, batch)
-            except BaseException:
-                self._settle_failing = True
-                raise
-            self._settle_failing = False
-            return results
-
-        try:
-            written, results = await persist(
-                f"the outcomes of {len(batch)} tasks ({_describe(batch)})",
-                write,
-                stop=lambda: self.closing,
-            )
-        except Exception:  # not Redis being away: a bad item; settle them one by one
-            if len(batch) == 1:
-                log.exception(
-                    "could not settle task %s (%s); its entry stays pending and runs again "
-                    "after its lease",
-                    batch[0].entry.task_id,
-                    _describe(batch),
-                )
-                self._release([batch[0].entry])
-                return
-            log.exception("settling %d outcomes failed; settling them one by one", len(batch))
-            for item in batch:
-                await self._write_settlements([item])
-            return
-        if not written or results is None:
-            return  # stopping: the entries stay pending for reclaim (persist logged it)
-        self.processed += len(batch)
-        self._release([s.entry for s in batch])
-        stale = []
-        for s, r in zip(batch, results):
-            if r.ok:
-                continue
-            if tries > 1 and "no longer pending" in r.stale_reason:
-                # Most likely written by a try whose reply was lost.
-                log.info("task %s: settled by an earlier try", s.entry.task_id)
-                continue
-            stale.append(
-                TaskResultStale(
-                    task_id=s.entry.task_id,
-                    node=self.node,
-                    attempt=s.entry.attempt,
-                    outcome=s.events[-1].type_name(),
-                    reason=r.stale_reason,
-                )
-            )
-        if stale:
-            log.warning("%d stale results (lease lost or already ended)", len(stale))
-            # An annotation: one try, and a log line if it is lost.
-            await persist(
-                f"task.result_stale of {len(stale)} tasks "
-                f"({', '.join(e.task_id for e in stale[:5])})",
-                lambda: self.log.append_many(stale),
-                deadline=time.monotonic(),
-            )
-
-
-def _describe(batch: list[Settlement], most: int = 5) -> str:
-    """A few items of a batch, for a log line: ``task id: outcome``."""
-    shown = ", ".join(f"{s.entry.task_id}: {s.events[-1].type_name()}" for s in batch[:most])
-    return shown + (f" and {len(batch) - most} more" if len(batch) > most else "")
