@@ -150,4 +150,5 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         lifespan=lifespan,
     )
     app.state.web = state
+    app.state.api_bodies = {**tasks.BODIES, **system.BODIES, **iopaint.BODIES}
     return app

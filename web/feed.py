@@ -29,7 +29,7 @@ from eventcore.ids import stream_id_key
 from eventcore.log import EventLog
 from projections.store import FEED_MAXLEN
 
-__all__ = ["FeedFilter", "FeedHub", "FeedItem", "Resync", "Revoked"]
+__all__ = ["FILTERS", "FeedFilter", "FeedHub", "FeedItem", "Resync", "Revoked"]
 
 log = logging.getLogger("eventcore.web.feed")
 
@@ -100,6 +100,10 @@ class FeedFilter(msgspec.Struct, frozen=True, kw_only=True):
             and (self.status is None or item.status == self.status)
             and (self.node is None or item.node == self.node)
         )
+
+
+# The filters a client sets in the query string (the tenant comes from its token).
+FILTERS = tuple(f for f in FeedFilter.__struct_fields__ if f != "tenant")
 
 
 class Resync(Exception):

@@ -23,13 +23,11 @@ from starlette.types import Receive, Scope, Send
 from eventcore.ids import parse_stream_id
 from web.app import state_of
 from web.errors import ApiError
-from web.feed import FeedFilter, Resync, Revoked
+from web.feed import FILTERS, FeedFilter, Resync, Revoked
 
 __all__ = ["routes"]
 
 log = logging.getLogger("eventcore.web.stream")
-
-FILTERS = ("task", "queue", "kind", "status", "node", "entity")
 
 
 async def stream(request: Request) -> Response:
