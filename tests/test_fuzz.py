@@ -133,7 +133,8 @@ def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[We
 def _schema() -> schemathesis.BaseSchema:
     """The document ``/openapi.json`` serves, built from the app itself, so the
     operations are known when the tests are collected."""
-    return schemathesis.openapi.from_dict(document(create_app(Settings(), "redis://unused")))
+    app = create_app(Settings(), "redis://unused")
+    return schemathesis.openapi.from_dict(document(app, app.state.api_bodies))
 
 
 SCHEMA = _schema()

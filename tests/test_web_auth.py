@@ -10,7 +10,7 @@ import httpx
 
 from eventcore.log import EventLog
 from tests.webkit import j, projector, served, settings_for, sse_events, web_client
-from web.auth import create_token
+from web.auth import create_token, revoke_token
 
 
 async def test_tokens_scopes_and_tenant_isolation(
@@ -77,3 +77,36 @@ async def test_stream_is_per_tenant_and_browsers_use_tickets(
     assert globex["task_id"] in ids
     assert acme["task_id"] not in ids
     assert {e["event"] for e in got} == {"task"}  # node/queue/stats views mix tenants
+
+
+async def test_revoking_a_token_ends_the_streams_it_opened(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    """A stream opened with a token, or with a ticket traded for it, went on
+    after the token was revoked: revoking must end what it granted at once.
+    Streams of other tokens go on."""
+    carol = await create_token(log, "carol", "acme", ("stream",))
+    dave = await create_token(log, "dave", "acme", ("stream",))
+    hc, hd = {"Authorization": f"Bearer {carol}"}, {"Authorization": f"Bearer {dave}"}
+
+    async def to_the_end(response: httpx.Response) -> str:
+        return "".join([text async for text in response.aiter_text()])
+
+    async with served(redis_url, settings_for(namespace, auth=True)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            ticket = (await c.post("/v1/stream/ticket", headers=hc)).json()["ticket"]
+            async with (
+                c.stream("GET", "/v1/stream", headers=hc) as by_token,
+                c.stream("GET", "/v1/stream", params={"ticket": ticket}) as by_ticket,
+                c.stream("GET", "/v1/stream", headers=hd) as kept,
+            ):
+                assert {by_token.status_code, by_ticket.status_code, kept.status_code} == {200}
+                assert await revoke_token(log, "carol") == 1
+                for response in (by_token, by_ticket):
+                    said = await asyncio.wait_for(to_the_end(response), 5)
+                    assert "event: revoked" in said, said
+                # The other token's stream is still open: nothing ends it.
+                rest = asyncio.ensure_future(to_the_end(kept))
+                done, _ = await asyncio.wait({rest}, timeout=2.5)
+                assert not done, rest.result()
+                rest.cancel()

@@ -4,6 +4,7 @@ together. ``create_app(settings)`` is what ``eventcore web`` serves."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import time
@@ -122,9 +123,18 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         gc.collect()
         gc.freeze()
         await state.hub.start()
+        watch = (
+            asyncio.create_task(state.auth.watch_streams(state.hub), name="token-watch")
+            if state.auth.enabled
+            else None
+        )
         try:
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             await state.close()
 
     routes: list[BaseRoute] = [
@@ -140,4 +150,5 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         lifespan=lifespan,
     )
     app.state.web = state
+    app.state.api_bodies = {**tasks.BODIES, **system.BODIES, **iopaint.BODIES}
     return app

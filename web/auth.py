@@ -11,28 +11,36 @@ Browsers cannot set headers on an ``EventSource``: they trade their token for
 a *ticket* (``POST /v1/stream/ticket``), an HMAC-signed, short-lived string
 carrying the tenant, the expiry and the digest of the token it was traded
 for, passed as ``?ticket=``. A ticket only streams, and only while that
-token exists: revoking the token ends its tickets at once.
+token exists: revoking the token ends its tickets at once, and
+:meth:`Auth.watch_streams` ends the streams already open with it within a
+second.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 
 import msgspec
+from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from eventcore.config import WebSettings
 from eventcore.log import EventLog
 from web.errors import ApiError
+from web.feed import FeedHub
 
 __all__ = ["SCOPES", "Auth", "Principal", "TokenInfo", "create_token", "revoke_token"]
 
 SCOPES = ("submit", "read", "stream", "admin")
+
+log = logging.getLogger("eventcore.web.auth")
 
 
 class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -116,6 +124,26 @@ class Auth:
         if not who.has(scope):
             raise ApiError(403, "forbidden", f"this token lacks the {scope!r} scope")
         return who
+
+    async def watch_streams(self, hub: FeedHub, every: float = 1.0) -> None:
+        """End, within ``every`` seconds, the open streams whose token was
+        revoked (a ticket's stream included: it streams with its token's
+        digest). One HMGET a period for the whole process, however many
+        clients stream."""
+        key = self.log.keys.api_tokens()
+        while True:
+            await asyncio.sleep(every)
+            tokens = sorted(hub.tokens())
+            if not tokens:
+                continue
+            try:
+                found = await self.log.redis.hmget(key, tokens)
+            except RedisError as exc:  # streams go on; checked again next period
+                log.warning("could not check the tokens of open streams: %s", exc)
+                continue
+            if gone := {t for t, raw in zip(tokens, found) if raw is None}:
+                ended = hub.revoke(gone)
+                log.info("ended %d stream(s) whose token was revoked", ended)
 
     async def _token(self, key: str) -> TokenInfo | None:
         raw = await self.log.redis.hget(self.log.keys.api_tokens(), key)

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 
 import msgspec
 from redis.asyncio import Redis
@@ -29,7 +29,7 @@ from eventcore.ids import stream_id_key
 from eventcore.log import EventLog
 from projections.store import FEED_MAXLEN
 
-__all__ = ["FeedFilter", "FeedHub", "FeedItem", "Resync"]
+__all__ = ["FILTERS", "FeedFilter", "FeedHub", "FeedItem", "Resync", "Revoked"]
 
 log = logging.getLogger("eventcore.web.feed")
 
@@ -102,17 +102,28 @@ class FeedFilter(msgspec.Struct, frozen=True, kw_only=True):
         )
 
 
+# The filters a client sets in the query string (the tenant comes from its token).
+FILTERS = tuple(f for f in FeedFilter.__struct_fields__ if f != "tenant")
+
+
 class Resync(Exception):
     """The client fell too far behind (or asked for entries the capped feed
     no longer holds) and must re-read the views."""
 
 
+class Revoked(Exception):
+    """The token a client streams with was revoked: its stream ends."""
+
+
 class _Client:
-    def __init__(self, flt: FeedFilter, buffer: int) -> None:
+    def __init__(self, flt: FeedFilter, buffer: int, token: str) -> None:
         self.filter = flt
-        self.queue: asyncio.Queue[FeedItem] = asyncio.Queue(buffer)
+        # None in the queue only wakes the client (see FeedHub.revoke).
+        self.queue: asyncio.Queue[FeedItem | None] = asyncio.Queue(buffer)
         self.catching_up = False
         self.overflowed = False
+        self.token = token
+        self.revoked = False
 
 
 class FeedHub:
@@ -222,6 +233,24 @@ class FeedHub:
                         client.queue.get_nowait()
                     client.queue.put_nowait(item)
 
+    def tokens(self) -> set[str]:
+        """The digests of the tokens clients stream with now."""
+        return {c.token for c in self.clients if c.token}
+
+    def revoke(self, tokens: Collection[str]) -> int:
+        """End the streams of clients whose token is in ``tokens``; how many."""
+        ended = 0
+        for client in list(self.clients):
+            if client.token in tokens:
+                client.revoked = True
+                self.clients.discard(client)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    if client.queue.full():
+                        client.queue.get_nowait()
+                client.queue.put_nowait(None)  # wake it: it ends at once
+                ended += 1
+        return ended
+
     async def _history(self, after: str, count: int = 500) -> list[FeedItem]:
         rows = await self.log.redis.xrange(self.key, f"({after}", "+", count=count)
         return [FeedItem.from_entry(raw_id.decode(), fields) for raw_id, fields in rows]
@@ -244,13 +273,20 @@ class FeedHub:
         return stream_id_key(first_id) > stream_id_key(last_id)
 
     async def follow(
-        self, flt: FeedFilter, last_id: str | None = None, *, checked: bool = False
+        self,
+        flt: FeedFilter,
+        last_id: str | None = None,
+        *,
+        checked: bool = False,
+        token: str = "",
     ) -> AsyncIterator[list[FeedItem]]:
         """The matching view changes after ``last_id`` (from the stream), then
         live ones, in batches of whatever is ready (one write to the socket
-        each). Raises :class:`Resync` when the client must re-read the views.
+        each). Raises :class:`Resync` when the client must re-read the views,
+        :class:`Revoked` once :meth:`revoke` names ``token`` (the digest of the
+        API token the client streams with; "" when auth is off).
         ``checked``: the caller has found :meth:`dropped_after` false already."""
-        client = _Client(flt, self.buffer)
+        client = _Client(flt, self.buffer, token)
         self.clients.add(client)
         try:
             sent = (0, 0)
@@ -261,6 +297,8 @@ class FeedHub:
                     raise Resync()
                 cursor = last_id
                 while True:
+                    if client.revoked:
+                        raise Revoked()
                     batch = await self._history(cursor)
                     if batch:
                         cursor = batch[-1].id
@@ -280,10 +318,14 @@ class FeedHub:
                 ready = [await client.queue.get()]
                 while not client.queue.empty():
                     ready.append(client.queue.get_nowait())
+                if client.revoked:
+                    raise Revoked()
                 if client.overflowed and client not in self.clients:
                     raise Resync()
                 fresh = []
                 for item in ready:
+                    if item is None:
+                        continue
                     here = stream_id_key(item.id)
                     if here > sent:
                         sent = here

@@ -399,6 +399,14 @@ async def run_plugin_gen_image(request: Request) -> Response:
     return await _run(web, req, who.tenant, {}, {"image": image})
 
 
+# Request bodies, for /openapi.json.
+BODIES = {
+    ("POST", "/api/v1/inpaint"): InpaintBody,
+    ("POST", "/api/v1/run_plugin_gen_image"): PluginBody,
+    ("POST", "/api/v1/model"): SwitchModelBody,
+    ("POST", "/api/v1/adjust_mask"): AdjustMaskBody,
+}
+
 routes: list[BaseRoute] = [
     Route("/api/v1/inpaint", inpaint, methods=["POST"]),
     Route("/api/v1/model", get_model, methods=["GET"]),

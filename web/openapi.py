@@ -1,8 +1,12 @@
 """``/openapi.json``: the routes, with schemas of the request and view
-structs generated from the structs themselves, so they cannot drift."""
+structs generated from the structs themselves, so they cannot drift.
+
+The route modules name their request bodies (their ``BODIES``); the app hands
+them to :func:`document`, so this module imports no route module."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -10,6 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from projections.views import NodeView, QueueView, StatsView, TaskView
+from web.feed import FILTERS
 
 __all__ = ["document"]
 
@@ -109,8 +114,6 @@ EVENT_ID = "a stream entry id (`<ms>-<seq>`): wait until the views include it"
 def _parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
     """Query parameters and headers per operation: what a client may send
     besides the body, so a schema-driven client (or fuzzer) reaches every branch."""
-    from web.stream import FILTERS
-
     return {
         ("GET", "/v1/tasks"): [
             _query("status", STRING, "only tasks in this status"),
@@ -143,21 +146,9 @@ def _parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
     }
 
 
-def document(app: Starlette) -> dict[str, Any]:
-    from web.iopaint import AdjustMaskBody, InpaintBody, PluginBody, SwitchModelBody
-    from web.submit import SubmitRequest
-    from web.system import ControlRequest
-    from web.tasks import CancelRequest
-
-    bodies = {
-        ("POST", "/v1/tasks"): SubmitRequest,
-        ("POST", "/v1/tasks/{task_id}/cancel"): CancelRequest,
-        ("POST", "/v1/nodes/{node}/control"): ControlRequest,
-        ("POST", "/api/v1/inpaint"): InpaintBody,
-        ("POST", "/api/v1/run_plugin_gen_image"): PluginBody,
-        ("POST", "/api/v1/model"): SwitchModelBody,
-        ("POST", "/api/v1/adjust_mask"): AdjustMaskBody,
-    }
+def document(app: Starlette, bodies: Mapping[tuple[str, str], type]) -> dict[str, Any]:
+    """The OpenAPI document of ``app``'s routes; ``bodies`` maps (method,
+    path) to the struct a JSON request body decodes into."""
     (*body_schemas, _, _, _, _), components = msgspec.json.schema_components(
         [*bodies.values(), TaskView, NodeView, QueueView, StatsView],
         ref_template="#/components/schemas/{name}",

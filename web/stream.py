@@ -23,13 +23,11 @@ from starlette.types import Receive, Scope, Send
 from eventcore.ids import parse_stream_id
 from web.app import state_of
 from web.errors import ApiError
-from web.feed import FeedFilter, Resync
+from web.feed import FILTERS, FeedFilter, Resync, Revoked
 
 __all__ = ["routes"]
 
 log = logging.getLogger("eventcore.web.stream")
-
-FILTERS = ("task", "queue", "kind", "status", "node", "entity")
 
 
 async def stream(request: Request) -> Response:
@@ -70,8 +68,10 @@ async def stream(request: Request) -> Response:
         try:
             if dropped:  # the capped feed no longer holds what this client missed
                 raise Resync()
-            async for batch in hub.follow(flt, last_id, checked=True):
+            async for batch in hub.follow(flt, last_id, checked=True, token=who.token):
                 yield b"".join(item.frame for item in batch)
+        except Revoked:
+            yield ServerSentEvent('{"reason": "the token was revoked"}', event="revoked")
         except Resync:
             yield ServerSentEvent('{"reason": "fell behind or missed entries"}', event="resync")
         except RedisError as exc:  # lost while reading history: start over later

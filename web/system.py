@@ -205,8 +205,11 @@ async def dashboard(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return JSONResponse(document(request.app))
+    return JSONResponse(document(request.app, request.app.state.api_bodies))
 
+
+# Request bodies, for /openapi.json.
+BODIES = {("POST", "/v1/nodes/{node}/control"): ControlRequest}
 
 routes = [
     Route("/", dashboard, methods=["GET"]),

@@ -348,6 +348,12 @@ async def retry_task(request: Request) -> Response:
     )
 
 
+# Request bodies, for /openapi.json.
+BODIES = {
+    ("POST", "/v1/tasks"): SubmitRequest,
+    ("POST", "/v1/tasks/{task_id}/cancel"): CancelRequest,
+}
+
 routes = [
     Route("/v1/tasks", create_task, methods=["POST"]),
     Route("/v1/tasks", get_tasks, methods=["GET"]),
