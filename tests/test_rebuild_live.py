@@ -57,7 +57,7 @@ class Writer:
             self.rounds += 1
             await asyncio.sleep(self.pace)  # let the projector and the test run too
 
-    async def rounds_more(self, n: int, timeout: float = 30) -> None:
+    async def rounds_more(self, n: int, timeout: float = 90) -> None:
         """Until ``n`` more rounds were written."""
         target = self.rounds + n
         await until(lambda: _true(self.rounds >= target), timeout, "the writer")

@@ -485,7 +485,10 @@ def raw_bodies(draw: st.DrawFn, fields: list[str]) -> bytes:
     return raw
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+# Each example starts the app (its lifespan, its clients): 150 keep the test
+# well inside its timeout on a loaded 2-core machine.
+@pytest.mark.timeout(300)
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(path=st.sampled_from(["/v1/tasks", "/api/v1/inpaint"]), data=st.data())
 async def test_generated_bodies_never_get_5xx_nor_write_when_refused(
     redis_url: str, log: EventLog, namespace: str, path: str, data: st.DataObject
