@@ -19,6 +19,7 @@ from eventcore.servers import (
     find_server_binary,
     free_port,
 )
+from tests.partitions import PARTITIONS
 
 
 def server_binary() -> ServerBinary:
@@ -51,7 +52,7 @@ async def r(redis_url: str) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def keys(namespace: str) -> Keys:
-    return Keys(namespace, partitions=int(os.environ.get("EVENTCORE_TEST_PARTITIONS", "1")))
+    return Keys(namespace, partitions=PARTITIONS)
 
 
 @pytest.fixture

@@ -27,13 +27,13 @@ from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.nodes import append_node_event
 from eventcore.servers import free_port
+from tests.partitions import PARTITIONS
 from web.app import create_app
 from web.openapi import document
 
 pytestmark = [pytest.mark.slow]
 
 EXAMPLES = int(os.environ.get("EVENTCORE_TEST_FUZZ_EXAMPLES", "150"))
-PARTITIONS = int(os.environ.get("EVENTCORE_TEST_PARTITIONS", "1"))
 
 
 class Web:

@@ -8,13 +8,16 @@ from redis.asyncio import Redis
 
 from eventcore import groups
 from eventcore.events import Priority, TaskSpec
+from eventcore.ids import task_id_in_partition
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
 
 
 async def _queue(log: EventLog, n: int, priority: Priority = Priority.NORMAL) -> str:
     spec = TaskSpec(kind="noop", queue="q", priority=priority)
-    await log.submit_many([Submission(spec=spec) for _ in range(n)])
+    # Every task in partition 0, whatever the partition count, so one stream holds them all.
+    ids = [task_id_in_partition(0, log.keys.partitions) for _ in range(n)]
+    await log.submit_many([Submission(spec=spec, task_id=i) for i in ids])
     stream = log.keys.work(0, "q", priority)
     await groups.ensure_group(log.redis, stream, log.group)
     return stream

@@ -18,10 +18,16 @@ from eventcore.events import (
     TaskSpec,
     TaskSubmitted,
 )
+from eventcore.ids import task_id_in_partition
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
 
 SPEC = TaskSpec(kind="noop", queue="q")
+
+
+def _p0(keys: Keys) -> str:
+    """A task id in partition 0, whose stream these tests read."""
+    return task_id_in_partition(0, keys.partitions)
 
 
 async def test_append_many_routes_each_event_to_its_stream(
@@ -62,11 +68,11 @@ async def test_history_returns_only_that_task_across_batches(log: EventLog) -> N
 
 
 async def test_read_between_times(log: EventLog, keys: Keys) -> None:
-    await log.submit(SPEC)
+    await log.submit(SPEC, task_id=_p0(keys))
     await asyncio.sleep(0.02)
     mid = time.time()
     await asyncio.sleep(0.02)
-    second = await log.submit(SPEC)
+    second = await log.submit(SPEC, task_id=_p0(keys))
     after = await log.read_between(keys.events(0), mid)
     assert [e.event.task_id for e in after] == [second.task_id]
     before = await log.read_between(keys.events(0), 0, mid)
@@ -78,7 +84,7 @@ async def test_tail_blocks_until_an_event_arrives(log: EventLog, keys: Keys) -> 
 
     async def later() -> None:
         await asyncio.sleep(0.1)
-        await log.submit(SPEC)
+        await log.submit(SPEC, task_id=_p0(keys))
 
     writer = asyncio.create_task(later())
     t0 = time.monotonic()
@@ -103,10 +109,10 @@ async def test_bad_entry_is_parked_not_skipped_silently(
     log: EventLog, r: Redis, keys: Keys
 ) -> None:
     stream = keys.events(0)
-    await log.submit(SPEC)
+    await log.submit(SPEC, task_id=_p0(keys))
     bad_id = (await r.xadd(stream, {"task": "x", "e": b"junk"})).decode()
     await r.xadd(stream, {"nothing": "here"})
-    await log.submit(SPEC)
+    await log.submit(SPEC, task_id=_p0(keys))
     good = await log.read(stream, park_bad=True)
     assert len(good) == 2
     parked = await r.xrange(keys.parked())

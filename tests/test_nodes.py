@@ -15,6 +15,7 @@ from eventcore.events import (
     NodeStopped,
     TaskSpec,
 )
+from eventcore.ids import task_id_in_partition
 from eventcore.log import EventLog, Submission
 from eventcore.nodes import append_node_event, last_seen, mark_lost
 
@@ -57,8 +58,9 @@ async def test_claim_new_takes_in_order_and_flags_cancels(log: EventLog) -> None
     keys = log.keys
     hi = TaskSpec(kind="noop", queue="q", priority="high")
     lo = TaskSpec(kind="noop", queue="q", priority="low")
-    low = await log.submit_many([Submission(spec=lo) for _ in range(3)])
-    high = await log.submit_many([Submission(spec=hi) for _ in range(2)])
+    ids = [task_id_in_partition(0, keys.partitions) for _ in range(5)]  # all in one partition
+    low = await log.submit_many([Submission(spec=lo, task_id=i) for i in ids[:3]])
+    high = await log.submit_many([Submission(spec=hi, task_id=i) for i in ids[3:]])
     await log.request_cancel(low[0].task_id)
     streams = [keys.work(0, "q", p) for p in ("high", "normal", "low")]
     got = await groups.claim_new(log.scripts, keys.cancels(0), streams, "g", "c1", 3)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from eventcore.config import DEFAULT_QUEUES, QueueConfig
 from eventcore.errors import EventcoreError
 from eventcore.routing import RoutingError, accepts, demand, route
+from tests.partitions import PARTITIONS
 
 INPAINT = QueueConfig(name="inpaint", kinds=("inpaint",), models=("lama", "mat"))
 UPSCALE = QueueConfig(name="upscale", kinds=("upscale",))
@@ -314,7 +315,7 @@ async def test_web_submit_before_any_worker_announced_goes_to_a_queue_any_machin
     from eventcore.nodes import append_node_event
     from tests.webkit import j, web_client
 
-    settings = Settings(namespace=namespace)  # the default queues
+    settings = Settings(namespace=namespace, partitions=PARTITIONS)  # the default queues
     async with web_client(redis_url, settings) as c:
         routed = await c.post("/v1/tasks", json={"kind": "inpaint"})
         assert routed.status_code == 202, routed.text

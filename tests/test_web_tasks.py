@@ -10,6 +10,7 @@ import numpy as np
 from eventcore import groups
 from eventcore.events import TaskClaimed, TaskStarted, TaskSucceeded
 from eventcore.log import EventLog, Settlement
+from tests.partitions import PARTITIONS
 from tests.webkit import announce, j, projector, settings_for, web_client
 
 
@@ -208,7 +209,9 @@ async def test_an_upload_over_the_blob_cap_is_413_naming_the_file(
 ) -> None:
     from eventcore.config import BlobSettings, Settings
 
-    settings = Settings(namespace=namespace, blobs=BlobSettings(max_bytes=100))
+    settings = Settings(
+        namespace=namespace, partitions=PARTITIONS, blobs=BlobSettings(max_bytes=100)
+    )
     async with web_client(redis_url, settings) as c:
         r = await c.post(
             "/v1/tasks",

@@ -17,11 +17,12 @@ from eventcore.log import EventLog
 from eventcore.nodes import append_node_event
 from projections.runner import Projector
 from projections.store import ViewStore
+from tests.partitions import PARTITIONS
 from web.app import create_app
 
 
 def settings_for(namespace: str, **web: Any) -> Settings:
-    return Settings(namespace=namespace, web=WebSettings(**web))
+    return Settings(namespace=namespace, partitions=PARTITIONS, web=WebSettings(**web))
 
 
 @contextlib.asynccontextmanager

@@ -15,13 +15,14 @@ from typing import Any
 from eventcore.config import QueueConfig, Settings, WorkerSettings
 from eventcore.events import Capabilities, RetryPolicy, TaskSpec
 from eventcore.log import EventLog
+from tests.partitions import PARTITIONS
 from workers.handlers import Registry
 from workers.worker import Worker, WorkerOptions
 
 LEASE_MS = 600
 
 
-def fast_settings(namespace: str, partitions: int = 1, **queue: Any) -> Settings:
+def fast_settings(namespace: str, partitions: int = PARTITIONS, **queue: Any) -> Settings:
     q = QueueConfig(
         name="q",
         lease_ms=queue.pop("lease_ms", LEASE_MS),
