@@ -209,7 +209,16 @@ async def test_redis_out_of_memory_gives_507_and_no_half_written_task(
         assert codes.get(507, 0) >= 20 and accepted, codes
         await web.redis.config_set("maxmemory", 0)
         log = web.log
-        submitted = {e.event.task_id for e in await log.read(log.keys.events(0), count=100_000)}
-        queued = await log.redis.xlen(log.keys.work(0, "cpu-light", "normal"))
+        submitted = {
+            e.event.task_id
+            for p in log.keys.all_partitions()
+            for e in await log.read(log.keys.events(p), count=100_000)
+        }
+        queued = sum(
+            [
+                await log.redis.xlen(log.keys.work(p, "cpu-light", "normal"))
+                for p in log.keys.all_partitions()
+            ]
+        )
         assert submitted == set(accepted)
         assert queued == len(accepted)  # every task has its work entry, no orphans

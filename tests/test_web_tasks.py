@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 
 from eventcore import groups
-from eventcore.events import TaskClaimed, TaskStarted, TaskSucceeded
+from eventcore.events import TaskClaimed, TaskSpec, TaskStarted, TaskSucceeded
+from eventcore.ids import task_id_in_partition
 from eventcore.log import EventLog, Settlement
 from tests.partitions import PARTITIONS
 from tests.webkit import announce, j, projector, settings_for, web_client
@@ -137,9 +138,10 @@ async def test_result_history_cancel_retry(redis_url: str, log: EventLog, namesp
         done = j(await c.post("/v1/tasks", json={"kind": "noop"}))
         other = j(await c.post("/v1/tasks", json={"kind": "noop"}))
         # A worker's part, by hand: claim the first and settle it with a result.
-        stream = log.keys.work(0, "cpu-light", "normal")
+        p = log.keys.partition(done["task_id"])
+        stream = log.keys.work(p, "cpu-light", "normal")
         await groups.ensure_group(log.redis, stream, log.group)
-        entry, _ = await groups.read_group(log.redis, log.group, "w1", [stream], count=2)
+        entry, *_ = await groups.read_group(log.redis, log.group, "w1", [stream], count=2)
         assert entry.task_id == done["task_id"]
         t = done["task_id"]
         evs = (
@@ -189,10 +191,12 @@ async def test_trimmed_tasks_can_be_read_and_cancelled_but_not_rerun(
         failed, *_ = await replaykit.submit(log, 1)
         (entry,) = await replaykit.claim(log, 1)
         end_id = await replaykit.finish(log, entry, ok=False)
-        later = await c.post("/v1/tasks", json={"kind": "noop"})  # the log goes on
+        # The log goes on in the failed task's partition, so its events are all trimmable.
+        same_partition = task_id_in_partition(log.keys.partition(failed), log.keys.partitions)
+        later = await log.submit(TaskSpec(kind="noop", queue="q"), task_id=same_partition)
         assert (await c.get(f"/v1/tasks/{failed}", params={"after": end_id})).status_code == 200
-        after = {"after": j(later)["event_id"]}
-        assert (await c.get(f"/v1/tasks/{j(later)['task_id']}", params=after)).status_code == 200
+        after = {"after": later.event_id}
+        assert (await c.get(f"/v1/tasks/{later.task_id}", params=after)).status_code == 200
         await take_snapshot(log)
         await trim_log(log)
         assert await log.history(failed) == []
