@@ -3,7 +3,8 @@
 Thin, typed wrappers over XGROUP / XREADGROUP / XCLAIM / XAUTOCLAIM /
 XPENDING that hide the differences between Redis versions (XAUTOCLAIM answers
 with 2 items on 6.2 and 3 on 7+) and turn raw replies into :class:`WorkEntry`.
-Renewing a lease is a script, because it must not take an entry another
+Claiming new entries and renewing a lease are scripts (through the typed
+wrappers of :mod:`eventcore.scripts`): renewing must not take an entry another
 consumer holds.
 """
 
@@ -177,16 +178,15 @@ async def claim_new(
     the order given, in one round trip; missing groups are created. Each entry
     says whether its task has a pending cancel request. ``last_ids`` lets the
     caller block on XREAD for anything newer without a gap."""
-    raw_entries, last = await scripts.claim(
-        keys=[cancels_key, *streams], args=[group, consumer, count]
+    claimed = await scripts.claim(
+        cancels=cancels_key, streams=streams, group=group, consumer=consumer, count=count
     )
     entries: list[WorkEntry] = []
-    for index, eid, flat, cancel in raw_entries:
-        fields = dict(zip(flat[::2], flat[1::2]))
-        entry = WorkEntry.from_reply(streams[int(index)], eid, fields)
-        entry.cancel_requested = bool(cancel)
+    for index, eid, fields, cancel in claimed.entries:
+        entry = WorkEntry.from_reply(streams[index], eid, fields)
+        entry.cancel_requested = cancel
         entries.append(entry)
-    return ClaimResult(entries, {s: _s(x) for s, x in zip(streams, last)})
+    return ClaimResult(entries, dict(zip(streams, claimed.last_ids)))
 
 
 async def claim(
@@ -279,8 +279,7 @@ async def renew(
     """
     if not ids:
         return []
-    held = await scripts.renew(keys=[stream], args=[group, consumer, *ids])
-    return [_s(x) for x in held]
+    return await scripts.renew(work=stream, group=group, consumer=consumer, ids=ids)
 
 
 async def pending(

@@ -1,7 +1,8 @@
 """The event log API: atomic appends and reads over Redis Streams.
 
 Every write that touches more than one key is one Lua script (see
-``lua/eventcore.lua``): a fact and the work it implies are written together
+``lua/eventcore.lua``), called through the typed wrappers of
+:mod:`eventcore.scripts`: a fact and the work it implies are written together
 or not at all. Calls that take a batch send it in one round trip per
 partition.
 """
@@ -16,7 +17,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from eventcore.codec import CONTROL, NODE, TASK, Codec, Entry, encode
-from eventcore.errors import DecodeError, ScriptArgumentError
+from eventcore.errors import DecodeError
 from eventcore.events import (
     NODE_EVENT_TYPES,
     TASK_EVENT_TYPES,
@@ -48,7 +49,7 @@ from eventcore.log_types import (
     Submission,
     SubmitResult,
 )
-from eventcore.scripts import Scripts
+from eventcore.scripts import Call, Scripts, SettleItem, SubmitItem, raise_script_errors
 
 __all__ = [
     "CancelOutcome",
@@ -124,11 +125,10 @@ class EventLog:
             task_id = self._task_id_for(sub)
             by_part[self.keys.partition(task_id)].append((i, task_id, sub))
         now = time.time()
-        ttl_ms = str(max(1, int(self.idempotency_ttl * 1000)))
-        calls: list[tuple[list[str], list[Any]]] = []
+        ttl_ms = max(1, int(self.idempotency_ttl * 1000))
+        calls = []
         for p, items in by_part.items():
-            keys = [self.keys.events(p), self.keys.delayed(p), self.keys.delayed_items(p)]
-            args: list[Any] = [ttl_ms, len(items)]
+            tasks: list[SubmitItem] = []
             for _, task_id, sub in items:
                 spec = sub.spec
                 check_name("queue", spec.queue)
@@ -140,11 +140,11 @@ class EventLog:
                         routed=sub.routed,
                     )
                 )
-                keys.append(self.keys.work(p, spec.queue, spec.priority))
-                if sub.idempotency_key:
-                    keys.append(self.keys.idempotency(p, spec.tenant, sub.idempotency_key))
-                else:
-                    keys.append(keys[0])  # placeholder in the same slot; never written
+                idem = (
+                    self.keys.idempotency(p, spec.tenant, sub.idempotency_key)
+                    if sub.idempotency_key
+                    else None
+                )
                 delayed = sub.run_at is not None and sub.run_at > now
                 if delayed:
                     assert sub.run_at is not None
@@ -153,20 +153,22 @@ class EventLog:
                     head = _item_head(spec.queue, spec.priority, 1)
                 else:
                     scheduled, run_at_ms, head = b"", 0, b""
-                args += [
-                    task_id,
-                    submitted,
-                    1 if sub.idempotency_key else 0,
-                    run_at_ms,
-                    scheduled,
-                    head,
-                ]
-            calls.append((keys, args))
-        replies = await self._run(self.scripts.submit, calls)
+                work = self.keys.work(p, spec.queue, spec.priority)
+                tasks.append(SubmitItem(task_id, submitted, work, idem, run_at_ms, scheduled, head))
+            calls.append(
+                self.scripts.submit(
+                    events=self.keys.events(p),
+                    delayed=self.keys.delayed(p),
+                    delayed_items=self.keys.delayed_items(p),
+                    idempotency_ttl_ms=ttl_ms,
+                    tasks=tasks,
+                )
+            )
+        replies = await self.scripts.run(calls)
         out: list[SubmitResult | None] = [None] * len(subs)
         for (_p, items), reply in zip(by_part.items(), replies):
-            for (i, _task_id, _sub), (created, eid, tid) in zip(items, reply):
-                out[i] = SubmitResult(_s(tid), _s(eid), bool(created))
+            for (i, _task_id, _sub), r in zip(items, reply):
+                out[i] = SubmitResult(r.task_id, r.event_id, r.created)
         return out  # type: ignore[return-value]
 
     def _task_id_for(self, sub: Submission) -> str:
@@ -203,32 +205,44 @@ class EventLog:
                 singles.append((i, self._stream_of(event), event))
         out: list[str] = [""] * len(events)
         async with self.redis.pipeline(transaction=False) as pipe:
+            appends = []
             for p, idx in task_batches.items():
-                args: list[Any] = [len(idx)]
-                for i in idx:
-                    args += [events[i].task_id, encode(events[i])]  # type: ignore[attr-defined]
-                await self.scripts.append(keys=[self.keys.events(p)], args=args, client=pipe)
+                call = self.scripts.append(
+                    events=self.keys.events(p),
+                    entries=[(events[i].task_id, encode(events[i])) for i in idx],  # type: ignore[attr-defined]
+                )
+                await call.queue(pipe)
+                appends.append(call)
             now_ms = int(time.time() * 1000)
             for _i, stream, event in singles:
                 if isinstance(event, NODE_EVENT_TYPES):
-                    await self.scripts.node_event(
-                        keys=self.node_event_keys(),
-                        args=node_event_args(event, now_ms),
-                        client=pipe,
-                    )
+                    await self.node_event(event, now_ms).queue(pipe)
                 else:
                     pipe.xadd(stream, {"e": encode(event)})
             replies = await pipe.execute(raise_on_error=False)
-        _raise_script_error(replies)
-        for (_p, idx), reply in zip(task_batches.items(), replies):
-            for i, eid in zip(idx, reply):
-                out[i] = _s(eid)
+        raise_script_errors(replies)
+        for (_p, idx), call, reply in zip(task_batches.items(), appends, replies):
+            for i, eid in zip(idx, call.decode(reply)):
+                out[i] = eid
+        # node_event answers an entry id, as XADD does
         for (i, _stream, _e), eid in zip(singles, replies[len(task_batches) :]):
             out[i] = _s(eid)
         return out
 
-    def node_event_keys(self) -> list[str]:
-        return [self.keys.nodes(), self.keys.nodes_seen(), self.keys.nodes_info()]
+    def node_event(self, event: Event, now_ms: int) -> Call[str]:
+        """The node_event call for a node event: the event, whether the node is
+        seen (or gone: ``NodeStopped``), and its ``NodeStarted`` kept as its info."""
+        data = encode(event)
+        return self.scripts.node_event(
+            nodes=self.keys.nodes(),
+            seen=self.keys.nodes_seen(),
+            info=self.keys.nodes_info(),
+            node=event.node,  # type: ignore[attr-defined]
+            event=data,
+            gone=isinstance(event, NodeStopped),
+            now_ms=now_ms,
+            started=data if isinstance(event, NodeStarted) else b"",
+        )
 
     def _stream_of(self, event: Event) -> str:
         match event:
@@ -249,29 +263,25 @@ class EventLog:
         by_part: dict[int, list[int]] = defaultdict(list)
         for i, item in enumerate(items):
             by_part[self.keys.partition(item.entry.task_id)].append(i)
-        calls: list[tuple[list[str], list[Any]]] = []
-        for p, idx in by_part.items():
-            keys = [
-                self.keys.events(p),
-                self.keys.done(p),
-                self.keys.cancels(p),
-                self.keys.delayed(p),
-                self.keys.delayed_items(p),
-                self.keys.dead_letters(p),
-            ]
-            args: list[Any] = [self.group, consumer, len(idx)]
-            for i in idx:
-                item = items[i]
-                keys.append(item.entry.stream)
-                args += _settle_args(item)
-            calls.append((keys, args))
-        replies = await self._run(self.scripts.settle, calls)
+        calls = [
+            self.scripts.settle(
+                events=self.keys.events(p),
+                done=self.keys.done(p),
+                cancels=self.keys.cancels(p),
+                delayed=self.keys.delayed(p),
+                delayed_items=self.keys.delayed_items(p),
+                dead_letters=self.keys.dead_letters(p),
+                group=self.group,
+                consumer=consumer,
+                items=[_settle_item(items[i]) for i in idx],
+            )
+            for p, idx in by_part.items()
+        ]
+        replies = await self.scripts.run(calls)
         out: list[SettleResult | None] = [None] * len(items)
         for (_p, idx), reply in zip(by_part.items(), replies):
             for i, (ok, detail) in zip(idx, reply):
-                out[i] = (
-                    SettleResult(True, _s(detail)) if ok else SettleResult(False, "", _s(detail))
-                )
+                out[i] = SettleResult(True, detail) if ok else SettleResult(False, "", detail)
         return out  # type: ignore[return-value]
 
     async def finish(self, consumer: str, entry: WorkEntry, *events: Event) -> SettleResult:
@@ -291,13 +301,16 @@ class EventLog:
         for event in events:
             if getattr(event, "task_id", None) != entry.task_id:
                 raise ValueError(f"events for entry of task {entry.task_id} name another task")
-        keys = [self.keys.events(self.keys.partition(entry.task_id)), entry.stream]
-        args: list[Any] = [self.group, consumer, entry.id, entry.task_id]
-        args += [encode(e) for e in events]
-        ok, *rest = await self._call(self.scripts.append_held, keys, args)
-        if not ok:
-            return HeldAppend(False, (), _s(rest[0]))
-        return HeldAppend(True, tuple(_s(x) for x in rest))
+        reply = await self.scripts.append_held(
+            events=self.keys.events(self.keys.partition(entry.task_id)),
+            work=entry.stream,
+            group=self.group,
+            consumer=consumer,
+            entry_id=entry.id,
+            task_id=entry.task_id,
+            encoded=[encode(e) for e in events],
+        )
+        return HeldAppend(reply.written, reply.event_ids, reply.not_held)
 
     # -- cancel and delayed work -------------------------------------------------------
 
@@ -308,20 +321,20 @@ class EventLog:
         p = self.keys.partition(task_id)
         requested = encode(TaskCancelRequested(task_id=task_id, reason=reason, by=by))
         cancelled = encode(TaskCancelled(task_id=task_id, reason=reason or "cancel requested"))
-        keys = [
-            self.keys.events(p),
-            self.keys.done(p),
-            self.keys.cancels(p),
-            self.keys.delayed(p),
-            self.keys.delayed_items(p),
-        ]
-        kind, detail = await self._call(
-            self.scripts.request_cancel, keys, [task_id, requested, cancelled]
+        kind, detail = await self.scripts.request_cancel(
+            events=self.keys.events(p),
+            done=self.keys.done(p),
+            cancels=self.keys.cancels(p),
+            delayed=self.keys.delayed(p),
+            delayed_items=self.keys.delayed_items(p),
+            task_id=task_id,
+            requested=requested,
+            cancelled=cancelled,
         )
-        outcome = CancelOutcome(_s(kind))
+        outcome = CancelOutcome(kind)
         if outcome is CancelOutcome.ALREADY_DONE:
-            return CancelResult(outcome, ended_as=_s(detail))
-        return CancelResult(outcome, event_id=_s(detail))
+            return CancelResult(outcome, ended_as=detail)
+        return CancelResult(outcome, event_id=detail)
 
     async def cancel_requested(self, task_ids: Iterable[str]) -> set[str]:
         """Which of these tasks have a pending cancel request (one round trip)."""
@@ -342,14 +355,17 @@ class EventLog:
         partition. Safe to run from many processes at once."""
         now_ms = int((time.time() if now is None else now) * 1000)
         calls = [
-            (
-                [self.keys.delayed(p), self.keys.delayed_items(p)],
-                [now_ms, limit, self.keys.work_prefix(p)],
+            self.scripts.release_due(
+                delayed=self.keys.delayed(p),
+                delayed_items=self.keys.delayed_items(p),
+                now_ms=now_ms,
+                limit=limit,
+                work_prefix=self.keys.work_prefix(p),
             )
             for p in self.keys.all_partitions()
         ]
-        replies = await self._run(self.scripts.release_due, calls)
-        return sum(int(released) for released, _orphans in replies)
+        replies = await self.scripts.run(calls)
+        return sum(released for released, _orphans in replies)
 
     async def reroute(self, moves: Sequence[Reroute]) -> list[RerouteResult]:
         """Move waiting work entries to other queues, each with its
@@ -359,18 +375,25 @@ class EventLog:
         calls = []
         for move in moves:
             p = self.keys.partition(move.event.task_id)
-            keys = [self.keys.events(p), self.keys.done(p), move.stream, move.to_stream]
-            args = [self.group, move.entry_id, move.event.task_id, encode(move.event), move.spec]
-            calls.append((keys, args))
+            calls.append(
+                self.scripts.reroute(
+                    events=self.keys.events(p),
+                    done=self.keys.done(p),
+                    from_stream=move.stream,
+                    to_stream=move.to_stream,
+                    group=self.group,
+                    entry_id=move.entry_id,
+                    task_id=move.event.task_id,
+                    event=encode(move.event),
+                    spec=move.spec,
+                )
+            )
         if not calls:
             return []
-        out = []
-        for reply in await self._run(self.scripts.reroute, calls):
-            if int(reply[0]):
-                out.append(RerouteResult(True, _s(reply[1]), _s(reply[2])))
-            else:
-                out.append(RerouteResult(False, why=_s(reply[1])))
-        return out
+        return [
+            RerouteResult(r.moved, r.event_id, r.entry_id, r.why)
+            for r in await self.scripts.run(calls)
+        ]
 
     # -- reading -----------------------------------------------------------------------
 
@@ -465,44 +488,6 @@ class EventLog:
                 await self.park(stream, exc.entry_id, fields, exc.detail)
         return out
 
-    # -- plumbing ------------------------------------------------------------------------
-
-    async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        return (await self._run(script, [(keys, args)]))[0]
-
-    async def _run(self, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Run one script once per call, in a single pipeline round trip."""
-        if len(calls) == 1:
-            keys, args = calls[0]
-            try:
-                return [await script(keys=keys, args=args)]
-            except Exception as exc:
-                _raise_script_error([exc])
-                raise
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for keys, args in calls:
-                await script(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute(raise_on_error=False)
-        _raise_script_error(replies)
-        return replies
-
-
-def node_event_args(event: Event, now_ms: int) -> list[Any]:
-    """The node_event script's arguments: the event, whether the node is seen
-    (or gone: ``NodeStopped``), and its ``NodeStarted`` kept as its info."""
-    data = encode(event)
-    mode = "gone" if isinstance(event, NodeStopped) else "seen"
-    started = data if isinstance(event, NodeStarted) else b""
-    return [event.node, data, mode, now_ms, started]  # type: ignore[attr-defined]
-
-
-def _raise_script_error(replies: list[Any]) -> None:
-    for reply in replies:
-        if isinstance(reply, Exception):
-            if "eventcore" in str(reply):
-                raise ScriptArgumentError(str(reply)) from reply
-            raise reply
-
 
 def _b(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
@@ -515,7 +500,7 @@ def _item_head(queue: str, priority: Any, attempt: int) -> bytes:
     )
 
 
-def _settle_args(item: Settlement) -> list[Any]:
+def _settle_item(item: Settlement) -> SettleItem:
     if not item.events:
         raise ValueError("a settlement needs at least one event")
     for event in item.events:
@@ -529,14 +514,14 @@ def _settle_args(item: Settlement) -> list[Any]:
         case TaskRetryScheduled(attempt=attempt, run_at=run_at):
             spec = item.entry.submitted.spec
             head = _item_head(spec.queue, spec.priority, attempt)
-            action = ["r", "", max(1, int(run_at * 1000)), head]
+            action = ("r", "", max(1, int(run_at * 1000)), head)
         case TaskDeadLettered(reason=reason):
-            action = ["d", last.type_name(), 0, reason or "dead-lettered"]
+            action = ("d", last.type_name(), 0, reason or "dead-lettered")
         case _ if isinstance(last, TERMINAL_EVENT_TYPES):
-            action = ["t", last.type_name(), 0, ""]
+            action = ("t", last.type_name(), 0, "")
         case _:
             raise ValueError(
                 f"a settlement must end with a terminal, retry or dead-letter event, "
                 f"not {last.type_name()}"
             )
-    return [item.entry.task_id, item.entry.id, *action, len(encoded), *encoded]
+    return SettleItem(item.entry.stream, item.entry.task_id, item.entry.id, *action, encoded)

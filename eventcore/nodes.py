@@ -18,7 +18,7 @@ import msgspec
 from eventcore.codec import NODE, encode
 from eventcore.errors import DecodeError
 from eventcore.events import Event, NodeLost, NodeStarted
-from eventcore.log import EventLog, node_event_args
+from eventcore.log import EventLog
 
 logger = logging.getLogger("eventcore.nodes")
 
@@ -38,10 +38,7 @@ async def append_node_event(log: EventLog, event: Event, *, now: float | None = 
     """Append a node event (``NodeStarted``, ``NodeHeartbeat``, ...) and update
     the node's liveness; returns the entry id."""
     now_ms = int((time.time() if now is None else now) * 1000)
-    eid = await log.scripts.node_event(
-        keys=log.node_event_keys(), args=node_event_args(event, now_ms)
-    )
-    return eid.decode() if isinstance(eid, bytes) else eid
+    return await log.node_event(event, now_ms)
 
 
 async def last_seen(log: EventLog) -> dict[str, float]:
@@ -61,11 +58,14 @@ async def mark_lost(
         return False
     event = NodeLost(node=node, last_seen=seen, noticed_by=noticed_by)
     deadline_ms = int((now - silent_for) * 1000)
-    eid = await log.scripts.mark_lost(
-        keys=log.node_event_keys(),
-        args=[node, deadline_ms, encode(event)],
+    return await log.scripts.mark_lost(
+        nodes=log.keys.nodes(),
+        seen=log.keys.nodes_seen(),
+        info=log.keys.nodes_info(),
+        node=node,
+        deadline_ms=deadline_ms,
+        event=encode(event),
     )
-    return eid is not None
 
 
 class NodeRecord(msgspec.Struct, frozen=True):

@@ -47,6 +47,7 @@ from eventcore.ids import parse_stream_id, stream_id_key
 from eventcore.keys import Keys, check_name
 from eventcore.log import EventLog
 from projections.points import Point, log_streams
+from projections.scripts import ImportEntry, ViewScripts
 
 __all__ = [
     "ExportLine",
@@ -337,35 +338,36 @@ async def _write(elog: EventLog, keys: Keys, items: list[_Item], counts: list[in
     for item in items:
         by_stream.setdefault(item.stream, []).append(item)
     done_of = {keys.events(p): keys.done(p) for p in keys.all_partitions()}
+    scripts = ViewScripts(elog.redis)
+    calls = [
+        scripts.import_entries(
+            stream=stream,
+            trim_mark=keys.trim_mark(stream),
+            done=done_of.get(stream),  # only task logs record outcomes
+            entries=[ImportEntry(i.id, i.task_id, i.outcome, i.fields) for i in group],
+        )
+        for stream, group in by_stream.items()
+    ]
     async with elog.redis.pipeline(transaction=False) as pipe:
-        for stream, group in by_stream.items():
-            done = done_of.get(stream, stream)  # only task logs record outcomes
-            args: list[Any] = [len(group)]
-            for item in group:
-                args += [item.id, item.task_id, item.outcome]
-                args.append(len(item.fields))
-                for name, value in item.fields:
-                    args += [name, value]
-            await elog.scripts.import_entries(
-                keys=[stream, keys.trim_mark(stream), done], args=args, client=pipe
-            )
+        for call in calls:
+            await call.queue(pipe)
         replies = await pipe.execute(raise_on_error=False)
     stops: list[tuple[int, str]] = []
-    for (stream, group), reply in zip(by_stream.items(), replies):
+    for (stream, group), call, reply in zip(by_stream.items(), calls, replies):
         if isinstance(reply, Exception):
             raise EventcoreError(f"import into {stream} failed: {reply}")
-        added, present, trimmed, stop, reason, newest = reply
-        counts[0] += int(added)
-        counts[1] += int(present)
-        counts[2] += int(trimmed)
-        if int(stop):
-            item = group[int(stop) - 1]
+        added, present, trimmed, stop, reason, newest = call.decode(reply)
+        counts[0] += added
+        counts[1] += present
+        counts[2] += trimmed
+        if stop:
+            item = group[stop - 1]
             rel = _relative(keys, stream)
-            if _s(reason) == "conflict":
+            if reason == "conflict":
                 why = f"entry {item.id} of {rel} already exists with other content"
             else:
                 why = (
-                    f"{rel} already holds entries up to {_s(newest)}, after {item.id}, so "
+                    f"{rel} already holds entries up to {newest}, after {item.id}, so "
                     "the entry cannot keep its id (import into a fresh namespace, or into "
                     "the one the export came from)"
                 )

@@ -34,6 +34,7 @@ from eventcore.errors import DecodeError, EventcoreError
 from eventcore.log import EventLog
 from projections.points import id_lt, log_streams
 from projections.replay import Views, replay
+from projections.scripts import ViewScripts
 from projections.views import NodeView, QueueView, StatsView, TaskView
 
 __all__ = [
@@ -245,14 +246,14 @@ async def take_snapshot(
     await redis.hset(staging, HEAD, _enc.encode(head))
     prev_id = previous.id if previous is not None else ""
     try:
-        await elog.scripts.publish_snapshot(
-            keys=[
-                keys.snapshot_pointer(),
-                staging,
-                keys.snapshot(snap_id),
-                keys.snapshot(prev_id) if prev_id else keys.snapshot(snap_id),
-            ],
-            args=[snap_id, tasks + 1, prev_id],
+        await ViewScripts(redis).publish_snapshot(
+            pointer=keys.snapshot_pointer(),
+            staging=staging,
+            final=keys.snapshot(snap_id),
+            previous=keys.snapshot(prev_id) if prev_id else None,
+            snapshot_id=snap_id,
+            fields=tasks + 1,
+            previous_id=prev_id,
         )
     except ResponseError as exc:
         await redis.delete(staging)

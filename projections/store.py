@@ -26,6 +26,7 @@ from redis.exceptions import ResponseError
 
 from eventcore.log import EventLog
 from projections.replay import Views
+from projections.scripts import FeedEntry, IndexOp, ViewScripts
 from projections.views import NodeView, QueueView, StatsView, TaskView
 
 __all__ = [
@@ -96,6 +97,7 @@ class ViewStore:
 
     def __init__(self, elog: EventLog, view_ns: str = "live", feed_maxlen: int = FEED_MAXLEN):
         self.log = elog
+        self.scripts = ViewScripts(elog.redis)
         self.ns = view_ns
         self.feed_maxlen = feed_maxlen
         k = elog.keys
@@ -232,43 +234,40 @@ class ViewStore:
                 data = encoded[id(v)] = _enc.encode(v)
             return data
 
-        args: list[Any] = [self.feed_maxlen, len(tasks), *(enc(v) for _, v in tasks)]
-        for section in (nodes, queues, stats):
-            args.append(len(section))
-            for name, v in section:
-                args += [name, enc(v)]
-        changes: list[Any] = []
+        changes: list[FeedEntry] = []
         for t, v in tasks:
             status = v.status.value if v.status is not None else ""
-            changes += ["task", t, v.queue, v.kind, status, v.node or "", v.tenant, enc(v)]
+            changes.append(
+                FeedEntry("task", t, v.queue, v.kind, status, v.node or "", v.tenant, enc(v))
+            )
         for n, v in nodes:
-            changes += ["node", n, "", "", v.state, n, "", enc(v)]
+            changes.append(FeedEntry("node", n, "", "", v.state, n, "", enc(v)))
         for q, v in queues:
-            changes += ["queue", q, q, "", "", "", "", enc(v)]
+            changes.append(FeedEntry("queue", q, q, "", "", "", "", enc(v)))
         for name, v in stats:
             queue, _, kind = name.partition(SEP)
-            changes += ["stats", name, "" if name == GLOBAL else queue, kind, "", "", "", enc(v)]
-        written = len(changes) // 8
-        if not feed:
-            changes = []
-        args += [len(changes) // 8, *changes, len(marks)]
-        for stream, entry_id in marks.items():
-            args += [stream, entry_id]
-        ops: list[Any] = []
+            scope_queue = "" if name == GLOBAL else queue
+            changes.append(FeedEntry("stats", name, scope_queue, kind, "", "", "", enc(v)))
+        ops: list[IndexOp] = []
         for t, v in tasks:
             old = self.index_keys(before.tasks.get(t))
             new = self.index_keys(v)
             score = int((v.submitted_at or 0) * 1000)
-            ops += [x for key in old - new for x in ("r", key, 0, t)]
-            ops += [x for key in new - old for x in ("a", key, score, t)]
-        args += [len(ops) // 4, *ops]
-        keys = [
-            self.log.keys.feed(),
-            self.watermark_key,
-            self.nodes_key,
-            self.queues_key,
-            self.stats_key,
-            *(self.task_key(t) for t, _ in tasks),
-        ]
-        await self.log.scripts.write_views(keys=keys, args=args)
-        return written
+            ops += [IndexOp(False, key, 0, t) for key in old - new]
+            ops += [IndexOp(True, key, score, t) for key in new - old]
+        await self.scripts.write_views(
+            feed=self.log.keys.feed(),
+            watermark=self.watermark_key,
+            nodes=self.nodes_key,
+            queues=self.queues_key,
+            stats=self.stats_key,
+            feed_maxlen=self.feed_maxlen,
+            tasks=[(self.task_key(t), enc(v)) for t, v in tasks],
+            node_views=[(n, enc(v)) for n, v in nodes],
+            queue_views=[(q, enc(v)) for q, v in queues],
+            stat_views=[(name, enc(v)) for name, v in stats],
+            feed_entries=changes if feed else [],
+            marks=marks,
+            index_ops=ops,
+        )
+        return len(changes)

@@ -32,6 +32,7 @@ from eventcore.errors import EventcoreError
 from eventcore.log import EventLog
 from eventcore.transitions import TERMINAL
 from projections.points import id_lt, log_streams
+from projections.scripts import ViewScripts
 from projections.snapshot import SnapshotHead, latest_head, snapshot_tasks
 
 __all__ = ["StreamTrim", "TrimResult", "busy_tasks", "prune_done", "trim_log", "trim_marks"]
@@ -68,16 +69,17 @@ async def trim_log(elog: EventLog, *, prune: bool = True, before: str | None = N
             "there is no snapshot to trim behind: run `eventcore replay snapshot` first"
         )
     keys = elog.keys
+    scripts = ViewScripts(elog.redis)
     out: list[StreamTrim] = []
     for stream in log_streams(keys):
         mark = head.watermark.get(stream)
         if mark is None:
             continue  # the snapshot holds nothing of this stream
         limit = before if before is not None and id_lt(before, mark) else mark
-        minid, trimmed, held = await elog.scripts.trim_stream(
-            keys=[stream, keys.trim_mark(stream)], args=[limit]
+        minid, trimmed, held = await scripts.trim_stream(
+            stream=stream, trim_mark=keys.trim_mark(stream), limit=limit
         )
-        out.append(StreamTrim(stream, mark, _s(minid), int(trimmed), _s(held)))
+        out.append(StreamTrim(stream, mark, minid, trimmed, held))
     pruned = await prune_done(elog, head) if prune else 0
     return TrimResult(head.id, out, pruned)
 
@@ -114,15 +116,14 @@ async def prune_done(elog: EventLog, head: SnapshotHead, *, chunk: int = 1000) -
     busy = {p: await busy_tasks(elog, p) for p in by_part}
     pending: dict[int, list[str]] = {p: [] for p in by_part}
     pruned = 0
+    scripts = ViewScripts(elog.redis)
 
     async def flush(p: int) -> int:
         ids, pending[p] = pending[p], []
         if not ids:
             return 0
-        return int(
-            await elog.scripts.prune_done(
-                keys=[keys.done(p), keys.delayed(p), keys.cancels(p)], args=ids
-            )
+        return await scripts.prune_done(
+            done=keys.done(p), delayed=keys.delayed(p), cancels=keys.cancels(p), task_ids=ids
         )
 
     async for views in snapshot_tasks(elog, head, chunk=chunk):

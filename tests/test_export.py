@@ -22,6 +22,7 @@ from projections.export import export_log, export_streams, import_log
 from projections.points import Point
 from projections.replay import replay
 from projections.runner import Projector
+from projections.scripts import ViewScripts
 from projections.store import ViewStore
 from projections.tools import log_after, verify
 from tests.replaykit import assert_same, cli, submit, workload
@@ -212,8 +213,8 @@ async def test_import_script_refuses_bad_arguments_and_writes_nothing(r, namespa
         [1, *good, "extra"],
     ):
         with pytest.raises(ResponseError, match="eventcore import_entries"):
-            await elog.scripts.import_entries(
-                keys=[stream, elog.keys.trim_mark(stream), elog.keys.done(0)], args=args
+            await ViewScripts(r).raw(
+                "import_entries", [stream, elog.keys.trim_mark(stream), elog.keys.done(0)], args
             )
     assert await r.keys(f"{namespace}:*") == []
 

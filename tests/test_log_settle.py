@@ -181,7 +181,7 @@ async def test_settle_script_refuses_bad_args_and_writes_nothing(
     for args in bad:
         keys_ = [*k, entry.stream] if args[2] == 2 else k
         with pytest.raises(ScriptArgumentError):
-            await log._call(log.scripts.settle, keys_, args)
+            await log.scripts.raw("settle", keys_, args)
     assert await r.xlen(keys.events(0)) == before
     assert (await groups.pending_summary(r, entry.stream, log.group)).count == 1
 
@@ -230,7 +230,6 @@ async def test_finish_is_settle_of_one(log: EventLog) -> None:
 async def test_other_scripts_refuse_bad_args_and_write_nothing(
     log: EventLog, r: Redis, keys: Keys
 ) -> None:
-    s = log.scripts
     cancel_keys = [
         keys.events(0),
         keys.done(0),
@@ -239,17 +238,17 @@ async def test_other_scripts_refuse_bad_args_and_write_nothing(
         keys.delayed_items(0),
     ]
     bad = [
-        (s.append, [keys.events(0)], [2, "t", b"e"]),  # count says 2, one pair given
-        (s.append, [keys.events(0)], [1, "", b"e"]),  # empty task id
-        (s.release_due, [keys.delayed(0), keys.delayed_items(0)], ["now", 10, "p:"]),
-        (s.release_due, [keys.delayed(0), keys.delayed_items(0)], [1, 0, "p:"]),
-        (s.request_cancel, cancel_keys, ["t1", b"req", ""]),
-        (s.request_cancel, cancel_keys, ["", b"req", b"c"]),
-        (s.renew, [keys.work(0, "q", "normal")], ["", "me", "1-0"]),
+        ("append", [keys.events(0)], [2, "t", b"e"]),  # count says 2, one pair given
+        ("append", [keys.events(0)], [1, "", b"e"]),  # empty task id
+        ("release_due", [keys.delayed(0), keys.delayed_items(0)], ["now", 10, "p:"]),
+        ("release_due", [keys.delayed(0), keys.delayed_items(0)], [1, 0, "p:"]),
+        ("request_cancel", cancel_keys, ["t1", b"req", ""]),
+        ("request_cancel", cancel_keys, ["", b"req", b"c"]),
+        ("renew", [keys.work(0, "q", "normal")], ["", "me", "1-0"]),
     ]
-    for script, keys_, args in bad:
+    for name, keys_, args in bad:
         with pytest.raises(ScriptArgumentError):
-            await log._call(script, keys_, args)
+            await log.scripts.raw(name, keys_, args)
     assert await r.keys(keys.all_keys_pattern()) == []
 
 
@@ -305,7 +304,7 @@ async def test_append_held_refuses_bad_args_and_writes_nothing(
     ]
     for args in bad:
         with pytest.raises(ScriptArgumentError):
-            await log._call(log.scripts.append_held, k, args)
+            await log.scripts.raw("append_held", k, args)
     other = TaskSucceeded(task_id="someone-else", node="w1", attempt=1)
     with pytest.raises(ValueError, match="another task"):
         await log.append_held("w1", entry, (other,))

@@ -156,7 +156,7 @@ async def test_submit_script_refuses_bad_args_and_writes_nothing(
     ]
     for keys_, args in bad_calls:
         with pytest.raises(ScriptArgumentError):
-            await log._call(log.scripts.submit, keys_, args)
+            await log.scripts.raw("submit", keys_, args)
     assert await r.keys(keys.all_keys_pattern()) == []
 
 

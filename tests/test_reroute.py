@@ -193,7 +193,7 @@ async def test_reroute_refuses_bad_arguments_and_writes_nothing(log: EventLog) -
     ]
     for keys_, args in bad:
         with pytest.raises(ScriptArgumentError):
-            await log._call(log.scripts.reroute, keys_, args)
+            await log.scripts.raw("reroute", keys_, args)
     assert await log.redis.keys(k.all_keys_pattern()) == []
 
 

@@ -24,6 +24,7 @@ from eventcore.nodes import append_node_event
 from projections.progress import Progress
 from projections.replay import Views
 from projections.runner import Projector
+from projections.scripts import ViewScripts
 from projections.snapshot import latest_head, load_snapshot, take_snapshot
 from projections.store import ViewStore, current_views
 from projections.tools import expected_views, log_after, rebuild, verify
@@ -82,14 +83,10 @@ async def test_publish_refuses_a_stale_pointer_or_an_incomplete_staging_hash(r, 
     before = sorted(await r.keys(f"{namespace}:*"))
     for args in (["5", 3, ""], ["5", 2, "4"], ["", 2, ""]):
         with pytest.raises(ResponseError, match="eventcore publish_snapshot"):
-            await elog.scripts.publish_snapshot(
-                keys=[
-                    k.snapshot_pointer(),
-                    k.snapshot_partial("5"),
-                    k.snapshot("5"),
-                    k.snapshot("5"),
-                ],
-                args=args,
+            await ViewScripts(r).raw(
+                "publish_snapshot",
+                [k.snapshot_pointer(), k.snapshot_partial("5"), k.snapshot("5"), k.snapshot("5")],
+                args,
             )
     assert sorted(await r.keys(f"{namespace}:*")) == before  # nothing written
 
@@ -99,7 +96,7 @@ async def test_trim_script_refuses_a_bad_limit_and_writes_nothing(r, namespace) 
     await submit(elog, 3)
     stream = elog.keys.events(0)
     with pytest.raises(ResponseError, match="eventcore trim_stream"):
-        await elog.scripts.trim_stream(keys=[stream, elog.keys.trim_mark(stream)], args=["x"])
+        await ViewScripts(r).raw("trim_stream", [stream, elog.keys.trim_mark(stream)], ["x"])
     assert await r.xlen(stream) == 3 and not await r.exists(elog.keys.trim_mark(stream))
 
 
