@@ -33,6 +33,7 @@ __all__ = [
     "NodeFacts",
     "Submitted",
     "UnknownKind",
+    "check_kind",
     "choose_queue",
     "node_facts",
     "read_node_facts",
