@@ -1,6 +1,7 @@
 """The direction of imports (DESIGN.md): ``web``, ``workers`` and
 ``projections`` import ``eventcore``; ``web`` may import ``projections``;
-nothing else crosses between packages."""
+nothing else crosses between packages. Within a package, modules import one
+another without circles."""
 
 from __future__ import annotations
 
@@ -37,3 +38,108 @@ def test_imports_go_one_way(package: str) -> None:
         if name in ALLOWED and name not in ALLOWED[package]
     ]
     assert not wrong, "\n".join(wrong)
+
+
+# -- no import circles within a package ------------------------------------------------
+
+
+def _type_checking_only(tree: ast.AST) -> set[ast.AST]:
+    """The import statements under ``if TYPE_CHECKING:``: they never run, so
+    they cannot close a circle at import time."""
+    out: set[ast.AST] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+            (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+            or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+        ):
+            for stmt in node.body:
+                out |= {n for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return out
+
+
+def import_graph(root: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports, wherever the
+    import statement is (top level, in a function, in a ``try``), except
+    under ``if TYPE_CHECKING:``. ``from p import name`` counts as importing
+    ``p.name`` when that is a module, else ``p``."""
+    paths = sorted((root / package).rglob("*.py"))
+    files = {}
+    for path in paths:
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for mod, path in files.items():
+        tree = ast.parse(path.read_text(), str(path))
+        skip = _type_checking_only(tree)
+        here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+        for node in ast.walk(tree):
+            targets: list[str] = []
+            if node in skip:
+                continue
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:  # relative: from the package ``level - 1`` above this one
+                    base = here[: len(here) - node.level + 1]
+                    source = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    source = node.module or ""
+                targets = [
+                    f"{source}.{a.name}" if f"{source}.{a.name}" in files else source
+                    for a in node.names
+                ]
+            for target in targets:
+                while target and target not in files:  # a name defined in a module
+                    target = target.rpartition(".")[0]
+                if target and target != mod:
+                    graph[mod].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle (``[a, b, ..., a]``), or None when there is none."""
+    finished: set[str] = set()
+    path: list[str] = []
+
+    def visit(mod: str) -> list[str] | None:
+        if mod in path:
+            return [*path[path.index(mod) :], mod]
+        if mod in finished:
+            return None
+        path.append(mod)
+        for nxt in sorted(graph.get(mod, ())):
+            if (cycle := visit(nxt)) is not None:
+                return cycle
+        path.pop()
+        finished.add(mod)
+        return None
+
+    for mod in sorted(graph):
+        if (cycle := visit(mod)) is not None:
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_no_import_cycles_within_a_package(package: str) -> None:
+    """Regression: ``web.app`` imported the route modules, which imported
+    ``web.app`` back for the shared state; only an import deferred into
+    ``create_app`` kept that circle from failing at start-up."""
+    cycle = find_cycle(import_graph(ROOT, package))
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_cycle_check_counts_imports_in_functions_but_not_type_checking(
+    tmp_path: Path,
+) -> None:
+    pkg = tmp_path / "p"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from p.b import thing\n")
+    (pkg / "b.py").write_text("def f():\n    from . import c\n")
+    (pkg / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p import b\n"
+    )
+    assert find_cycle(import_graph(tmp_path, "p")) is None
+    (pkg / "c.py").write_text("import p.a\n")
+    assert find_cycle(import_graph(tmp_path, "p")) == ["p.a", "p.b", "p.c", "p.a"]

@@ -9,7 +9,15 @@ import json
 import httpx
 
 from eventcore.log import EventLog
-from tests.webkit import j, projector, served, settings_for, sse_events, web_client
+from tests.webkit import (
+    j,
+    projector,
+    served,
+    settings_for,
+    sse_clients_become,
+    sse_events,
+    web_client,
+)
 from web.auth import create_token, revoke_token
 
 
@@ -69,7 +77,7 @@ async def test_stream_is_per_tenant_and_browsers_use_tickets(
             assert (await c.get("/v1/tasks", params={"ticket": ticket})).status_code == 401
             async with c.stream("GET", "/v1/stream", params={"ticket": ticket}) as resp:
                 assert resp.status_code == 200
-                await asyncio.sleep(0.2)
+                await sse_clients_become(c, 1)  # registered for live changes
                 acme = (await c.post("/v1/tasks", json={"kind": "noop"}, headers=ha)).json()
                 globex = (await c.post("/v1/tasks", json={"kind": "noop"}, headers=hb)).json()
                 got = await sse_events(resp, limit=5, timeout=2)

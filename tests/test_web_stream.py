@@ -4,14 +4,13 @@ nothing twice, and a client too slow for its buffer gets ``resync``."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import httpx
 
 from eventcore.events import TaskSpec
 from eventcore.log import EventLog
-from tests.webkit import projector, served, settings_for, sse_events
+from tests.webkit import folded, projector, served, settings_for, sse_clients_become, sse_events
 
 
 async def _feed_ids(log: EventLog) -> list[str]:
@@ -48,7 +47,7 @@ async def test_resume_with_last_event_id_misses_nothing_and_repeats_nothing(
             # Disconnected after 3 of 5; 20 more happen while away.
             for _ in range(20):
                 await log.submit(spec)
-            await asyncio.sleep(0.3)
+            await folded(log)  # in the feed: the resume reads them as history
             headers = {"Last-Event-ID": first[-1]["id"]}
             async with c.stream(
                 "GET", "/v1/stream", params={"entity": "task"}, headers=headers
@@ -72,7 +71,7 @@ async def test_filters_by_task_and_status(redis_url: str, log: EventLog, namespa
     async with projector(log), served(redis_url, settings_for(namespace)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as c:
             mine = (await log.submit(spec)).task_id
-            await asyncio.sleep(0.2)
+            await folded(log)
             async with c.stream(
                 "GET", "/v1/stream", params={"task": mine}, headers={"Last-Event-ID": "0-0"}
             ) as resp:
@@ -95,11 +94,11 @@ async def test_slow_client_gets_resync_not_unbounded_memory(
     async with projector(log), served(redis_url, settings) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as c:
             async with c.stream("GET", "/v1/stream") as resp:
-                await asyncio.sleep(0.2)
+                await sse_clients_become(c, 1)  # registered for live changes
                 # The client reads nothing while 200 changes are published.
                 for _ in range(200):
                     await log.submit(spec)
-                await asyncio.sleep(1.0)
+                await sse_clients_become(c, 0)  # cut off by the hub
                 events = await sse_events(resp, limit=1000, timeout=3)
     kinds = [e.get("event") for e in events]
     assert "resync" in kinds, kinds[-5:]

@@ -8,7 +8,7 @@ import asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventcore.log import EventLog
-from tests.webkit import announce, j, projector, web_client
+from tests.webkit import announce, folded, j, projector, web_client
 from tests.workerkit import fast_settings, make_worker, running, wait_ended
 
 
@@ -25,7 +25,7 @@ async def test_nodes_queues_stats_control_metrics(
             ids.append(j(r)["task_id"])
         for t in ids:
             assert await wait_ended(log, t) == "task.succeeded"
-        await asyncio.sleep(0.5)  # let the projector fold the ends
+        await folded(log)  # the projector has folded the ends
         nodes = j(await c.get("/v1/nodes"))["nodes"]
         assert [n["node"] for n in nodes] == ["w-sys"] and nodes[0]["state"] == "online"
         queues = {q["queue"]: q for q in j(await c.get("/v1/queues"))["queues"]}

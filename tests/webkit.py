@@ -15,6 +15,7 @@ from eventcore.config import Settings, WebSettings
 from eventcore.events import Capabilities, NodeStarted
 from eventcore.log import EventLog
 from eventcore.nodes import append_node_event
+from projections.read import wait_for
 from projections.runner import Projector
 from projections.store import ViewStore
 from tests.partitions import PARTITIONS
@@ -46,6 +47,30 @@ async def projector(log: EventLog) -> AsyncIterator[Projector]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
+
+
+async def folded(log: EventLog, timeout: float = 10.0) -> None:
+    """Wait until the live views (and so the feed) include every event the
+    log holds now, in every partition: the projector's watermark, not the clock."""
+    store = ViewStore(log)
+    for p in log.keys.all_partitions():
+        stream = log.keys.events(p)
+        newest = await log.redis.xrevrange(stream, count=1)
+        if newest:
+            last = newest[0][0].decode()
+            assert await wait_for(store, stream, last, timeout=timeout), (
+                f"the views did not reach {stream} {last} within {timeout}s"
+            )
+
+
+async def sse_clients_become(client: httpx.AsyncClient, count: int, timeout: float = 10.0) -> None:
+    """Wait until the served app's feed hub has ``count`` SSE clients, as
+    ``/healthz`` reports them: a stream is registered for live changes (or
+    cut off) only some time after its response headers arrive."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (now := (await client.get("/healthz")).json()["sse_clients"]) != count:
+        assert asyncio.get_running_loop().time() < deadline, f"{now} SSE clients, not {count}"
+        await asyncio.sleep(0.01)
 
 
 async def announce(log: EventLog, node: str, handlers: tuple[str, ...]) -> None:

@@ -11,11 +11,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from eventcore.errors import EventcoreError
+from web.responses import error_response
 
-__all__ = ["ApiError", "error_response", "exception_handlers", "render"]
+__all__ = ["ApiError", "exception_handlers", "render"]
 
 log = logging.getLogger("eventcore.web")
 
@@ -46,12 +47,6 @@ class ApiError(Exception):
         self.code = code
         self.detail = detail
         self.headers = headers or {}
-
-
-def error_response(
-    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: object
-) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail, **extra}, status, headers=headers)
 
 
 def render(request: Request, err: ApiError) -> Response:

@@ -35,18 +35,19 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from eventcore.blobs import BlobMissing
-from eventcore.events import TaskCancelled, TaskDeadLettered, TaskFailed, TaskTimedOut
-from web.app import WebState, state_of
-from web.errors import ApiError, error_response
-from web.limits import decode_any, read_json
-from web.submit import (
-    Finished,
-    SubmitRequest,
-    known_nodes,
-    submit,
-    wait_until_done,
+from eventcore.events import (
+    TaskCancelled,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskSucceeded,
+    TaskTimedOut,
 )
-from web.tasks import json_response
+from eventcore.waiting import wait_terminal
+from web.errors import ApiError
+from web.limits import decode_any, read_json
+from web.responses import error_response, json_response
+from web.state import WebState, state_of
+from web.submit import SubmitRequest, submit
 
 __all__ = ["ModelInfo", "current_model", "offered_models", "routes"]
 
@@ -167,7 +168,7 @@ async def current_model(web: WebState) -> str:
 async def offered_models(web: WebState) -> list[str]:
     """``cv2``, the configured TorchScript models and those live nodes announce
     (``cv2`` first, then by name)."""
-    names = set(web.settings.models.files) | (await known_nodes(web)).models
+    names = set(web.settings.models.files) | (await web.nodes()).models
     return [CV2, *sorted(names - {CV2})]
 
 
@@ -312,14 +313,16 @@ async def _run(
     result, _ = await submit(web, req, tenant=tenant, uploads=uploads)
     task_id = result.task_id
     headers = {**headers, "X-Task-Id": task_id}
-    done = await wait_until_done(web, task_id, timeout=web.settings.web.result_timeout)
+    done = await wait_terminal(web.waiting_log, task_id, timeout=web.settings.web.result_timeout)
     if done is None:
         detail = (
             f"task {task_id} did not finish within {web.settings.web.result_timeout:g}s;"
             f" it goes on: fetch /v1/tasks/{task_id}/result later"
         )
         return _task_error(504, "timeout", detail, task_id, headers)
-    match done.event:
+    match done:
+        case TaskSucceeded():
+            return await _png(web, done, headers)
         case TaskFailed(error=error):
             # A non-retryable failure is the worker saying the input is unusable.
             status = 502 if error.retryable else 422
@@ -334,12 +337,12 @@ async def _run(
         case TaskDeadLettered(reason=reason):
             detail = f"task {task_id} was dead-lettered: {reason}"
             return _task_error(502, "task_dead_lettered", detail, task_id, headers)
-    return await _png(web, done, headers)
+    # wait_terminal answers only with the terminal events matched above.
+    raise AssertionError(f"task {task_id} ended with {done.type_name()}")
 
 
-async def _png(web: WebState, done: Finished, headers: dict[str, str]) -> Response:
-    event = done.event
-    ref = event.result_ref or (event.result or {}).get("blob")
+async def _png(web: WebState, done: TaskSucceeded, headers: dict[str, str]) -> Response:
+    ref = done.result_ref or (done.result or {}).get("blob")
     try:
         data = await web.blobs.get(ref) if isinstance(ref, str) else None
     except BlobMissing:

@@ -21,9 +21,9 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from eventcore.ids import parse_stream_id
-from web.app import state_of
 from web.errors import ApiError
 from web.feed import FILTERS, FeedFilter, Resync, Revoked
+from web.state import state_of
 
 __all__ = ["routes"]
 

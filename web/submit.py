@@ -1,11 +1,9 @@
-"""Turning a submit request into a task: the request's shape, the checks a
-task must pass before anything is written (known kind, a queue that takes
-it), routing, and waiting for a task to end (for the routes that answer with
-the result itself)."""
+"""A submit request as the web API takes it: its shape and limits, and its
+hand-over to the submit service (:mod:`eventcore.submit`), which checks,
+routes and appends it; what the service refuses becomes the HTTP error."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -14,24 +12,14 @@ import msgspec
 from msgspec import Meta
 
 from eventcore.blobs import BlobTooLarge
-from eventcore.events import TERMINAL_EVENT_TYPES, Backoff, Priority, RetryPolicy, TaskSpec
+from eventcore.events import Backoff, Priority, RetryPolicy
 from eventcore.log import SubmitResult
-from eventcore.nodes import announced_nodes
-from eventcore.routing import RoutingError, accepts, backlog, route
-from web.app import WebState
+from eventcore.routing import RoutingError
+from eventcore.submit import NewTask, UnknownKind, submit_task
 from web.errors import ApiError
+from web.state import WebState
 
-__all__ = [
-    "LATEST_EPOCH",
-    "Finished",
-    "NodeFacts",
-    "RetryRequest",
-    "SubmitRequest",
-    "known_nodes",
-    "put_blob",
-    "submit",
-    "wait_until_done",
-]
+__all__ = ["LATEST_EPOCH", "RetryRequest", "SubmitRequest", "submit"]
 
 Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 
@@ -95,44 +83,6 @@ class SubmitRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
             raise ValueError(f"run_at is more than {MAX_AHEAD // DAY} days ahead")
 
 
-class NodeFacts(msgspec.Struct, frozen=True):
-    """What the worker nodes offer, as the web app routes and checks by it."""
-
-    kinds: frozenset[str]  # handlers any node that ever announced itself offers
-    served: frozenset[str]  # queues live nodes read
-    models: frozenset[str]  # models live nodes announce
-    at: float  # when read (monotonic)
-
-
-async def known_nodes(web: WebState) -> NodeFacts:
-    """What the announced nodes offer, read from the node records, cached for
-    a second. ``kinds`` is empty when no node ever announced itself: then any
-    kind is taken, and the task waits for a worker that has it."""
-    now = time.monotonic()
-    cached = web.node_facts
-    if cached is not None and now - cached.at < 1.0:
-        return cached
-    records = await announced_nodes(web.log)
-    silent_for, wall = web.settings.worker.heartbeat_timeout, time.time()
-    alive = [r.started for r in records.values() if r.alive(silent_for, wall)]
-    web.node_facts = NodeFacts(
-        kinds=frozenset(h for r in records.values() for h in r.started.capabilities.handlers),
-        served=frozenset(q for n in alive for q in n.queues),
-        models=frozenset(m for n in alive for m in n.capabilities.models),
-        at=now,
-    )
-    return web.node_facts
-
-
-async def put_blob(web: WebState, data: bytes, field: str) -> str:
-    """Store an uploaded file or image as a blob; its reference goes in the
-    task's params. Over ``blobs.max_bytes`` is a 413 naming ``field``."""
-    try:
-        return (await web.blobs.put(data)).ref
-    except BlobTooLarge as exc:
-        raise ApiError(413, "too_large", f"{field}: {exc}") from None
-
-
 async def submit(
     web: WebState,
     req: SubmitRequest,
@@ -146,96 +96,36 @@ async def submit(
     upload over the blob cap. ``uploads`` (field name -> bytes) are stored
     as blobs only once the task is checked and routed, so a refused request
     leaves none; their references go in ``params`` under their names."""
-    uploads = uploads or {}
-    cap = web.settings.blobs.max_bytes
-    for name, data in uploads.items():
-        if len(data) > cap:
-            raise ApiError(
-                413, "too_large", f"{name}: blob of {len(data)} bytes is over the cap of {cap}"
-            )
-    nodes = await known_nodes(web)
-    kinds = nodes.kinds
-    if kinds and req.kind not in kinds:
-        raise ApiError(
-            400,
-            "unknown_kind",
-            f"kind {req.kind!r} is not offered by any worker; known kinds: "
-            f"{', '.join(sorted(kinds))}",
-        )
-    settings = web.settings
-    # Only queues that could take the task need their backlog read, and only
-    # when there is a choice to make.
-    names = [q.name for q in settings.queues if accepts(q, req.kind, req.model)]
-    live = [n for n in names if n in nodes.served]
-    candidates = live or names
-    lengths = (
-        await backlog(web.log, candidates) if req.queue is None and len(candidates) > 1 else {}
+    run_at = (
+        req.run_at if req.run_at is not None else (time.time() + req.delay if req.delay else None)
     )
-    try:
-        queue = route(
-            req.kind,
-            req.model,
-            req.queue,
-            settings.queues,
-            lengths,
-            served=nodes.served,
-        )
-    except RoutingError as exc:
-        raise ApiError(400, "unroutable", str(exc)) from None
-    params = dict(req.params)
-    for name, data in uploads.items():
-        params[name] = await put_blob(web, data, name)
-    spec = TaskSpec(
+    new = NewTask(
         kind=req.kind,
-        queue=queue,
+        params=req.params,
+        queue=req.queue,
         priority=req.priority,
-        params=params,
-        tenant=tenant,
         model=req.model,
+        tenant=tenant,
         retry=req.retry.policy() if req.retry is not None else None,
         soft_timeout=req.soft_timeout,
         hard_timeout=req.hard_timeout,
         max_deliveries=req.max_deliveries,
+        run_at=run_at,
+        idempotency_key=idempotency_key or req.idempotency_key,
     )
-    run_at = (
-        req.run_at if req.run_at is not None else (time.time() + req.delay if req.delay else None)
-    )
-    key = idempotency_key or req.idempotency_key
-    result = await web.log.submit(
-        spec, idempotency_key=key, run_at=run_at, routed=req.queue is None
-    )
-    return result, queue
-
-
-class Finished(msgspec.Struct, frozen=True):
-    """How a task ended, read from its log: the terminal event."""
-
-    task_id: str
-    status: str
-    event: Any
-
-
-async def wait_until_done(web: WebState, task_id: str, timeout: float) -> Finished | None:
-    """Follow the task's partition stream until its terminal event; None when
-    ``timeout`` runs out first. Reads the log, not the views, so it does not
-    depend on the projector."""
-    log = web.waiting_log
-    stream = log.keys.events(log.keys.partition(task_id))
-    deadline = time.monotonic() + timeout
-    position = "0-0"
-    for entry in await log.history(task_id):
-        position = entry.id
-        if isinstance(entry.event, TERMINAL_EVENT_TYPES):
-            return _finished(task_id, entry.event)
-    while (left := deadline - time.monotonic()) > 0:
-        block = max(1, min(int(left * 1000), 1000))
-        for entry in await log.tail({stream: position}, count=1000, block_ms=block):
-            position = entry.id
-            if entry.event.task_id == task_id and isinstance(entry.event, TERMINAL_EVENT_TYPES):
-                return _finished(task_id, entry.event)
-        await asyncio.sleep(0)
-    return None
-
-
-def _finished(task_id: str, event: Any) -> Finished:
-    return Finished(task_id, event.type_name().removeprefix("task."), event)
+    try:
+        done = await submit_task(
+            web.log,
+            web.settings,
+            new,
+            nodes=web.nodes,
+            uploads=uploads,
+            blobs=web.blobs,
+        )
+    except BlobTooLarge as exc:
+        raise ApiError(413, "too_large", str(exc)) from None
+    except UnknownKind as exc:
+        raise ApiError(400, "unknown_kind", str(exc)) from None
+    except RoutingError as exc:
+        raise ApiError(400, "unroutable", str(exc)) from None
+    return done.result, done.queue

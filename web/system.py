@@ -18,12 +18,12 @@ from eventcore.control import BROADCAST, issue_and_wait
 from eventcore.events import ControlKind
 from eventcore.nodes import live_nodes
 from projections.read import read_queue_health
-from web.app import state_of
 from web.errors import ApiError
 from web.limits import read_json
 from web.metrics import CONTENT_TYPE, render_views
 from web.openapi import document
-from web.tasks import json_response
+from web.responses import json_response
+from web.state import state_of
 
 __all__ = ["routes"]
 

@@ -18,7 +18,6 @@ from eventcore.log import CancelOutcome
 from eventcore.transitions import TERMINAL, TaskStatus
 from projections.read import TaskFilter, caught_up, list_tasks, wait_for
 from projections.views import TaskView
-from web.app import WebState, state_of
 from web.errors import ApiError
 from web.limits import (
     content_type,
@@ -28,16 +27,11 @@ from web.limits import (
     read_form,
     read_json,
 )
+from web.responses import json_response
+from web.state import WebState, state_of
 from web.submit import LATEST_EPOCH, SubmitRequest, submit
 
 __all__ = ["routes"]
-
-_json = msgspec.json.Encoder()
-
-
-def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(_json.encode(data), status, headers, media_type="application/json")
-
 
 # -- submit -------------------------------------------------------------------------
 

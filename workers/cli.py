@@ -16,18 +16,11 @@ from eventcore.cli import client_options, redis_for
 from eventcore.config import Settings
 from eventcore.connection import connect
 from eventcore.errors import EventcoreError
-from eventcore.events import (
-    TERMINAL_EVENT_TYPES,
-    GpuInfo,
-    Priority,
-    TaskProgress,
-    TaskSpec,
-    TaskSucceeded,
-)
+from eventcore.events import GpuInfo, Priority, TaskProgress, TaskSucceeded
 from eventcore.keys import Keys
 from eventcore.log import EventLog
-from eventcore.nodes import live_nodes
-from eventcore.routing import backlog, route
+from eventcore.submit import NewTask, submit_task
+from eventcore.waiting import wait_terminal
 from workers.capabilities import detect, eligible_queues, unmet
 from workers.handlers import Registry
 from workers.resources import ResourceConfig
@@ -211,6 +204,15 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 async def _submit(
     url: str, settings: Settings, args: argparse.Namespace, params: dict[str, Any]
 ) -> int:
+    uploads: dict[str, bytes] = {}
+    for pair in args.file:
+        key, sep, path = pair.partition("=")
+        if not sep or not key:
+            raise EventcoreError(f"--file {pair!r}: expected KEY=PATH")
+        try:
+            uploads[key] = Path(path).read_bytes()
+        except OSError as exc:
+            raise EventcoreError(f"--file {key}: cannot read {path}: {exc.strerror}") from None
     redis = await connect(url, client_options(settings))
     try:
         elog = EventLog(
@@ -219,87 +221,48 @@ async def _submit(
             group=settings.group,
             idempotency_ttl=settings.idempotency_ttl,
         )
-        names = [q.name for q in settings.queues]
-        alive = await live_nodes(elog, silent_for=settings.worker.heartbeat_timeout)
-        served = {q for n in alive.values() for q in n.queues}
-        queue = route(
-            args.kind,
-            args.model,
-            args.queue,
-            settings.queues,
-            await backlog(elog, names),
-            served=served,
-        )
-        blobs = RedisBlobStore(
-            elog.redis, elog.keys, ttl=settings.blobs.ttl, max_bytes=settings.blobs.max_bytes
-        )
-        for pair in args.file:
-            key, sep, path = pair.partition("=")
-            if not sep or not key:
-                raise EventcoreError(f"--file {pair!r}: expected KEY=PATH")
-            try:
-                data = Path(path).read_bytes()
-            except OSError as exc:
-                raise EventcoreError(f"--file {key}: cannot read {path}: {exc.strerror}") from None
-            params[key] = (await blobs.put(data)).ref
-        spec = TaskSpec(
+        new = NewTask(
             kind=args.kind,
-            queue=queue,
-            priority=Priority(args.priority),
             params=params,
+            queue=args.queue,
+            priority=Priority(args.priority),
             model=args.model,
+            idempotency_key=args.idempotency_key,
         )
-        res = await elog.submit(
-            spec, idempotency_key=args.idempotency_key, routed=args.queue is None
-        )
+        res = (await submit_task(elog, settings, new, uploads=uploads)).result
         print(
             res.task_id if res.created else f"{res.task_id} (existing, same idempotency key)",
             flush=True,
         )
         if not args.wait:
             return 0
-        code = await follow(elog, res.task_id, args.timeout)
-        if code == 0 and args.out:
-            done = (await elog.history(res.task_id))[-1].event
-            if done.result_ref:
-                Path(args.out).write_bytes(await blobs.get(done.result_ref))
-                print(f"result written to {args.out}", flush=True)
-        return code
+        done = await wait_terminal(elog, res.task_id, timeout=args.timeout or None, on_event=_show)
+        if done is None:
+            print(f"still running after {args.timeout}s", file=sys.stderr)
+            return 3
+        if not isinstance(done, TaskSucceeded):
+            return 1
+        if args.out and done.result_ref:
+            blobs = RedisBlobStore(
+                elog.redis, elog.keys, ttl=settings.blobs.ttl, max_bytes=settings.blobs.max_bytes
+            )
+            Path(args.out).write_bytes(await blobs.get(done.result_ref))
+            print(f"result written to {args.out}", flush=True)
+        return 0
     finally:
         await redis.aclose()
 
 
-async def follow(elog: EventLog, task_id: str, timeout: float = 0) -> int:
-    """Print the task's events as they come; 0 if it succeeded, 1 otherwise."""
-    stream = elog.keys.events(elog.keys.partition(task_id))
-    position = "0-0"
-    deadline = time.monotonic() + timeout if timeout else None
-    for entry in await elog.history(task_id):
-        position = entry.id
-        if (code := _show(entry.event)) is not None:
-            return code
-    while deadline is None or time.monotonic() < deadline:
-        for entry in await elog.tail({stream: position}, count=500, block_ms=1000):
-            position = entry.id
-            if entry.event.task_id == task_id and (code := _show(entry.event)) is not None:
-                return code
-    print(f"still running after {timeout}s", file=sys.stderr)
-    return 3
-
-
-def _show(event: Any) -> int | None:
+def _show(event: Any) -> None:
+    """Print one of the task's events, as ``--wait`` follows it."""
     when = time.strftime("%H:%M:%S", time.localtime(event.at))
     match event:
         case TaskProgress(progress=p, message=m, warning=w):
             print(f"{when} progress {p:.0%} {m}{' WARNING ' + w if w else ''}", flush=True)
         case TaskSucceeded(result=result):
             print(f"{when} succeeded: {json.dumps(result)}", flush=True)
-            return 0
         case _:
             detail = getattr(event, "error", None) or getattr(event, "reason", "") or ""
             if hasattr(detail, "message"):
                 detail = f"{detail.type}: {detail.message}"
             print(f"{when} {event.type_name().removeprefix('task.')} {detail}".rstrip(), flush=True)
-            if isinstance(event, TERMINAL_EVENT_TYPES):
-                return 1
-    return None

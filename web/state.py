@@ -1,0 +1,114 @@
+"""What the routes share, one per app: the Redis clients, the event log, the
+views in use, blobs, the feed hub, auth, metrics and what the worker nodes
+offer. The routes reach it with :func:`state_of`; the app (``web.app``)
+makes it and owns its lifetime."""
+
+from __future__ import annotations
+
+import time
+
+from redis.asyncio import Redis
+from starlette.requests import Request
+
+from eventcore.blobs import RedisBlobStore
+from eventcore.config import Settings
+from eventcore.connection import ClientOptions, make_client
+from eventcore.keys import Keys
+from eventcore.log import EventLog
+from eventcore.submit import NodeFacts, read_node_facts
+from projections.store import ViewStore, current_views
+from web.auth import Auth
+from web.feed import FeedHub
+from web.metrics import Metrics
+
+__all__ = ["WebState", "state_of"]
+
+# How long what the nodes offer (``WebState.nodes``) is kept before it is read again.
+NODE_FACTS_TTL = 1.0
+
+
+class WebState:
+    """Everything the routes share, one per app.
+
+    Two Redis clients: ``redis`` answers requests and gives up fast (a Redis
+    that does not answer turns into a 503 within a second); ``blocking`` is
+    for reads that wait on purpose (the feed, control acks, task results).
+    Each has its own pool of ``redis.max_connections``; a request that finds
+    its pool busy waits up to ``redis.pool_timeout`` for a connection.
+    """
+
+    def __init__(self, settings: Settings, redis_url: str) -> None:
+        self.settings = settings
+        r, w = settings.redis, settings.web
+        keys = Keys(settings.namespace, settings.partitions)
+        self.redis: Redis = make_client(
+            redis_url,
+            ClientOptions(
+                # Not web.redis_timeout: a connection is made once and kept, and
+                # under a burst the event loop alone can take longer than that to
+                # finish a handshake; a refused or reset connection fails at once.
+                connect_timeout=r.connect_timeout,
+                socket_timeout=w.redis_timeout,
+                retry_attempts=0,
+                max_connections=r.max_connections,
+                pool_timeout=r.pool_timeout,
+            ),
+        )
+        self.blocking: Redis = make_client(
+            redis_url,
+            ClientOptions(
+                connect_timeout=r.connect_timeout,
+                socket_timeout=max(r.socket_timeout, 5.0),
+                retry_attempts=r.retry_attempts,
+                retry_backoff_base=r.retry_backoff_base,
+                retry_backoff_cap=r.retry_backoff_cap,
+                max_connections=r.max_connections,
+                pool_timeout=r.pool_timeout,
+            ),
+        )
+        self.log = EventLog(
+            self.redis, keys, group=settings.group, idempotency_ttl=settings.idempotency_ttl
+        )
+        self.waiting_log = EventLog(self.blocking, keys, group=settings.group)
+        self.blobs = RedisBlobStore(
+            self.redis, keys, ttl=settings.blobs.ttl, max_bytes=settings.blobs.max_bytes
+        )
+        self.auth = Auth(self.log, w)
+        self.hub = FeedHub(self.waiting_log, buffer=w.sse_buffer)
+        self.metrics = Metrics()
+        # What the nodes offer, as last read (None: read it on next use).
+        self.node_facts: NodeFacts | None = None
+        self._store: ViewStore | None = None
+        self._store_checked = 0.0
+
+    async def nodes(self) -> NodeFacts:
+        """What the announced nodes offer, read from their records and kept
+        for a second: every submit checks and routes by it."""
+        facts = self.node_facts
+        if facts is None or time.monotonic() - facts.at >= NODE_FACTS_TTL:
+            facts = await read_node_facts(
+                self.log, silent_for=self.settings.worker.heartbeat_timeout
+            )
+            self.node_facts = facts
+        return facts
+
+    async def store(self) -> ViewStore:
+        """The views in use; the pointer a rebuild switches is re-read once a second."""
+        now = time.monotonic()
+        if self._store is None or now - self._store_checked > 1.0:
+            ns = await current_views(self.log)
+            if self._store is None or self._store.ns != ns:
+                self._store = ViewStore(self.log, ns)
+            self._store_checked = now
+        return self._store
+
+    async def close(self) -> None:
+        await self.hub.stop()
+        await self.redis.aclose()
+        await self.blocking.aclose()
+
+
+def state_of(request: Request) -> WebState:
+    """The app's :class:`WebState`, as ``web.app.create_app`` set it."""
+    state: WebState = request.app.state.web
+    return state
