@@ -49,10 +49,18 @@ def spec(kind: str, **params: Any) -> TaskSpec:
     return TaskSpec(kind=kind, queue="q", params=params)
 
 
-def make_worker(elog: EventLog, settings: Settings, node: str, concurrency: int = 4) -> Worker:
+def make_worker(
+    elog: EventLog,
+    settings: Settings,
+    node: str,
+    concurrency: int = 4,
+    queues: Sequence[QueueConfig] | None = None,
+) -> Worker:
+    """A worker in the test's event loop reading ``queues`` (all of
+    ``settings``' by default)."""
     options = WorkerOptions(
         node=node,
-        queues=settings.queues,
+        queues=tuple(settings.queues if queues is None else queues),
         concurrency=concurrency,
         capabilities=Capabilities(cpu_cores=2, memory_mb=1024),
         cancel_grace=0.5,
