@@ -31,13 +31,7 @@ def two_queues(namespace: str) -> Settings:
 
 
 def cpu_worker(elog: EventLog, settings: Settings, node: str = "cpu-1"):
-    worker = make_worker(elog, settings, node)
-    worker.options.queues = (CPU,)  # a machine without a GPU reads only cpu
-    worker.streams = {
-        p: [elog.keys.work(p, "cpu", prio) for prio in Priority] for p in elog.keys.all_partitions()
-    }
-    worker.stream_queue = {s: CPU for ss in worker.streams.values() for s in ss}
-    return worker
+    return make_worker(elog, settings, node, queues=(CPU,))  # no GPU: it reads only cpu
 
 
 def waiting(queue: str, *, routed: bool, kind: str = "noop", task: str = "t") -> Waiting:

@@ -25,7 +25,15 @@ from eventcore.events import (
 )
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
-from tests.workerkit import event_types, fast_settings, make_worker, running, spec, wait_ended
+from tests.workerkit import (
+    event_types,
+    fast_settings,
+    make_worker,
+    running,
+    spec,
+    wait_ended,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -121,7 +129,7 @@ async def test_soft_timeout_warns_and_hard_timeout_kills(elog, settings) -> None
         assert await wait_ended(elog, hard.task_id) == "task.timed_out"
         ok = await elog.submit(spec("sleep", seconds=0.1))  # the slot works again
         assert await wait_ended(elog, ok.task_id) == "task.succeeded"
-        assert worker.running == {}
+        assert worker.slots.running == {}
     warnings = [
         e.event.warning
         for e in await elog.history(soft.task_id)
@@ -181,14 +189,16 @@ async def test_every_control_command_is_acked(elog, settings) -> None:
             return acks[0]
 
         assert (await ask(ControlKind.PING)).ok
-        assert (await ask(ControlKind.PAUSE)).ok and worker.paused
+        assert (await ask(ControlKind.PAUSE)).ok and worker.slots.paused
         paused = await elog.submit(spec("noop"))
+        # Not a wait for something to happen: the absence of a claim is what
+        # is tested, and this is the window in which one would show.
         await asyncio.sleep(0.4)
         assert await elog.ended_as(paused.task_id) is None  # not claimed while paused
         assert (await ask(ControlKind.RESUME)).ok
         assert await wait_ended(elog, paused.task_id) == "task.succeeded"
         assert (await ask(ControlKind.SET_CONCURRENCY, concurrency=7)).ok
-        assert worker.concurrency == 7
+        assert worker.slots.size == 7 and worker.pool.size == 7
         bad = await ask(ControlKind.SET_CONCURRENCY, concurrency=0)
         assert not bad.ok and "concurrency" in bad.detail
         assert (await ask(ControlKind.UPDATE_CONFIG, heartbeat_interval=0.3)).ok
@@ -213,10 +223,18 @@ async def test_every_control_command_is_acked(elog, settings) -> None:
 async def test_heartbeats_and_lost_nodes(elog, settings) -> None:
     from eventcore.nodes import append_node_event
 
+    async def node_events() -> list:
+        return [e.event for e in await elog.read(elog.keys.nodes())]
+
+    async def two_beats_and_a_lost_node() -> bool:
+        events = await node_events()
+        beats = [e for e in events if isinstance(e, NodeHeartbeat) and e.node == "w1"]
+        return len(beats) >= 2 and any(e.type_name() == "node.lost" for e in events)
+
     await append_node_event(elog, NodeHeartbeat(node="ghost"), now=time.time() - 5)
     async with running(make_worker(elog, settings, "w1")):
-        await asyncio.sleep(0.8)
-    events = [e.event for e in await elog.read(elog.keys.nodes())]
+        await wait_until(two_beats_and_a_lost_node, what="two heartbeats and node.lost of ghost")
+    events = await node_events()
     beats = [e for e in events if isinstance(e, NodeHeartbeat) and e.node == "w1"]
     lost = [e for e in events if e.type_name() == "node.lost"]
     assert len(beats) >= 2 and beats[0].free_slots == 4
@@ -267,8 +285,10 @@ async def test_prefetched_entries_keep_their_lease(elog, settings) -> None:
         first = await elog.submit(spec("sleep", seconds=2 * lease, steps=2))
         second = await elog.submit(spec("sleep", seconds=0.1))
         await _wait_for_event(elog, first.task_id, "task.started")
-        await asyncio.sleep(0.2)
-        assert list(a.waiting) == [second.task_id]  # held, not yet running
+        await wait_until(  # held, not yet running
+            lambda: list(a.slots.waiting) == [second.task_id],
+            what="the second task waiting for the child",
+        )
         async with running(make_worker(elog, settings, "b", concurrency=2)):
             assert await wait_ended(elog, second.task_id, timeout=15) == "task.succeeded"
     for res in (first, second):

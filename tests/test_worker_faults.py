@@ -13,7 +13,7 @@ from eventcore.events import NodeStopped, TaskSpec
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from projections.replay import replay
-from tests.workerkit import LEASE_MS, event_types, spawn_worker, spec, wait_ended
+from tests.workerkit import LEASE_MS, event_types, spawn_worker, spec, wait_ended, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
@@ -32,6 +32,16 @@ async def _wait_started(elog: EventLog, task_id: str, timeout: float = 20) -> st
                 return e.event.node
         await asyncio.sleep(0.02)
     raise AssertionError("never started")
+
+
+async def _wait_draining(elog: EventLog, timeout: float = 10) -> None:
+    """Until the worker wrote NodeDraining: it took the signal and claims no more."""
+
+    async def draining() -> bool:
+        nodes = await elog.read(elog.keys.nodes())
+        return any(e.event.type_name() == "node.draining" for e in nodes)
+
+    await wait_until(draining, timeout, what="no node.draining after the signal", interval=0.01)
 
 
 def _stop(*procs) -> None:
@@ -120,6 +130,8 @@ async def test_zombie_worker_result_is_stale(elog, redis_url, namespace) -> None
         os.kill(a.pid, signal.SIGSTOP)  # frozen past its lease: its child runs on
         b = spawn_worker(redis_url, namespace, "b", ["--cpu"])
         assert await wait_ended(elog, res.task_id, timeout=30) == "task.succeeded"
+        # Part of the scenario, not a wait: the zombie stays frozen a further
+        # lease after the task ended elsewhere.
         await asyncio.sleep(LEASE_MS / 1000)
         os.kill(a.pid, signal.SIGCONT)
         deadline = time.monotonic() + 20
@@ -141,12 +153,7 @@ async def test_sigterm_drains_running_tasks(elog, redis_url, namespace) -> None:
         res = await elog.submit(spec("sleep", seconds=1.0))
         await _wait_started(elog, res.task_id)
         w.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while not any(
-            e.event.type_name() == "node.draining" for e in await elog.read(elog.keys.nodes())
-        ):
-            assert time.monotonic() < deadline, "no NodeDraining after SIGTERM"
-            await asyncio.sleep(0.01)
+        await _wait_draining(elog)
         later = await elog.submit(spec("noop"))
         assert w.wait(20) == 0
     finally:
@@ -165,7 +172,7 @@ async def test_second_sigint_stops_at_once_leaving_work_for_reclaim(
     try:
         await _wait_started(elog, res.task_id)
         w.send_signal(signal.SIGINT)
-        await asyncio.sleep(0.3)
+        await _wait_draining(elog)  # the first SIGINT was handled: it drains
         w.send_signal(signal.SIGINT)
         assert w.wait(20) == 0
     finally:

@@ -119,10 +119,11 @@ async def test_writes_during_an_outage_are_logged_and_the_outcome_retried(
         os.kill(server.pid, signal.SIGCONT)
         assert await wait_ended(elog, t, timeout=20) == "task.succeeded"
         deadline = time.monotonic() + 10
-        while worker.inflight:
+        while worker.slots.inflight:
             assert time.monotonic() < deadline, "the slot never came back"
             await asyncio.sleep(0.02)
-        assert worker.free == worker.concurrency + worker.options.prefetch
+        slots = worker.slots
+        assert slots.room == slots.size + slots.prefetch and slots.free == slots.size
 
         # Stopping while Redis is away: the NodeStopped that cannot be written
         # is logged as lost, not dropped in silence.

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from eventcore.config import QueueConfig, Settings, WorkerSettings
@@ -48,10 +49,18 @@ def spec(kind: str, **params: Any) -> TaskSpec:
     return TaskSpec(kind=kind, queue="q", params=params)
 
 
-def make_worker(elog: EventLog, settings: Settings, node: str, concurrency: int = 4) -> Worker:
+def make_worker(
+    elog: EventLog,
+    settings: Settings,
+    node: str,
+    concurrency: int = 4,
+    queues: Sequence[QueueConfig] | None = None,
+) -> Worker:
+    """A worker in the test's event loop reading ``queues`` (all of
+    ``settings``' by default)."""
     options = WorkerOptions(
         node=node,
-        queues=settings.queues,
+        queues=tuple(settings.queues if queues is None else queues),
         concurrency=concurrency,
         capabilities=Capabilities(cpu_cores=2, memory_mb=1024),
         cancel_grace=0.5,
@@ -68,6 +77,28 @@ async def running(worker: Worker) -> AsyncIterator[Worker]:
     finally:
         worker.stop_now()
         await asyncio.wait_for(task, 15)
+
+
+async def wait_until(
+    fact: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 10.0,
+    what: str = "the awaited fact",
+    interval: float = 0.02,
+) -> None:
+    """Wait until ``fact()`` (a function, or a coroutine function) is true,
+    polling every ``interval`` seconds; fail after ``timeout`` seconds. Tests
+    wait on a fact this way, never on a fixed sleep, which flakes on a loaded
+    machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fact()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        await asyncio.sleep(interval)
 
 
 async def wait_ended(elog: EventLog, task_id: str, timeout: float = 10.0) -> str:

@@ -3,7 +3,8 @@
 Each slot is one long-lived child process (started through a fork server, so
 children do not inherit the worker's event loop, sockets or threads) that
 runs one task at a time. Parent and child talk MessagePack over a pipe — no
-pickle: progress goes up, the outcome comes last. Cancel and soft-timeout
+pickle — in the tagged messages of :mod:`workers.pipe`: progress goes up,
+the outcome comes last. Cancel and soft-timeout
 flags are shared events the handler polls. A hard timeout or hard cancel
 kills the child; the slot starts a fresh one for its next task.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import msgspec
 
 from eventcore.events import ErrorInfo
+from workers import pipe
 from workers.context import TaskContext
 from workers.handlers import Registry
 from workers.outcomes import Ending, Outcome, error_info, outcome_of_exception
@@ -28,8 +30,6 @@ from workers.resources import ResourceConfig, Resources
 __all__ = ["ChildSlot", "ProcessPool"]
 
 _mp = multiprocessing.get_context("forkserver")
-_encode = msgspec.msgpack.encode
-_decode = msgspec.msgpack.decode
 
 
 def child_main(
@@ -44,47 +44,59 @@ def child_main(
     res = Resources(msgspec.convert(resources, ResourceConfig))
     while True:
         try:
-            msg = _decode(conn.recv_bytes())
+            msg = pipe.TO_CHILD.decode(conn.recv_bytes())
         except (EOFError, OSError):
             return
-        if msg[0] == "stop":
-            return
-        if msg[0] == "reload":
-            registry.reload()
-            continue
-        _, task_id, kind, params, attempt, model = msg
-        h = registry.get(kind)
-        ctx = TaskContext(
-            task_id=task_id,
-            kind=kind,
-            params=params,
-            attempt=attempt,
-            model=model,
-            progress_sink=lambda f, m: conn.send_bytes(_encode(["progress", f, m])),
-            cancel_flag=cancel.is_set,
-            soft_flag=soft.is_set,
-            resources=res,
+        match msg:
+            case pipe.Stop():
+                return
+            case pipe.Reload():
+                registry.reload()
+            case pipe.RunTask():
+                reply = _run(msg, registry, res, conn, cancel, soft)
+                try:
+                    conn.send_bytes(pipe.encode(reply))
+                except TypeError as exc:  # a result msgpack cannot carry
+                    info = error_info(
+                        TypeError(f"result of {msg.kind!r} is not serialisable: {exc}")
+                    )
+                    conn.send_bytes(pipe.encode(pipe.Raised(ending=Ending.ERROR, error=info)))
+
+
+def _run(
+    msg: pipe.RunTask,
+    registry: Registry,
+    res: Resources,
+    conn: multiprocessing.connection.Connection,
+    cancel: Any,
+    soft: Any,
+) -> pipe.Returned | pipe.Raised:
+    """Run one task in the child; its last message (progress goes out meanwhile)."""
+    h = registry.get(msg.kind)
+    ctx = TaskContext(
+        task_id=msg.task_id,
+        kind=msg.kind,
+        params=msg.params,
+        attempt=msg.attempt,
+        model=msg.model,
+        progress_sink=lambda f, m: conn.send_bytes(
+            pipe.encode(pipe.Progress(fraction=f, message=m))
+        ),
+        cancel_flag=cancel.is_set,
+        soft_flag=soft.is_set,
+        resources=res,
+    )
+    t0 = time.perf_counter()
+    try:
+        if h is None:
+            raise LookupError(f"no handler for kind {msg.kind!r} in the child process")
+        result = h.fn(ctx)
+        return pipe.Returned(
+            result=result, duration=time.perf_counter() - t0, warm_models=res.warm_models()
         )
-        t0 = time.perf_counter()
-        try:
-            if h is None:
-                raise LookupError(f"no handler for kind {kind!r} in the child process")
-            result = h.fn(ctx)
-            reply = ["ok", result, time.perf_counter() - t0, res.warm_models()]
-        except BaseException as exc:  # the task boundary: every error becomes an outcome
-            o = outcome_of_exception(exc, time.perf_counter() - t0)
-            reply = [
-                o.ending.value,
-                msgspec.to_builtins(o.error),
-                o.retry_delay,
-                o.duration,
-                res.warm_models(),
-            ]
-        try:
-            conn.send_bytes(_encode(reply))
-        except TypeError as exc:  # a result msgpack cannot carry
-            info = error_info(TypeError(f"result of {kind!r} is not serialisable: {exc}"))
-            conn.send_bytes(_encode(["error", msgspec.to_builtins(info), None, 0.0, []]))
+    except BaseException as exc:  # the task boundary: every error becomes an outcome
+        o = outcome_of_exception(exc, time.perf_counter() - t0)
+        return pipe.Raised.of(o, res.warm_models())
 
 
 class ChildSlot:
@@ -150,14 +162,16 @@ class ChildSlot:
         def readable() -> None:
             try:
                 while conn.poll():
-                    msg = _decode(conn.recv_bytes())
-                    if msg[0] == "progress":
-                        on_progress(msg[1], msg[2])
-                        continue
-                    if not done.done():
-                        self.warm = tuple(msg[-1])
-                        done.set_result(_outcome(msg))
-                    return
+                    msg = pipe.FROM_CHILD.decode(conn.recv_bytes())
+                    match msg:
+                        case pipe.Progress(fraction=fraction, message=message):
+                            on_progress(fraction, message)
+                            continue
+                        case pipe.Returned() | pipe.Raised():
+                            if not done.done():
+                                self.warm = msg.warm_models
+                                done.set_result(pipe.outcome(msg))
+                            return
             except (EOFError, OSError):
                 if not done.done():
                     self.warm = ()
@@ -167,7 +181,10 @@ class ChildSlot:
         fd = conn.fileno()
         loop.add_reader(fd, readable)
         try:
-            conn.send_bytes(_encode(["run", task_id, kind, params, attempt, model]))
+            run = pipe.RunTask(
+                task_id=task_id, kind=kind, params=params, attempt=attempt, model=model
+            )
+            conn.send_bytes(pipe.encode(run))
             return await done
         finally:
             loop.remove_reader(fd)
@@ -181,13 +198,13 @@ class ChildSlot:
 
     def reload(self) -> None:
         if self._conn is not None and self._proc is not None and self._proc.is_alive():
-            self._conn.send_bytes(_encode(["reload"]))
+            self._conn.send_bytes(pipe.encode(pipe.Reload()))
 
     def close(self) -> None:
         if self._proc is not None and self._proc.is_alive():
             try:
                 assert self._conn is not None
-                self._conn.send_bytes(_encode(["stop"]))
+                self._conn.send_bytes(pipe.encode(pipe.Stop()))
             except OSError:
                 pass
             self._proc.join(2)
@@ -196,14 +213,6 @@ class ChildSlot:
                 self._proc.join(2)
         if self._conn is not None:
             self._conn.close()
-
-
-def _outcome(msg: list[Any]) -> Outcome:
-    if msg[0] == "ok":
-        return Outcome(ending=Ending.OK, result=msg[1], duration=msg[2])
-    # [ending, error, retry_delay, duration, warm models]
-    error = msgspec.convert(msg[1], ErrorInfo) if msg[1] is not None else None
-    return Outcome(ending=Ending(msg[0]), error=error, retry_delay=msg[2], duration=msg[3])
 
 
 def _died(proc: Any) -> ErrorInfo:

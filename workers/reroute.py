@@ -28,22 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import msgspec
 
 from eventcore.codec import TASK, encode
-from eventcore.config import QueueConfig
+from eventcore.config import QueueConfig, Settings
 from eventcore.errors import DecodeError
 from eventcore.events import PRIORITIES_HIGH_FIRST, Priority, TaskRerouted, TaskSubmitted
 from eventcore.ids import stream_id_key
 from eventcore.log import EventLog, Reroute, RerouteResult
 from eventcore.nodes import read_queue_consumers
 from eventcore.routing import RoutingError, backlog, route
-
-if TYPE_CHECKING:
-    from workers.worker import Worker
 
 __all__ = ["Move", "Waiting", "plan", "reroute_loop", "reroute_once", "waiting_entries"]
 
@@ -228,17 +224,20 @@ async def reroute_once(
     return results
 
 
-async def reroute_loop(worker: Worker) -> None:
-    """Every ``worker.reclaim_interval`` seconds, move stranded routed tasks."""
-    ws = worker.settings.worker
+async def reroute_loop(
+    elog: EventLog, settings: Callable[[], Settings], *, by: str, stopping: Callable[[], bool]
+) -> None:
+    """Every ``reclaim_interval`` seconds, move stranded routed tasks. ``settings``
+    gives the settings as they are now; ``by`` names the node that moves them."""
+    ws = settings().worker
     cursors: dict[str, str] = {}
-    while not worker.closing:
+    while not stopping():
         await asyncio.sleep(ws.reclaim_interval)
         await reroute_once(
-            worker.log,
-            worker.settings.queues,
+            elog,
+            settings().queues,
             silent_for=ws.heartbeat_timeout,
-            by=worker.node,
+            by=by,
             now=time.time(),
             cursors=cursors,
         )

@@ -3,9 +3,10 @@ entry with exactly one settle (outcome event + ack in one script).
 
 Loops, all in one event loop:
 
-- **claim**: takes at most as many entries as it has free slots, highest
-  priority first, in one script call per partition; when nothing is there it
-  blocks on XREAD from the newest ids it saw, so new work wakes it at once.
+- **claim**: takes at most as many entries as its slots have room for
+  (:attr:`workers.slots.Slots.room`), highest priority first, in one script
+  call per partition; when nothing is there it blocks on XREAD from the
+  newest ids it saw, so new work wakes it at once.
 - **settle**: outcomes queue up and go out in batches, one round trip each;
   a batch is kept and retried until it is written (Redis may be away); see
   :mod:`workers.settle`. A running task's own writes are in
@@ -17,6 +18,11 @@ Loops, all in one event loop:
 - **release**: moves due delayed tasks back to their queues.
 - **heartbeat**: announces load and warm models; declares silent nodes lost.
 - **control**: answers commands (see :mod:`workers.commands`).
+
+The loops share the worker's :class:`~workers.slots.Slots` (what it holds,
+what runs, how much room is left) and nothing else of each other: the
+upkeep loops are in :mod:`workers.upkeep`, the control channel in
+:mod:`workers.commands`, and neither imports this module.
 """
 
 from __future__ import annotations
@@ -54,6 +60,8 @@ from eventcore.events import (
 from eventcore.groups import WorkEntry
 from eventcore.log import EventLog
 from eventcore.nodes import append_node_event
+from workers import reroute
+from workers.commands import Control
 from workers.context import TaskContext
 from workers.executor import ProcessPool
 from workers.faults import crash_point
@@ -62,6 +70,8 @@ from workers.outcomes import Ending, Outcome, closing_event, outcome_of_exceptio
 from workers.resources import ResourceConfig, Resources
 from workers.running import Running, RunWrites
 from workers.settle import SettleQueue, describe
+from workers.slots import Slots
+from workers.upkeep import Upkeep
 from workers.writes import persist
 
 __all__ = ["Worker", "WorkerOptions"]
@@ -104,59 +114,61 @@ class Worker:
         self.options = options
         self.node = options.node
         self.registry = registry
-        self.concurrency = options.concurrency
         self.pool = ProcessPool(options.concurrency, options.handler_specs, options.resources)
         self.resources = Resources(options.resources)  # for inline handlers
         self.queues = {q.name: q for q in settings.queues}
-        self.paused = False
-        self.draining = False
         self._draining_noted: asyncio.Future[Any] | None = None
         self.closing = False
-        # Every entry this worker holds, by entry id, from its claim until its
-        # settle is written (or it is left for reclaim): one slot each.
-        self.held: dict[str, WorkEntry] = {}
-        self.running: dict[str, Running] = {}
-        self.waiting: dict[str, WorkEntry] = {}  # prefetched, waiting for a child
-        self._child_free = asyncio.Event()
-        self._room = asyncio.Event()
+        self.slots = Slots(
+            options.concurrency,
+            options.prefetch,
+            dispatch=self.dispatch,
+            cancel_grace=options.cancel_grace,
+        )
         self.run_writes = RunWrites(elog, self.node, progress_interval=options.progress_interval)
         self.settles = SettleQueue(
             elog,
             self.node,
             batch_size=options.settle_batch,
-            release=self._release,
+            release=self.slots.release,
             stopping=lambda: self.closing,
         )
         self._stopped = asyncio.Event()
         self._immediate = False
         self._loops: list[asyncio.Task[Any]] = []
         self._children: set[asyncio.Task[Any]] = set()
-        self.reclaim_cursor: dict[str, str] = {}  # stream -> where the next reclaim scan starts
-        self.control_positions: dict[str, str] = {}  # control stream -> last id handled
         k = elog.keys
         self.streams = {
             p: [k.work(p, q.name, prio) for prio in PRIORITIES_HIGH_FIRST for q in options.queues]
             for p in k.all_partitions()
         }
-        self.stream_queue = {
-            k.work(p, q.name, prio): q
-            for p in k.all_partitions()
-            for q in options.queues
-            for prio in PRIORITIES_HIGH_FIRST
-        }
+        self.upkeep = Upkeep(
+            elog,
+            self.node,
+            self.slots,
+            streams={
+                k.work(p, q.name, prio): q
+                for p in k.all_partitions()
+                for prio in PRIORITIES_HIGH_FIRST
+                for q in options.queues
+            },
+            cancel_poll=options.cancel_poll,
+            gpus=bool(options.capabilities.gpus),
+            warm_models=self.pool.warm_models,
+            settings=lambda: self.settings.worker,
+            stopping=lambda: self.closing,
+        )
+        self.control = Control(elog, self.node, self.slots, self, stopping=lambda: self.closing)
 
     # -- lifecycle ---------------------------------------------------------------
 
     async def run(self) -> None:
         """Announce the node, run every loop, and on stop drain and say goodbye."""
-        # Imported here: both modules import this one for its types.
-        from workers import reroute, upkeep
-        from workers.commands import control_loop, note_positions
-
         for streams in self.streams.values():
             for stream in streams:
                 await groups.ensure_group(self.log.redis, stream, self.log.group)
-        await note_positions(self)  # before NodeStarted: no command issued after it is missed
+        # Before NodeStarted: no command issued after it is missed.
+        await self.control.note_positions()
         caps = self.options.capabilities
         caps = msgspec.structs.replace(caps, handlers=self.registry.names())
         await append_node_event(
@@ -165,7 +177,7 @@ class Worker:
                 node=self.node,
                 capabilities=caps,
                 queues=tuple(q.name for q in self.options.queues),
-                concurrency=self.concurrency,
+                concurrency=self.slots.size,
                 host=socket.gethostname(),
                 pid=os.getpid(),
                 version="0.1.0",
@@ -174,12 +186,14 @@ class Worker:
         loops = [
             self._claim_loop,
             self.settles.run,
-            lambda: upkeep.lease_loop(self),
-            lambda: upkeep.reclaim_loop(self),
-            lambda: upkeep.release_loop(self),
-            lambda: reroute.reroute_loop(self),
-            lambda: upkeep.heartbeat_loop(self),
-            lambda: control_loop(self),
+            self.upkeep.lease_loop,
+            self.upkeep.reclaim_loop,
+            self.upkeep.release_loop,
+            lambda: reroute.reroute_loop(
+                self.log, lambda: self.settings, by=self.node, stopping=lambda: self.closing
+            ),
+            self.upkeep.heartbeat_loop,
+            self.control.run,
         ]
         self._loops = [asyncio.create_task(self._guard(loop)) for loop in loops]
         await self._stopped.wait()
@@ -187,8 +201,9 @@ class Worker:
 
     async def _guard(self, loop: Any) -> None:
         """Keep a loop alive through errors (Redis down, a bug): log loudly, retry.
-        The traceback names the loop; the work it had in hand lives on the worker
-        (the settle batch, the control positions), so the restart goes on with it."""
+        The traceback names the loop; the work it had in hand lives on objects
+        that outlive it (the slots, the settle batch, the reclaim cursors, the
+        control positions), so the restart goes on with it."""
         while True:
             try:
                 await loop()
@@ -199,9 +214,14 @@ class Worker:
                 log.exception("worker loop failed; restarting it in 1s")
                 await asyncio.sleep(1)
 
+    @property
+    def draining(self) -> bool:
+        """Whether the worker is stopping: it takes no new work."""
+        return self.slots.draining
+
     def drain(self, reason: str = "SIGTERM") -> None:
         """Stop claiming; finish what runs within the grace period, then stop."""
-        if not self.draining:
+        if not self.slots.draining:
             grace = 0.0 if self._immediate else self.settings.worker.shutdown_grace
             event = NodeDraining(node=self.node, reason=reason)
             self._draining_noted = asyncio.ensure_future(
@@ -211,10 +231,8 @@ class Worker:
                     deadline=time.monotonic() + grace,
                 )
             )
-        self.draining = True
+        self.slots.drain()
         self._stopped.set()
-        self._room.set()
-        self._child_free.set()
 
     def stop_now(self) -> None:
         """Stop at once: running tasks are killed and stay pending for reclaim."""
@@ -224,9 +242,9 @@ class Worker:
     async def _finish(self) -> None:
         grace = 0.0 if self._immediate else self.settings.worker.shutdown_grace
         deadline = time.monotonic() + grace
-        while self.inflight > 0 and time.monotonic() < deadline:
+        while self.slots.inflight > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for run in list(self.running.values()):
+        for run in list(self.slots.running.values()):
             run.slot.kill()  # its entry stays in the PEL: another worker reclaims it
         if not self._immediate:
             # Let the outcomes already known reach the log: all of them while
@@ -262,37 +280,37 @@ class Worker:
             deadline=deadline,
         )
 
+    # -- control -----------------------------------------------------------------
+
+    def resize(self, concurrency: int) -> None:
+        """Run at most ``concurrency`` tasks at once from now on (set_concurrency)."""
+        self.slots.resize(concurrency)
+        self.pool.size = concurrency
+
+    def reload_handlers(self) -> tuple[str, ...]:
+        """Load the handlers again, here and in the child processes; their names."""
+        self.registry.reload()
+        self.pool.reload()
+        return self.registry.names()
+
     # -- claim -------------------------------------------------------------------
-
-    def wake_claim(self) -> None:
-        """Let the claim loop look again (a slot came free, or it was resumed)."""
-        self._room.set()
-
-    @property
-    def inflight(self) -> int:
-        """Entries held: claimed and not yet settled (or left for reclaim)."""
-        return len(self.held)
 
     @property
     def processed(self) -> int:
         """Entries settled by this worker."""
         return self.settles.written
 
-    @property
-    def free(self) -> int:
-        return self.concurrency + self.options.prefetch - self.inflight
-
     async def _claim_loop(self) -> None:
         redis = self.log.redis
-        while not self.draining:
-            if self.paused or self.free <= 0:
-                self._room.clear()
-                await self._room.wait()
+        slots = self.slots
+        while not slots.draining:
+            if slots.paused or slots.room <= 0:
+                await slots.wait_for_room()
                 continue
             got: list[WorkEntry] = []
             newest: dict[str, str] = {}
             for p, streams in self.streams.items():
-                want = self.free - len(got)
+                want = slots.room - len(got)
                 if want <= 0:
                     break
                 res = await groups.claim_new(
@@ -314,7 +332,7 @@ class Worker:
 
     def dispatch(self, entry: WorkEntry) -> None:
         """Take a claimed entry in hand: settle it at once or start running it."""
-        self.held[entry.id] = entry
+        self.slots.take(entry)
         t = entry.task_id
         try:
             sub = entry.submitted
@@ -431,12 +449,12 @@ class Worker:
     ) -> None:
         t = entry.task_id
         spec = sub.spec
-        if not await self._wait_for_child(entry):
+        if not await self.slots.wait_for_child(entry):
             self._abandon(entry)  # stopping: the entry stays pending for another worker
             return
         slot = self.pool.acquire()
         run = Running(entry, sub, queue, slot, time.time())
-        self.running[t] = run
+        self.slots.started(run)
         timers: list[asyncio.TimerHandle] = []
         try:
             slot.start()
@@ -469,9 +487,8 @@ class Worker:
         finally:
             for timer in timers:
                 timer.cancel()
-            self.running.pop(t, None)
             self.pool.release(slot)
-            self._child_free.set()
+            self.slots.ended(run)
         if run.pending:
             await asyncio.wait(run.pending)  # each write logs its own failure
         if run.cancel_killed:
@@ -483,19 +500,6 @@ class Worker:
             self._abandon(entry)
             return
         self._settle(entry, *run.unwritten, self._closing(outcome, entry, sub, queue))
-
-    async def _wait_for_child(self, entry: WorkEntry) -> bool:
-        """Wait until fewer than `concurrency` tasks run; False if stopping."""
-        if len(self.running) < self.concurrency:
-            return True
-        self.waiting[entry.task_id] = entry
-        try:
-            while len(self.running) >= self.concurrency and not self.draining:
-                self._child_free.clear()
-                await self._child_free.wait()
-        finally:
-            self.waiting.pop(entry.task_id, None)
-        return not self.draining
 
     def _closing(
         self, outcome: Outcome, entry: WorkEntry, sub: TaskSubmitted, queue: QueueConfig
@@ -512,23 +516,6 @@ class Worker:
             rand=random.random(),
         )
 
-    def cancel_running(self, task_id: str) -> bool:
-        """Ask a running task to stop; kill it if it has not after the grace period."""
-        run = self.running.get(task_id)
-        if run is None:
-            return False
-        if not run.cancel_requested:
-            run.cancel_requested = True
-            run.slot.cancel.set()
-
-            def hard_cancel() -> None:
-                if self.running.get(task_id) is run:
-                    run.cancel_killed = True
-                    run.slot.kill()
-
-            asyncio.get_running_loop().call_later(self.options.cancel_grace, hard_cancel)
-        return True
-
     # -- settle --------------------------------------------------------------------
 
     def _settle(self, entry: WorkEntry, *events: Event) -> None:
@@ -537,9 +524,4 @@ class Worker:
     def _abandon(self, entry: WorkEntry) -> None:
         """Give the slot back without settling: the entry stays pending and is
         reclaimed after its lease."""
-        self._release([entry])
-
-    def _release(self, entries: list[WorkEntry]) -> None:
-        for entry in entries:
-            self.held.pop(entry.id, None)
-        self._room.set()
+        self.slots.release([entry])
