@@ -54,9 +54,10 @@ class Slots:
         self.cancel_grace = cancel_grace
         self.paused = False  # no new entries are taken (the control channel's pause)
         self.draining = False  # no new entries are taken, ever again (stopping)
-        # Every entry held, by entry id, from its claim until its settle is
-        # written (or it is left for reclaim).
-        self.held: dict[str, WorkEntry] = {}
+        # Every entry held, by stream and entry id (ids are unique per stream
+        # only: two partitions hand out the same id in the same millisecond),
+        # from its claim until its settle is written (or it is left for reclaim).
+        self.held: dict[tuple[str, str], WorkEntry] = {}
         self.running: dict[str, Running] = {}  # by task id: in a child process
         self.waiting: dict[str, WorkEntry] = {}  # by task id: prefetched, waiting for a child
         self._room = asyncio.Event()
@@ -84,12 +85,16 @@ class Slots:
 
     def take(self, entry: WorkEntry) -> None:
         """Hold a claimed entry: it takes a slot (or prefetch) until released."""
-        self.held[entry.id] = entry
+        self.held[entry.stream, entry.id] = entry
+
+    def holds(self, entry: WorkEntry) -> bool:
+        """Whether ``entry`` (the same stream and id) is held here."""
+        return (entry.stream, entry.id) in self.held
 
     def release(self, entries: Iterable[WorkEntry]) -> None:
         """Give the slots of settled (or abandoned) entries back."""
         for entry in entries:
-            self.held.pop(entry.id, None)
+            self.held.pop((entry.stream, entry.id), None)
         self._room.set()
 
     def wake(self) -> None:

@@ -88,13 +88,14 @@ class Upkeep:
         for entry in list(self.slots.held.values()):
             entries.setdefault(entry.stream, []).append(entry.id)
         elog = self.log
-        held: set[str] = set()
+        held: set[tuple[str, str]] = set()
         for stream, ids in entries.items():
-            held |= set(
-                await groups.renew(elog.redis, elog.scripts, stream, elog.group, self.node, ids)
+            renewed = await groups.renew(
+                elog.redis, elog.scripts, stream, elog.group, self.node, ids
             )
+            held |= {(stream, entry_id) for entry_id in renewed}
         for r in runs:
-            if r.entry.id not in held and not r.lease_lost:
+            if (r.entry.stream, r.entry.id) not in held and not r.lease_lost:
                 r.lease_lost = True
                 log.warning("lost the lease of task %s; its result will be stale", r.entry.task_id)
 
@@ -121,10 +122,10 @@ class Upkeep:
                 # Entries this worker already holds looked idle because their
                 # lease could not be renewed (Redis was away): they still run
                 # here, so they are not started a second time.
-                mine = [e for e in res.entries if e.id in slots.held]
+                mine = [e for e in res.entries if slots.holds(e)]
                 for entry in mine:
                     log.info("task %s: lease renewed by reclaim; it runs here", entry.task_id)
-                new = [e for e in res.entries if e.id not in slots.held]
+                new = [e for e in res.entries if not slots.holds(e)]
                 if new:
                     flags = await self.log.cancel_requested(e.task_id for e in new)
                     for entry in new:
