@@ -44,7 +44,7 @@ from eventcore.events import TaskSpec
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.routing import backlog, route
-from eventcore.servers import ServerConfig, ServerProcess, find_server_binary, free_port
+from eventcore.server.process import ServerConfig, ServerProcess, find_server_binary, free_port
 
 BODY = b'{"kind": "noop"}'
 SPEC = TaskSpec(kind="noop", queue="cpu-light")

@@ -32,7 +32,7 @@ from eventcore.connection import make_client
 from eventcore.events import TaskSpec
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
-from eventcore.servers import ServerConfig, ServerProcess, find_server_binary, free_port
+from eventcore.server.process import ServerConfig, ServerProcess, find_server_binary, free_port
 from workers.context import TaskContext
 from workers.handlers.image_tasks import inpaint_task
 

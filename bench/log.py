@@ -28,7 +28,7 @@ from eventcore.events import TaskSpec, TaskSubmitted
 from eventcore.ids import new_task_id
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
-from eventcore.servers import (
+from eventcore.server.process import (
     ServerBinary,
     ServerConfig,
     ServerProcess,

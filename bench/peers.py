@@ -53,7 +53,7 @@ import _quick
 import redis
 import redis.asyncio
 
-from eventcore.servers import ServerConfig, ServerProcess, find_server_binary, free_port
+from eventcore.server.process import ServerConfig, ServerProcess, find_server_binary, free_port
 
 BENCH = Path(__file__).resolve().parent
 HARNESS = BENCH / "peers" / "harness.py"

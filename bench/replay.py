@@ -46,7 +46,7 @@ from eventcore.ids import stream_id_key
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
 from eventcore.nodes import append_node_event
-from eventcore.servers import ServerConfig, ServerProcess, find_server_binary, free_port
+from eventcore.server.process import ServerConfig, ServerProcess, find_server_binary, free_port
 from projections.replay import Views, replay
 from projections.runner import Projector, tune_gc
 from projections.store import ViewStore

@@ -64,7 +64,7 @@ from eventcore.events import TaskSpec
 from eventcore.ids import new_task_id
 from eventcore.keys import Keys
 from eventcore.log import EventLog
-from eventcore.servers import ServerConfig, ServerProcess, find_server_binary, free_port
+from eventcore.server.process import ServerConfig, ServerProcess, find_server_binary, free_port
 
 SPEC = TaskSpec(kind="noop", queue="cpu-light")
 TICKS = os.sysconf("SC_CLK_TCK")

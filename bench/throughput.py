@@ -29,12 +29,11 @@ from pathlib import Path
 import _quick
 from redis.asyncio import Redis
 
-from eventcore import groups
 from eventcore.connection import make_client
 from eventcore.events import TaskClaimed, TaskSpec, TaskStarted, TaskSucceeded
 from eventcore.keys import Keys
-from eventcore.log import EventLog, Settlement, Submission
-from eventcore.servers import ServerConfig, ServerProcess, find_server_binary, free_port
+from eventcore.log import EventLog, Settlement, Submission, groups
+from eventcore.server.process import ServerConfig, ServerProcess, find_server_binary, free_port
 
 SPEC = TaskSpec(kind="noop", queue="cpu-light")
 BATCH = 500

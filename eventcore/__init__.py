@@ -8,7 +8,6 @@ settings, and connecting to (or embedding) Redis.
 from eventcore.codec import CONTROL, NODE, TASK, Codec, Entry, encode
 from eventcore.config import QueueConfig, Settings, load_settings
 from eventcore.connection import ClientOptions, connect, make_client
-from eventcore.embedded import EmbeddedRedis
 from eventcore.errors import (
     ConfigError,
     DecodeError,
@@ -18,7 +17,6 @@ from eventcore.errors import (
     ScriptArgumentError,
     TaskError,
 )
-from eventcore.groups import WorkEntry
 from eventcore.ids import new_task_id, partition_of
 from eventcore.keys import Keys
 from eventcore.log import (
@@ -30,6 +28,8 @@ from eventcore.log import (
     Submission,
     SubmitResult,
 )
+from eventcore.log.groups import WorkEntry
+from eventcore.server.embedded import EmbeddedRedis
 from eventcore.transitions import TaskStatus, is_legal, next_status
 
 __all__ = [

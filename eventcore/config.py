@@ -95,7 +95,7 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
     ``url=None`` starts an embedded server under ``data_dir``. ``durability``
     picks its AOF fsync: ``durable`` fsyncs every write, ``fast`` once a second
-    (see :func:`eventcore.embedded.durability_config`).
+    (see :func:`eventcore.server.embedded.durability_config`).
     Failed connections are retried ``retry_attempts`` times with jittered
     exponential backoff from ``retry_backoff_base`` up to ``retry_backoff_cap``.
     Each client (a process may have a few) keeps at most ``max_connections``

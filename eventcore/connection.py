@@ -46,7 +46,7 @@ except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
     hiredis = None
 
 from eventcore.errors import RedisUnavailable
-from eventcore.servers import MIN_VERSION
+from eventcore.server.process import MIN_VERSION
 
 __all__ = ["MIN_VERSION", "ClientOptions", "check_url", "connect", "make_client", "redact"]
 

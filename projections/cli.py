@@ -24,7 +24,6 @@ from typing import IO, Any
 import msgspec
 from redis.exceptions import RedisError
 
-from eventcore.cli import client_options, redis_for
 from eventcore.config import Settings
 from eventcore.connection import connect
 from eventcore.errors import EventcoreError
@@ -32,6 +31,7 @@ from eventcore.events import TaskSubmitted
 from eventcore.ids import is_task_id
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.server.target import client_options, redis_for
 from projections.asof import task_as_of, views_as_of
 from projections.export import export_log, export_streams, import_log
 from projections.points import parse_point

@@ -31,11 +31,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from eventcore import groups
 from eventcore.codec import Entry
 from eventcore.errors import DecodeError
 from eventcore.ids import stream_id_key
-from eventcore.log import EventLog
+from eventcore.log import EventLog, groups
 from projections.replay import replay
 from projections.store import ViewStore, current_views, drop_views, group_for, is_lost_group
 

@@ -2,11 +2,11 @@
 
 The scripts are in ``lua/views.lua`` (in this package), split into sections by
 ``--- script: NAME`` lines like the log's library, and loaded by
-:func:`eventcore.scripts.load_library`, which puts the log library's
+:func:`eventcore.log.scripts.load_library`, which puts the log library's
 ``_shared`` helpers in front of each: the helpers have one source.
 
 Each method of :class:`ViewScripts` knows one script's KEYS and ARGV layout and
-decodes its answer; it returns an :class:`eventcore.scripts.Call`, awaited
+decodes its answer; it returns an :class:`eventcore.log.scripts.Call`, awaited
 alone or queued on a pipeline. A script's refusal of its arguments is raised
 as the ``ResponseError`` Redis answered (callers such as the snapshot writer
 catch it). The callers: :mod:`projections.store` (write_views),
@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-from eventcore.scripts import Call, load_library
+from eventcore.log.scripts import Call, load_library
 
 __all__ = [
     "VIEW_SCRIPT_NAMES",

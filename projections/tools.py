@@ -16,10 +16,9 @@ from typing import Any
 
 import msgspec
 
-from eventcore import groups
 from eventcore.codec import Entry
 from eventcore.errors import EventcoreError
-from eventcore.log import EventLog
+from eventcore.log import EventLog, groups
 from projections.points import id_lt, log_streams
 from projections.replay import Views, replay
 from projections.snapshot import (

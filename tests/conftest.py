@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from eventcore.connection import ClientOptions, make_client
 from eventcore.keys import Keys
 from eventcore.log import EventLog
-from eventcore.servers import (
+from eventcore.server.process import (
     ServerBinary,
     ServerConfig,
     ServerProcess,

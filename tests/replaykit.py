@@ -11,7 +11,6 @@ from typing import Any
 
 import msgspec
 
-from eventcore import groups
 from eventcore.events import (
     ErrorInfo,
     NodeHeartbeat,
@@ -22,8 +21,8 @@ from eventcore.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from eventcore.groups import WorkEntry
-from eventcore.log import EventLog, Submission
+from eventcore.log import EventLog, Submission, groups
+from eventcore.log.groups import WorkEntry
 from eventcore.nodes import append_node_event
 from projections.replay import Views, replay
 from projections.tools import log_after

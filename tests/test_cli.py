@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from eventcore.servers import free_port
+from eventcore.server.process import free_port
 from tests.replaykit import cli
 
 
@@ -76,7 +76,7 @@ def test_check_describes_the_server(redis_url: str) -> None:
 
 
 def test_check_warns_when_redis_may_evict(tmp_path: Path) -> None:
-    from eventcore.servers import ServerConfig, ServerProcess, free_port
+    from eventcore.server.process import ServerConfig, ServerProcess, free_port
     from tests.conftest import server_binary
 
     server = ServerProcess(server_binary(), ServerConfig(tmp_path, port=free_port()))
@@ -122,7 +122,7 @@ def test_up_runs_the_stack_and_stops_cleanly(tmp_path: Path) -> None:
     from eventcore.connection import make_client
     from eventcore.keys import Keys
     from eventcore.log import EventLog
-    from eventcore.servers import free_port
+    from eventcore.server.process import free_port
     from projections.store import ViewStore
 
     env = {"EVENTCORE_REDIS__DURABILITY": "durable", "EVENTCORE_WEB__PORT": str(free_port())}

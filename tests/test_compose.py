@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from eventcore.cli import build_parser
+from eventcore.cli.main import build_parser
 from eventcore.config import Settings
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read compose.yaml")

@@ -158,7 +158,7 @@ def test_to_toml_dict_converts_back_to_the_same_settings() -> None:
 
 
 def test_redis_pool_keys_from_env_reach_the_client_options() -> None:
-    from eventcore.cli import client_options
+    from eventcore.server.target import client_options
 
     s = load_settings(
         env={"EVENTCORE_REDIS__MAX_CONNECTIONS": "40", "EVENTCORE_REDIS__POOL_TIMEOUT": "2.5"}

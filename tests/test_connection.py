@@ -14,7 +14,7 @@ from redis.asyncio import BlockingConnectionPool
 
 from eventcore.connection import check_url, connect, redact
 from eventcore.errors import RedisUnavailable
-from eventcore.servers import free_port as _free_port
+from eventcore.server.process import free_port as _free_port
 from tests.conftest import server_binary
 
 
@@ -161,7 +161,7 @@ async def test_a_pool_wait_that_runs_out_is_a_connection_error(redis_url: str) -
 @pytest.mark.parametrize("over", ["tcp", "unix"])
 async def test_pooled_clients_keep_the_fast_packing(over: str, tmp_path: Path) -> None:
     from eventcore.connection import _FAST, make_client
-    from eventcore.servers import ServerConfig, ServerProcess
+    from eventcore.server.process import ServerConfig, ServerProcess
 
     config = (
         ServerConfig(tmp_path, port=_free_port())

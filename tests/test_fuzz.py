@@ -26,7 +26,7 @@ from eventcore.events import Capabilities, NodeStarted
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.nodes import append_node_event
-from eventcore.servers import free_port
+from eventcore.server.process import free_port
 from tests.partitions import PARTITIONS
 from web.app import create_app
 from web.openapi import document

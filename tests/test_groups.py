@@ -6,11 +6,10 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from eventcore import groups
 from eventcore.events import Priority, TaskSpec
 from eventcore.ids import task_id_in_partition
 from eventcore.keys import Keys
-from eventcore.log import EventLog, Submission
+from eventcore.log import EventLog, Submission, groups
 
 
 async def _queue(log: EventLog, n: int, priority: Priority = Priority.NORMAL) -> str:

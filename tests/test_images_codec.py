@@ -1,4 +1,4 @@
-"""eventcore.images: headers, the pixel cap, decoding, masks, base64, PNG out."""
+"""eventcore.images.codec: headers, the pixel cap, decoding, masks, base64, PNG out."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from eventcore import images as codec
-from eventcore.images import (
+from eventcore.images.codec import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     b64_to_bytes,
@@ -166,7 +166,7 @@ def test_opencv_cap_is_set_before_cv2_is_loaded() -> None:
     data = b"\x89PNG\r\n\x1a\n" + ihdr + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
     script = (
         "import sys\n"
-        "from eventcore.images import ImageError, decode_image\n"
+        "from eventcore.images.codec import ImageError, decode_image\n"
         "try:\n"
         "    decode_image(sys.stdin.buffer.read(), max_pixels=10**9)\n"
         "except ImageError as exc:\n"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from eventcore.errors import TaskError
-from eventcore.images import ImageError
+from eventcore.images.codec import ImageError
 from workers.images.inpaint import InpaintConfig, cv2_inpainter, inpaint
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from eventcore.images import ImageError
+from eventcore.images.codec import ImageError
 from workers.images.models import ModelError, ModelStore
 from workers.images.upscale import upscale
 

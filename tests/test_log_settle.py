@@ -9,7 +9,6 @@ import time
 import pytest
 from redis.asyncio import Redis
 
-from eventcore import groups
 from eventcore.errors import ScriptArgumentError
 from eventcore.events import (
     ErrorInfo,
@@ -23,9 +22,9 @@ from eventcore.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from eventcore.groups import WorkEntry
 from eventcore.keys import Keys
-from eventcore.log import CancelOutcome, EventLog, Settlement
+from eventcore.log import CancelOutcome, EventLog, Settlement, groups
+from eventcore.log.groups import WorkEntry
 
 SPEC = TaskSpec(kind="noop", queue="cpu-light")
 

@@ -10,9 +10,9 @@ from redis.asyncio import Redis
 from eventcore.codec import TASK
 from eventcore.errors import ScriptArgumentError
 from eventcore.events import Priority, TaskScheduled, TaskSpec, TaskSubmitted
-from eventcore.groups import WorkEntry
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
+from eventcore.log.groups import WorkEntry
 
 SPEC = TaskSpec(kind="noop", queue="cpu-light", params={"x": 1})
 

@@ -6,7 +6,6 @@ import asyncio
 
 import pytest
 
-from eventcore import groups
 from eventcore.events import (
     Capabilities,
     NodeHeartbeat,
@@ -16,7 +15,7 @@ from eventcore.events import (
     TaskSpec,
 )
 from eventcore.ids import task_id_in_partition
-from eventcore.log import EventLog, Submission
+from eventcore.log import EventLog, Submission, groups
 from eventcore.nodes import append_node_event, last_seen, mark_lost
 
 CAPS = Capabilities(cpu_cores=2, memory_mb=1024)

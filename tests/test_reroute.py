@@ -9,13 +9,12 @@ import time
 import msgspec
 import pytest
 
-from eventcore import groups
 from eventcore.codec import encode
 from eventcore.config import QueueConfig, Settings
 from eventcore.events import Priority, TaskRerouted, TaskSpec, TaskSubmitted
 from eventcore.ids import task_id_in_partition
 from eventcore.keys import Keys
-from eventcore.log import EventLog, Reroute
+from eventcore.log import EventLog, Reroute, groups
 from projections.replay import replay
 from projections.runner import Projector
 from tests.workerkit import event_types, fast_settings, make_worker, running, wait_ended

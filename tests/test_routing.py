@@ -151,10 +151,9 @@ def test_explicit_queue_is_taken_or_refused_never_replaced(
 
 
 async def test_backlog_counts_waiting_and_running_entries(r, namespace) -> None:
-    from eventcore import groups
     from eventcore.events import TaskSpec
     from eventcore.keys import Keys
-    from eventcore.log import EventLog, Submission
+    from eventcore.log import EventLog, Submission, groups
     from eventcore.routing import backlog
 
     log = EventLog(r, Keys(namespace, partitions=2))

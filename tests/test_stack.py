@@ -19,8 +19,8 @@ import httpx
 import numpy as np
 import pytest
 
-from eventcore.servers import free_port
-from eventcore.stack import RestartPolicy, describe_exit
+from eventcore.cli.stack import RestartPolicy, describe_exit
+from eventcore.server.process import free_port
 
 # -- the policy, without processes ----------------------------------------------------
 

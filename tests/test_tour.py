@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from eventcore.servers import free_port
+from eventcore.server.process import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

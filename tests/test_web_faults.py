@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from eventcore.log import EventLog
-from eventcore.servers import ServerConfig, ServerProcess, free_port
+from eventcore.server.process import ServerConfig, ServerProcess, free_port
 from tests.conftest import server_binary
 from tests.webkit import j, settings_for, web_client
 

@@ -29,7 +29,7 @@ import pytest
 
 from eventcore.config import RedisSettings, Settings
 from eventcore.ids import new_task_id
-from eventcore.servers import ServerConfig, ServerProcess, free_port
+from eventcore.server.process import ServerConfig, ServerProcess, free_port
 from tests.conftest import server_binary
 from tests.webkit import j, web_client
 

@@ -111,7 +111,7 @@ async def test_readyz_waits_for_a_live_node_and_folded_views(
 
 
 async def test_readyz_is_503_when_redis_does_not_answer(namespace: str) -> None:
-    from eventcore.servers import free_port
+    from eventcore.server.process import free_port
 
     async with web_client(f"redis://127.0.0.1:{free_port()}/0", fast_settings(namespace)) as c:
         r = await c.get("/readyz")

@@ -7,10 +7,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from eventcore import groups
 from eventcore.events import TaskClaimed, TaskSpec, TaskStarted, TaskSucceeded
 from eventcore.ids import task_id_in_partition
-from eventcore.log import EventLog, Settlement
+from eventcore.log import EventLog, Settlement, groups
 from tests.partitions import PARTITIONS
 from tests.webkit import announce, j, projector, settings_for, web_client
 

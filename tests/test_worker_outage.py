@@ -20,11 +20,11 @@ import pytest
 from redis.asyncio import Redis
 
 from eventcore.connection import ClientOptions, make_client
-from eventcore.embedded import durability_config
 from eventcore.events import NodeHeartbeat, TaskStarted, TaskSucceeded
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
-from eventcore.servers import ServerConfig, ServerProcess, free_port
+from eventcore.server.embedded import durability_config
+from eventcore.server.process import ServerConfig, ServerProcess, free_port
 from tests.checker import History, check
 from tests.conftest import server_binary
 from tests.workerkit import spawn_worker, spec

@@ -7,11 +7,10 @@ import time
 
 from redis.asyncio import Redis
 
-from eventcore import groups
 from eventcore.events import TaskClaimed, TaskSpec
 from eventcore.ids import task_id_in_partition
 from eventcore.keys import Keys
-from eventcore.log import EventLog
+from eventcore.log import EventLog, groups
 from tests.workerkit import fast_settings, make_worker, running, spec, wait_ended
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from eventcore.groups import WorkEntry
+from eventcore.log.groups import WorkEntry
 from workers.slots import Slots
 
 

@@ -23,7 +23,7 @@ from eventcore.connection import ClientOptions, make_client
 from eventcore.errors import ScriptArgumentError
 from eventcore.keys import Keys
 from eventcore.log import EventLog
-from eventcore.servers import ServerConfig, ServerProcess, free_port
+from eventcore.server.process import ServerConfig, ServerProcess, free_port
 from tests.conftest import server_binary
 from tests.workerkit import event_types, fast_settings, make_worker, spec, wait_ended
 from workers.writes import backoff, is_transient, persist

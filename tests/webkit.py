@@ -88,7 +88,7 @@ async def served(redis_url: str, settings: Settings) -> AsyncIterator[str]:
     base URL. For what the in-process transport cannot do (streaming SSE)."""
     import uvicorn
 
-    from eventcore.servers import free_port
+    from eventcore.server.process import free_port
 
     app = create_app(settings, redis_url)
     port = free_port()

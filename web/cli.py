@@ -9,12 +9,12 @@ import sys
 import time
 from typing import Any
 
-from eventcore.cli import client_options, redis_for
 from eventcore.config import Settings
 from eventcore.connection import connect
 from eventcore.errors import EventcoreError
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.server.target import client_options, redis_for
 
 __all__ = ["add_commands"]
 

@@ -17,7 +17,7 @@ Request and response shapes follow IOPaint's ``iopaint/schema.py`` and
 - ``POST /api/v1/adjust_mask``: expand, shrink or reverse a mask, here.
 - ``POST /api/v1/run_plugin_gen_image``: ``RealESRGAN`` runs an ``upscale`` task.
 
-Image work is done in a thread, and the image codec (``eventcore.images``,
+Image work is done in a thread, and the image codec (``eventcore.images.codec``,
 shared with the workers) is imported on first use: it loads OpenCV, a cost a
 web process that never serves these routes should not pay.
 """
@@ -242,7 +242,7 @@ def _image_bytes(text: str | None, field: str) -> bytes:
     """The bytes of a data URL or bare base64 field; 422 naming ``field`` when
     it is missing, not base64 or not a PNG, JPEG, WebP or BMP image (pixels are
     decoded by the worker, which reports a corrupt body as an input error)."""
-    from eventcore.images import ImageError, b64_to_bytes, image_header
+    from eventcore.images.codec import ImageError, b64_to_bytes, image_header
 
     if text is None:
         raise ApiError(422, "invalid", f"{field}: required (a data URL or base64 image)")
@@ -256,7 +256,7 @@ def _image_bytes(text: str | None, field: str) -> bytes:
 
 def _inpaint_inputs(data: dict[str, Any], body: InpaintBody) -> tuple[bytes, bytes, dict[str, Any]]:
     """Image bytes, mask bytes and the inpaint settings as task params."""
-    from eventcore.images import ImageError, InpaintConfig
+    from eventcore.images.codec import ImageError, InpaintConfig
 
     image = _image_bytes(body.image, "image")
     mask = _image_bytes(body.mask, "mask")
@@ -273,7 +273,7 @@ def _adjust_mask(body: AdjustMaskBody) -> bytes:
     """IOPaint's adjust_mask: the mask thresholded, then dilated (expand) or
     eroded (shrink) by an elliptic (2k + 1) kernel, or inverted (reverse);
     answered as an RGBA PNG in the front end's brush colour."""
-    from eventcore.images import ImageError, decode_image, encode_png
+    from eventcore.images.codec import ImageError, decode_image, encode_png
 
     data = _image_bytes(body.mask, "mask")
     try:

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from eventcore.blobs import RedisBlobStore
-from eventcore.cli import client_options, redis_for
 from eventcore.config import Settings
 from eventcore.connection import connect
 from eventcore.errors import EventcoreError
 from eventcore.events import GpuInfo, Priority, TaskProgress, TaskSucceeded
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.server.target import client_options, redis_for
 from eventcore.submit import NewTask, submit_task
 from eventcore.waiting import wait_terminal
 from workers.capabilities import detect, eligible_queues, unmet

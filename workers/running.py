@@ -17,8 +17,8 @@ from typing import Any
 
 from eventcore.config import QueueConfig
 from eventcore.events import Event, TaskProgress, TaskSubmitted
-from eventcore.groups import WorkEntry
 from eventcore.log import EventLog
+from eventcore.log.groups import WorkEntry
 from workers.executor import ChildSlot
 
 __all__ = ["RunWrites", "Running"]

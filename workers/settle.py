@@ -16,8 +16,8 @@ import time
 from collections.abc import Callable
 
 from eventcore.events import Event, TaskResultStale
-from eventcore.groups import WorkEntry
 from eventcore.log import EventLog, Settlement, SettleResult
+from eventcore.log.groups import WorkEntry
 from workers.faults import crash_point
 from workers.writes import persist
 

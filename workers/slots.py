@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 
-from eventcore.groups import WorkEntry
+from eventcore.log.groups import WorkEntry
 from workers.running import Running
 
 __all__ = ["Slots"]

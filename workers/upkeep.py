@@ -12,10 +12,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 
-from eventcore import groups
 from eventcore.config import QueueConfig, WorkerSettings
 from eventcore.events import NodeHeartbeat
-from eventcore.log import EventLog
+from eventcore.log import EventLog, groups
 from eventcore.nodes import append_node_event, last_seen, mark_lost
 from workers.capabilities import free_gpu_memory_mb, free_memory_mb
 from workers.running import Running

@@ -38,7 +38,6 @@ from typing import Any
 
 import msgspec
 
-from eventcore import groups
 from eventcore.config import QueueConfig, Settings
 from eventcore.errors import DecodeError
 from eventcore.events import (
@@ -57,8 +56,8 @@ from eventcore.events import (
     TaskStarted,
     TaskSubmitted,
 )
-from eventcore.groups import WorkEntry
-from eventcore.log import EventLog
+from eventcore.log import EventLog, groups
+from eventcore.log.groups import WorkEntry
 from eventcore.nodes import append_node_event
 from workers import reroute
 from workers.commands import Control

@@ -26,7 +26,7 @@ CV2 = "cv2"
 
 
 def _input(ctx: TaskContext, name: str) -> bytes:
-    from eventcore.images import ImageError
+    from eventcore.images.codec import ImageError
 
     ref = ctx.params.get(name)
     if not isinstance(ref, str):
@@ -38,7 +38,7 @@ def _input(ctx: TaskContext, name: str) -> bytes:
 
 
 def _result(ctx: TaskContext, image: Any) -> dict[str, Any]:
-    from eventcore.images import encode_png
+    from eventcore.images.codec import encode_png
 
     ctx.progress(0.95, "encode")
     png = encode_png(image)
@@ -49,7 +49,7 @@ def _result(ctx: TaskContext, image: Any) -> dict[str, Any]:
 
 @handler("inpaint", models=(CV2,))
 def inpaint_task(ctx: TaskContext) -> dict[str, Any]:
-    from eventcore.images import decode_image, decode_mask
+    from eventcore.images.codec import decode_image, decode_mask
     from workers.images.inpaint import InpaintConfig, cv2_inpainter, inpaint
 
     config = InpaintConfig.from_params(ctx.params)
@@ -65,7 +65,7 @@ def inpaint_task(ctx: TaskContext) -> dict[str, Any]:
 
 @handler("upscale")
 def upscale_task(ctx: TaskContext) -> dict[str, Any]:
-    from eventcore.images import ImageError, decode_image
+    from eventcore.images.codec import ImageError, decode_image
     from workers.images.upscale import upscale
 
     try:

@@ -4,7 +4,7 @@ upscaling. numpy, OpenCV and torch only; fetching blobs and talking to Redis
 is the caller's business."""
 
 # codec comes first: it sets OpenCV's pixel cap before the others import cv2.
-from eventcore.images import (
+from eventcore.images.codec import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     b64_to_bytes,

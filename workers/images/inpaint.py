@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from eventcore.errors import TaskError
-from eventcore.images import ImageError, InpaintConfig
+from eventcore.images.codec import ImageError, InpaintConfig
 
 Model = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Progress = Callable[[float, str], None]

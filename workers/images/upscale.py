@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eventcore.images import DEFAULT_MAX_PIXELS, ImageError
+from eventcore.images.codec import DEFAULT_MAX_PIXELS, ImageError
 from workers.images.models import ModelError, resolve_device
 
 SRModel = Callable[[torch.Tensor], torch.Tensor]

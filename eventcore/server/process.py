@@ -1,6 +1,6 @@
 """Finding and running a ``redis-server`` (or ``valkey-server``) binary.
 
-Shared by the embedded server (:mod:`eventcore.embedded`) and the test suite,
+Shared by the embedded server (:mod:`eventcore.server.embedded`) and the test suite,
 so both start servers the same way: a child process in the foreground
 (``daemonize no``), its log in a file in its directory, ready once it answers
 PING.
@@ -178,7 +178,7 @@ class ServerConfig:
 class ServerProcess:
     """A server run as a child process: ``start()``, ``stop()``, ``kill()``, ``restart()``.
 
-    ``inherit_fds`` are passed open to the server; :mod:`eventcore.embedded`
+    ``inherit_fds`` are passed open to the server; :mod:`eventcore.server.embedded`
     uses this so the server itself holds the data directory's lock.
     """
 

@@ -1,6 +1,6 @@
 """The event log's Lua scripts and the typed wrappers every call goes through.
 
-The scripts are in ``lua/eventcore.lua``, one file split into sections by
+The scripts are in ``lua/log.lua``, one file split into sections by
 ``--- script: NAME`` lines; the section ``_shared`` (helper functions) is put
 in front of every script. The projections keep their own scripts in
 ``projections/lua/views.lua``, loaded with :func:`load_library` and the same
@@ -13,7 +13,7 @@ decodes its answer; it returns a :class:`Call`, awaited alone or run with
 others in one round trip (:meth:`Scripts.run`). The callers:
 :mod:`eventcore.log` (submit, append, settle, append_held, request_cancel,
 release_due, reroute, node_event), :mod:`eventcore.nodes` (node_event through
-the log, mark_lost) and :mod:`eventcore.groups` (claim, renew), which the
+the log, mark_lost) and :mod:`eventcore.log.groups` (claim, renew), which the
 workers use for those two. Nothing else calls a log script.
 """
 
@@ -74,9 +74,9 @@ def _sections(package: str, path: str) -> dict[str, str]:
 
 @functools.cache
 def shared_helpers() -> str:
-    """The ``_shared`` section of ``lua/eventcore.lua``: helpers put in front
+    """The ``_shared`` section of ``lua/log.lua``: helpers put in front
     of every script, the log's and the projections'."""
-    return _sections("eventcore", "lua/eventcore.lua").get("_shared", "")
+    return _sections("eventcore.log", "lua/log.lua").get("_shared", "")
 
 
 def load_library(package: str, path: str, names: Sequence[str]) -> dict[str, str]:
@@ -98,7 +98,7 @@ def load_library(package: str, path: str, names: Sequence[str]) -> dict[str, str
 @functools.cache
 def load_sources() -> dict[str, str]:
     """The source of every log script, by name."""
-    return load_library("eventcore", "lua/eventcore.lua", SCRIPT_NAMES)
+    return load_library("eventcore.log", "lua/log.lua", SCRIPT_NAMES)
 
 
 def raise_script_errors(replies: Sequence[Any]) -> None:

@@ -4,7 +4,7 @@ Thin, typed wrappers over XGROUP / XREADGROUP / XCLAIM / XAUTOCLAIM /
 XPENDING that hide the differences between Redis versions (XAUTOCLAIM answers
 with 2 items on 6.2 and 3 on 7+) and turn raw replies into :class:`WorkEntry`.
 Claiming new entries and renewing a lease are scripts (through the typed
-wrappers of :mod:`eventcore.scripts`): renewing must not take an entry another
+wrappers of :mod:`eventcore.log.scripts`): renewing must not take an entry another
 consumer holds.
 """
 
@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from eventcore.codec import TASK
 from eventcore.events import TaskSubmitted
-from eventcore.scripts import Scripts
+from eventcore.log.scripts import Scripts
 
 __all__ = [
     "AutoclaimResult",

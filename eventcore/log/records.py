@@ -12,7 +12,7 @@ import enum
 import msgspec
 
 from eventcore.events import Event, TaskRerouted, TaskSpec
-from eventcore.groups import WorkEntry
+from eventcore.log.groups import WorkEntry
 
 __all__ = [
     "CancelOutcome",

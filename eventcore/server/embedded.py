@@ -31,7 +31,7 @@ from typing import Any, Literal, Self
 import redis
 
 from eventcore.errors import ConfigError, RedisUnavailable
-from eventcore.servers import (
+from eventcore.server.process import (
     SOCKET_NAME,
     ServerBinary,
     ServerConfig,

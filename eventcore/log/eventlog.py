@@ -2,7 +2,7 @@
 
 Every write that touches more than one key is one Lua script (see
 ``lua/eventcore.lua``), called through the typed wrappers of
-:mod:`eventcore.scripts`: a fact and the work it implies are written together
+:mod:`eventcore.log.scripts`: a fact and the work it implies are written together
 or not at all. Calls that take a batch send it in one round trip per
 partition.
 """
@@ -35,10 +35,10 @@ from eventcore.events import (
     TaskSpec,
     TaskSubmitted,
 )
-from eventcore.groups import WorkEntry
 from eventcore.ids import id_time_ms, is_task_id, new_task_id, task_id_in_partition
 from eventcore.keys import Keys, check_name
-from eventcore.log_types import (
+from eventcore.log.groups import WorkEntry
+from eventcore.log.records import (
     CancelOutcome,
     CancelResult,
     HeldAppend,
@@ -49,7 +49,7 @@ from eventcore.log_types import (
     Submission,
     SubmitResult,
 )
-from eventcore.scripts import Call, Scripts, SettleItem, SubmitItem, raise_script_errors
+from eventcore.log.scripts import Call, Scripts, SettleItem, SubmitItem, raise_script_errors
 
 __all__ = [
     "CancelOutcome",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import json
 import logging
 import signal
@@ -19,64 +18,24 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
-from eventcore import _toml
+from eventcore.cli import toml as _toml
+from eventcore.cli.stack import Stack, probe_ready
 from eventcore.config import Settings, load_settings, to_toml_dict
-from eventcore.connection import ClientOptions, connect, redact
-from eventcore.embedded import EmbeddedRedis
+from eventcore.connection import connect, redact
 from eventcore.errors import ConfigError, EventcoreError
-from eventcore.servers import free_port
-from eventcore.stack import Stack, probe_ready
+from eventcore.server.embedded import EmbeddedRedis
+from eventcore.server.process import free_port
+from eventcore.server.target import client_options, redis_for
+from projections import cli as projections_cli
+from web import cli as web_cli
+from workers import cli as workers_cli
 
 __all__ = ["main"]
 
 log = logging.getLogger("eventcore")
-
-
-def client_options(settings: Settings) -> ClientOptions:
-    r = settings.redis
-    return ClientOptions(
-        connect_timeout=r.connect_timeout,
-        socket_timeout=r.socket_timeout,
-        retry_attempts=r.retry_attempts,
-        retry_backoff_base=r.retry_backoff_base,
-        retry_backoff_cap=r.retry_backoff_cap,
-        max_connections=r.max_connections,
-        pool_timeout=r.pool_timeout,
-    )
-
-
-@dataclass
-class RedisTarget:
-    """Where the system's Redis is, and the embedded server if we run it."""
-
-    url: str
-    embedded: EmbeddedRedis | None
-
-
-@contextlib.contextmanager
-def redis_for(settings: Settings, *, start: bool = False) -> Iterator[RedisTarget]:
-    """The configured Redis or, with no URL, the embedded server of
-    ``redis.data_dir``.
-
-    Only ``start=True`` (``up`` and ``redis``) starts a server there when none
-    runs, and stops it on exit. Everything else uses the one running there
-    (``up`` or ``redis`` in another terminal) or fails with
-    :class:`~eventcore.embedded.NoServerRunning`: a tool that started an empty
-    server would show an empty system as if it were the real one.
-    """
-    if settings.redis.url:
-        yield RedisTarget(settings.redis.url, None)
-        return
-    embedded = EmbeddedRedis(settings.redis.data_dir, settings.redis.durability)
-    url = embedded.start() if start else embedded.attach()
-    try:
-        yield RedisTarget(url, embedded)
-    finally:
-        embedded.stop()
 
 
 async def describe(url: str, settings: Settings) -> dict[str, str]:
@@ -357,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true")
     config = sub.add_parser("config", help="print the effective settings (TOML)")
     config.add_argument("--json", action="store_true")
-    for module in ROLE_MODULES:
-        COMMANDS.update(importlib.import_module(module).add_commands(sub))
+    for role in (workers_cli, projections_cli, web_cli):
+        COMMANDS.update(role.add_commands(sub))
     return parser
 
 
@@ -368,9 +327,6 @@ COMMANDS: dict[str, Any] = {
     "check": cmd_check,
     "config": cmd_config,
 }
-# The roles add their own commands. Named by string, imported when the parser
-# is built, so the log package itself never imports a role.
-ROLE_MODULES = ("workers.cli", "projections.cli", "web.cli")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

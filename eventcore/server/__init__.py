@@ -1,0 +1,4 @@
+"""Running Redis: finding and starting a server process
+(:mod:`~eventcore.server.process`), the embedded server the CLI runs when no
+URL is set (:mod:`~eventcore.server.embedded`), and which one a command
+uses (:mod:`~eventcore.server.target`)."""
