@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from eventcore import images as codec
+from eventcore.images import codec
 from eventcore.images.codec import (
     DEFAULT_MAX_PIXELS,
     ImageError,
