@@ -5,6 +5,8 @@ The log's public API: events, the codec, keys, the lifecycle table, the
 settings, and connecting to (or embedding) Redis.
 """
 
+import importlib.metadata
+
 from eventcore.codec import CONTROL, NODE, TASK, Codec, Entry, encode
 from eventcore.config import QueueConfig, Settings, load_settings
 from eventcore.connection import ClientOptions, connect, make_client
@@ -31,6 +33,13 @@ from eventcore.log import (
 from eventcore.log.groups import WorkEntry
 from eventcore.server.embedded import EmbeddedRedis
 from eventcore.transitions import TaskStatus, is_legal, next_status
+
+try:
+    # pyproject.toml is the one place the version is written; the installed
+    # package's metadata carries it from there.
+    __version__ = importlib.metadata.version("eventcore")
+except importlib.metadata.PackageNotFoundError:  # run from a source tree never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CONTROL",

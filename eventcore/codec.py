@@ -30,6 +30,7 @@ __all__ = [
     "StreamKind",
     "codec_for",
     "encode",
+    "text",
 ]
 
 EVENT_FIELD = b"e"
@@ -43,6 +44,13 @@ _encoder = msgspec.msgpack.Encoder()
 def encode(event: Event) -> bytes:
     """MessagePack bytes of any event (the tag is included)."""
     return _encoder.encode(event)
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply value (an id, a name, a script's reply) as ``str``.
+    redis-py returns bytes, as eventcore's clients do not set
+    ``decode_responses``; a value that is ``str`` already is kept."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class StreamKind(enum.StrEnum):
@@ -76,7 +84,7 @@ class Codec(Generic[E]):
         self, stream: str, entry_id: bytes | str, fields: Mapping[bytes, bytes]
     ) -> Entry[E]:
         """Decode a raw entry as redis-py returns it (``{b"e": ..., ...}``)."""
-        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        eid = text(entry_id)
         data = fields.get(EVENT_FIELD)
         if data is None:
             raise DecodeError(stream, eid, f"no {EVENT_FIELD.decode()!r} field")

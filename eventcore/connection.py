@@ -45,6 +45,7 @@ try:
 except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
     hiredis = None
 
+from eventcore.codec import text
 from eventcore.errors import RedisUnavailable
 from eventcore.server.process import MIN_VERSION
 
@@ -208,7 +209,7 @@ async def _maxmemory_policy(client: Redis) -> str | None:
     except ResponseError:  # CONFIG may be disabled by ACL or renamed on managed servers
         return None
     value = conf.get(b"maxmemory-policy", conf.get("maxmemory-policy"))
-    return value.decode() if isinstance(value, bytes) else value
+    return None if value is None else text(value)
 
 
 def _version(info: dict) -> tuple[int, ...]:

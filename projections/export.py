@@ -34,7 +34,7 @@ from typing import IO, Any
 import msgspec
 from redis.asyncio import Redis
 
-from eventcore.codec import StreamKind, encode
+from eventcore.codec import StreamKind, encode, text
 from eventcore.errors import DecodeError, EventcoreError
 from eventcore.events import (
     TASK_EVENT_TYPES,
@@ -89,10 +89,6 @@ _parse = msgspec.json.Decoder(ExportLine)
 _event_json = msgspec.json.Decoder(AnyEvent)
 
 
-def _s(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
-
-
 def _relative(keys: Keys, key: str) -> str:
     # Every key of a deployment starts with "<namespace>:" (keys.py); the
     # export names streams without it so they can be imported elsewhere.
@@ -117,7 +113,7 @@ async def export_streams(elog: EventLog) -> list[str]:
     keys = elog.keys
     per_node = sorted(
         [
-            _s(k)
+            text(k)
             async for k in elog.redis.scan_iter(
                 match=keys.control_pattern(), _type="stream", count=1000
             )
@@ -132,10 +128,10 @@ async def _read(
     while True:
         raw = await redis.xrange(stream, min=start, max=end, count=batch)
         for eid, fields in raw:
-            yield _s(eid), fields
+            yield text(eid), fields
         if len(raw) < batch:
             return
-        start = "(" + _s(raw[-1][0])
+        start = "(" + text(raw[-1][0])
 
 
 async def _merged(

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
+from eventcore.codec import text
 from eventcore.log.scripts import Call, load_library
 
 __all__ = [
@@ -49,10 +50,6 @@ VIEW_SCRIPT_NAMES = (
 def load_view_sources() -> dict[str, str]:
     """The source of every projection script, by name."""
     return load_library("projections", "lua/views.lua", VIEW_SCRIPT_NAMES)
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class FeedEntry(NamedTuple):
@@ -182,7 +179,7 @@ class ViewScripts:
             "trim_stream",
             [stream, trim_mark],
             [limit],
-            lambda r: Trimmed(_s(r[0]), int(r[1]), _s(r[2])),
+            lambda r: Trimmed(text(r[0]), int(r[1]), text(r[2])),
         )
 
     def prune_done(
@@ -206,7 +203,7 @@ class ViewScripts:
         def decode(r: Any) -> Imported:
             added, present, trimmed, stop, reason, newest = r
             return Imported(
-                int(added), int(present), int(trimmed), int(stop), _s(reason), _s(newest)
+                int(added), int(present), int(trimmed), int(stop), text(reason), text(newest)
             )
 
         keys = [stream, trim_mark, done if done is not None else stream]

@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import ResponseError
 
-from eventcore.codec import Entry
+from eventcore.codec import Entry, text
 from eventcore.errors import DecodeError, EventcoreError
 from eventcore.log import EventLog
 from projections.points import id_lt, log_streams
@@ -85,10 +85,6 @@ class SnapshotHead(msgspec.Struct, frozen=True, kw_only=True):
 _head = msgspec.msgpack.Decoder(SnapshotHead)
 
 
-def _s(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
-
-
 def _head_views(views: Views) -> dict[str, Any]:
     """The head's fields for the views other than tasks."""
     return {
@@ -107,11 +103,11 @@ async def latest_head(elog: EventLog) -> SnapshotHead | None:
     snap_id = await elog.redis.get(elog.keys.snapshot_pointer())
     if snap_id is None:
         return None
-    raw = await elog.redis.hget(elog.keys.snapshot(_s(snap_id)), HEAD)
+    raw = await elog.redis.hget(elog.keys.snapshot(text(snap_id)), HEAD)
     if raw is None:
         raise EventcoreError(
-            f"{elog.keys.snapshot_pointer()} names snapshot {_s(snap_id)!r}, "
-            f"but {elog.keys.snapshot(_s(snap_id))} has no head"
+            f"{elog.keys.snapshot_pointer()} names snapshot {text(snap_id)!r}, "
+            f"but {elog.keys.snapshot(text(snap_id))} has no head"
         )
     return _head.decode(raw)
 
@@ -122,7 +118,7 @@ async def snapshot_tasks(
     """The snapshot's task views, a chunk at a time."""
     out: dict[str, TaskView] = {}
     async for field, value in elog.redis.hscan_iter(elog.keys.snapshot(head.id), count=chunk):
-        name = _s(field)
+        name = text(field)
         if name.startswith(TASK):
             out[name[len(TASK) :]] = _task.decode(value)
             if len(out) >= chunk:
@@ -204,7 +200,7 @@ async def take_snapshot(
     for stream, last in zip(streams, newest):
         if not last:
             continue
-        end = _s(last[0][0])
+        end = text(last[0][0])
         start = "(" + marks[stream] if stream in marks else "-"
         while stream not in marks or id_lt(marks[stream], end):
             raw = await redis.xrange(stream, min=start, max=end, count=batch)
@@ -227,7 +223,7 @@ async def take_snapshot(
             if changed:
                 tasks += int(replies[0])  # fields that are new: tasks not seen before
             small = msgspec.structs.replace(after, tasks={})
-            marks[stream] = _s(raw[-1][0])
+            marks[stream] = text(raw[-1][0])
             start = "(" + marks[stream]
             folded += len(entries)
             undecodable += len(bad)

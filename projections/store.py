@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from redis.exceptions import ResponseError
 
+from eventcore.codec import text
 from eventcore.log import EventLog
 from projections.replay import Views
 from projections.scripts import FeedEntry, IndexOp, ViewScripts
@@ -86,10 +87,6 @@ _task = msgspec.msgpack.Decoder(TaskView)
 _node = msgspec.msgpack.Decoder(NodeView)
 _queue = msgspec.msgpack.Decoder(QueueView)
 _stats = msgspec.msgpack.Decoder(StatsView)
-
-
-def _s(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
 
 
 class ViewStore:
@@ -156,7 +153,7 @@ class ViewStore:
             pipe.hgetall(self.watermark_key)
             self._queue_load(pipe, ids)
             replies = await pipe.execute()
-        marks = {_s(k): _s(v) for k, v in replies.pop(0).items()}
+        marks = {text(k): text(v) for k, v in replies.pop(0).items()}
         return marks, self._decode_load(ids, replies)
 
     def _queue_load(self, pipe: Any, ids: list[str]) -> None:
@@ -169,11 +166,11 @@ class ViewStore:
     def _decode_load(self, ids: list[str], replies: list[Any]) -> Views:
         raw_tasks = replies.pop(0) if ids else []
         nodes, queues, stats = replies
-        stats_all = {_s(k): _stats.decode(v) for k, v in stats.items()}
+        stats_all = {text(k): _stats.decode(v) for k, v in stats.items()}
         return Views(
             tasks={t: _task.decode(v) for t, v in zip(ids, raw_tasks) if v is not None},
-            nodes={_s(k): _node.decode(v) for k, v in nodes.items()},
-            queues={_s(k): _queue.decode(v) for k, v in queues.items()},
+            nodes={text(k): _node.decode(v) for k, v in nodes.items()},
+            queues={text(k): _queue.decode(v) for k, v in queues.items()},
             stats=stats_all.pop(GLOBAL, StatsView()),
             stats_by={tuple(k.split(SEP, 1)): v for k, v in stats_all.items()},  # type: ignore[misc]
         )
@@ -202,7 +199,7 @@ class ViewStore:
     async def watermark(self) -> dict[str, str]:
         """The last entry id applied, per stream (read-your-writes waits on this)."""
         raw = await self.log.redis.hgetall(self.watermark_key)
-        return {_s(k): _s(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     # -- writing -------------------------------------------------------------------
 

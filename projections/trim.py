@@ -24,10 +24,9 @@ request on record keeps its field.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
+from eventcore.codec import text
 from eventcore.errors import EventcoreError
 from eventcore.log import EventLog
 from eventcore.transitions import TERMINAL
@@ -52,10 +51,6 @@ class TrimResult(msgspec.Struct, frozen=True):
     snapshot: str
     streams: list[StreamTrim]
     done_pruned: int
-
-
-def _s(x: Any) -> str:
-    return x.decode() if isinstance(x, bytes) else str(x)
 
 
 async def trim_log(elog: EventLog, *, prune: bool = True, before: str | None = None) -> TrimResult:
@@ -88,7 +83,7 @@ async def trim_marks(elog: EventLog) -> dict[str, str]:
     """The lowest id kept, per log stream that has been trimmed."""
     streams = log_streams(elog.keys)
     values = await elog.redis.mget([elog.keys.trim_mark(s) for s in streams])
-    return {s: _s(v) for s, v in zip(streams, values) if v is not None}
+    return {s: text(v) for s, v in zip(streams, values) if v is not None}
 
 
 async def busy_tasks(elog: EventLog, p: int, *, batch: int = 1000) -> set[str]:
@@ -98,10 +93,10 @@ async def busy_tasks(elog: EventLog, p: int, *, batch: int = 1000) -> set[str]:
         start = "-"
         while True:
             raw = await elog.redis.xrange(key, min=start, max="+", count=batch)
-            busy.update(_s(f.get(b"task", b"")) for _, f in raw)
+            busy.update(text(f.get(b"task", b"")) for _, f in raw)
             if len(raw) < batch:
                 break
-            start = "(" + _s(raw[-1][0])
+            start = "(" + text(raw[-1][0])
     return busy
 
 

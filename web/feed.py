@@ -25,6 +25,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from eventcore.codec import text
 from eventcore.ids import stream_id_key
 from eventcore.log import EventLog
 from projections.store import FEED_MAXLEN
@@ -264,12 +265,12 @@ class FeedHub:
             return False
         deleted = info.get("max-deleted-entry-id")
         if deleted is not None:  # Redis 7+: exact
-            deleted = deleted.decode() if isinstance(deleted, bytes) else str(deleted)
+            deleted = text(deleted)
             return stream_id_key(deleted) > stream_id_key(last_id)
         first = info.get("first-entry")
         if not first or int(info.get("length", 0)) < FEED_MAXLEN * 9 // 10:
             return False  # Redis 6.2: never trimmed while below the cap
-        first_id = first[0].decode() if isinstance(first[0], bytes) else str(first[0])
+        first_id = text(first[0])
         return stream_id_key(first_id) > stream_id_key(last_id)
 
     async def follow(

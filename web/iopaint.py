@@ -35,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from eventcore.blobs import BlobMissing
+from eventcore.codec import text
 from eventcore.events import (
     TaskCancelled,
     TaskDeadLettered,
@@ -162,7 +163,7 @@ async def current_model(web: WebState) -> str:
     raw = await web.redis.get(web.log.keys.web_model())
     if raw is None:
         return CV2
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
+    return text(raw)
 
 
 async def offered_models(web: WebState) -> list[str]:

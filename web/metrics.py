@@ -20,6 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from eventcore.transitions import TaskStatus
 from projections.read import QueueHealth
 from projections.stats import bucket_upper, bucket_value
 from projections.views import NodeView, QueueView, StatsView
@@ -30,6 +31,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Exported bucket bounds (seconds); each internal log-spaced bucket is
 # counted under the first bound at or above its upper edge.
+# The QueueView counts exported as eventcore_tasks_total{status=...}: the
+# submissions and one per terminal status, in this (exported) order.
+_QUEUE_COUNTS = (
+    "submitted",
+    *(
+        s.value
+        for s in (
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+            TaskStatus.TIMED_OUT,
+            TaskStatus.DEAD_LETTERED,
+        )
+    ),
+)
 LE = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0)
 
 
@@ -83,15 +99,8 @@ class _Views(Collector):
             labels=["queue"],
         )
         for name, q in sorted(self.queues.items()):
-            for status in (
-                "submitted",
-                "succeeded",
-                "failed",
-                "cancelled",
-                "timed_out",
-                "dead_lettered",
-            ):
-                tasks.add_metric([name, status], getattr(q, status))
+            for count in _QUEUE_COUNTS:
+                tasks.add_metric([name, count], getattr(q, count))
             waiting.add_metric([name], q.waiting)
             pending.add_metric([name], q.in_flight)
             age = 0.0 if q.oldest_waiting_at is None else max(0.0, self.now - q.oldest_waiting_at)

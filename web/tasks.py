@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from eventcore.blobs import BlobMissing
-from eventcore.events import TERMINAL_EVENT_TYPES, TaskSubmitted
+from eventcore.events import TERMINAL_EVENT_TYPES, TaskSubmitted, TaskSucceeded
 from eventcore.ids import is_task_id, parse_stream_id, stream_id_key
 from eventcore.log import CancelOutcome
 from eventcore.transitions import TERMINAL, TaskStatus
@@ -324,10 +324,10 @@ async def retry_task(request: Request) -> Response:
         raise ApiError(404, "not_found", f"no task {task_id!r}")
     if web.auth.enabled and not who.has("admin") and submitted.spec.tenant != who.tenant:
         raise ApiError(404, "not_found", f"no task {task_id!r}")
-    ended = next((e.type_name() for e in history if isinstance(e, TERMINAL_EVENT_TYPES)), None)
+    ended = next((e for e in history if isinstance(e, TERMINAL_EVENT_TYPES)), None)
     if ended is None:
         raise ApiError(409, "not_finished", f"task {task_id} has not finished; cancel it first")
-    if ended == "task.succeeded":
+    if type(ended) is TaskSucceeded:  # event types are final: one tag each
         raise ApiError(409, "succeeded", f"task {task_id} succeeded; submit a new task instead")
     result = await web.log.submit(submitted.spec, routed=submitted.routed)
     return json_response(

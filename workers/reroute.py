@@ -32,7 +32,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 
 import msgspec
 
-from eventcore.codec import TASK, encode
+from eventcore.codec import TASK, encode, text
 from eventcore.config import QueueConfig, Settings
 from eventcore.errors import DecodeError
 from eventcore.events import PRIORITIES_HIGH_FIRST, Priority, TaskRerouted, TaskSubmitted
@@ -132,7 +132,7 @@ async def waiting_entries(
         if isinstance(info, Exception):
             continue  # no such stream: nothing waits there
         delivered = next(
-            (_s(g["last-delivered-id"]) for g in info if _s(g["name"]) == elog.group), None
+            (text(g["last-delivered-id"]) for g in info if text(g["name"]) == elog.group), None
         )
         # Start after the cursor, or after the last entry handed to a worker
         # if that is further on.
@@ -152,11 +152,11 @@ async def waiting_entries(
     for (stream, q, prio, _), raw in zip(starts, replies):
         if cursors is not None:
             if len(raw) >= limit:
-                cursors[stream] = _s(raw[-1][0])
+                cursors[stream] = text(raw[-1][0])
             else:
                 cursors.pop(stream, None)
         for eid, fields in raw:
-            entry_id = _s(eid)
+            entry_id = text(eid)
             try:
                 sub = TASK.decode(fields.get(b"spec", b""), stream=stream, entry_id=entry_id)
             except DecodeError as exc:
@@ -241,7 +241,3 @@ async def reroute_loop(
             now=time.time(),
             cursors=cursors,
         )
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -38,6 +38,7 @@ from typing import Any
 
 import msgspec
 
+from eventcore import __version__
 from eventcore.config import QueueConfig, Settings
 from eventcore.errors import DecodeError
 from eventcore.events import (
@@ -179,7 +180,7 @@ class Worker:
                 concurrency=self.slots.size,
                 host=socket.gethostname(),
                 pid=os.getpid(),
-                version="0.1.0",
+                version=__version__,
             ),
         )
         loops = [

@@ -16,7 +16,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from eventcore.codec import CONTROL, NODE, TASK, Codec, Entry, encode
+from eventcore.codec import CONTROL, NODE, TASK, Codec, Entry, encode, text
 from eventcore.errors import DecodeError
 from eventcore.events import (
     NODE_EVENT_TYPES,
@@ -71,10 +71,6 @@ DEFAULT_IDEMPOTENCY_TTL = 24 * 3600.0
 def stream_id_at(t: float) -> str:
     """The smallest stream id written at or after time ``t`` (seconds since the epoch)."""
     return f"{int(t * 1000)}-0"
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class EventLog:
@@ -226,7 +222,7 @@ class EventLog:
                 out[i] = eid
         # node_event answers an entry id, as XADD does
         for (i, _stream, _e), eid in zip(singles, replies[len(task_batches) :]):
-            out[i] = _s(eid)
+            out[i] = text(eid)
         return out
 
     def node_event(self, event: Event, now_ms: int) -> Call[str]:
@@ -348,7 +344,7 @@ class EventLog:
     async def ended_as(self, task_id: str) -> str | None:
         """The terminal event type of a task that has ended, else None."""
         value = await self.redis.hget(self.keys.done(self.keys.partition(task_id)), task_id)
-        return None if value is None else _s(value)
+        return None if value is None else text(value)
 
     async def release_due(self, now: float | None = None, limit: int = 1000) -> int:
         """Move delayed tasks that are due back to their work streams, in every
@@ -447,7 +443,7 @@ class EventLog:
         reply = await self.redis.xread(dict(positions), count=count, block=block_ms)
         out: list[Entry[Any]] = []
         for stream, raw in reply or ():
-            out += await self._decode(_s(stream), raw, park_bad)
+            out += await self._decode(text(stream), raw, park_bad)
         return out
 
     async def history(self, task_id: str, *, batch: int = 1000) -> list[Entry[Any]]:
@@ -468,13 +464,13 @@ class EventLog:
             out += await self._decode(stream, mine, park_bad=False)
             if len(raw) < batch:
                 return out
-            start = "(" + _s(raw[-1][0])
+            start = "(" + text(raw[-1][0])
 
     async def park(self, stream: str, entry_id: str, fields: Mapping[Any, Any], error: str) -> str:
         """Copy a bad entry to the parked stream with where it came from and why."""
         record: dict[Any, Any] = {"stream": stream, "entry": entry_id, "error": error}
         record.update({b"raw:" + _b(k): v for k, v in fields.items()})
-        return _s(await self.redis.xadd(self.keys.parked(), record))
+        return text(await self.redis.xadd(self.keys.parked(), record))
 
     async def _decode(self, stream: str, raw: list[Any], park_bad: bool) -> list[Entry[Any]]:
         codec = self.codec_of(stream)

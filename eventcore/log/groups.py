@@ -17,7 +17,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from eventcore.codec import TASK
+from eventcore.codec import TASK, text
 from eventcore.events import TaskSubmitted
 from eventcore.log.scripts import Scripts
 
@@ -74,7 +74,7 @@ class WorkEntry:
     def from_reply(
         cls, stream: str, entry_id: bytes | str, fields: Mapping[bytes, bytes]
     ) -> WorkEntry:
-        eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        eid = text(entry_id)
         return cls(
             stream,
             eid,
@@ -119,10 +119,6 @@ class AutoclaimResult(msgspec.Struct, frozen=True):
     next_start: str
     entries: list[WorkEntry]
     deleted: list[str]
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def ensure_group(redis: Redis, stream: str, group: str, start_id: str = "0") -> bool:
@@ -217,9 +213,9 @@ async def autoclaim(
     reply: list[Any] = await redis.xautoclaim(
         stream, group, consumer, min_idle_ms, start_id=start, count=count
     )
-    next_start = _s(reply[0])
+    next_start = text(reply[0])
     entries: list[WorkEntry] = []
-    deleted: list[str] = [_s(x) for x in reply[2]] if len(reply) > 2 else []
+    deleted: list[str] = [text(x) for x in reply[2]] if len(reply) > 2 else []
     lost_on_62 = False
     for item in reply[1]:
         if item is None or item[0] is None or not item[1]:
@@ -299,8 +295,8 @@ async def pending(
     )
     return [
         PendingEntry(
-            _s(r["message_id"]),
-            _s(r["consumer"]),
+            text(r["message_id"]),
+            text(r["consumer"]),
             int(r["time_since_delivered"]),
             int(r["times_delivered"]),
         )
@@ -313,7 +309,7 @@ async def pending_summary(redis: Redis, stream: str, group: str) -> PendingSumma
     info = await redis.xpending(stream, group)
     return PendingSummary(
         int(info["pending"]),
-        _s(info["min"]) if info["min"] else None,
-        _s(info["max"]) if info["max"] else None,
-        {_s(c["name"]): int(c["pending"]) for c in info["consumers"] or ()},
+        text(info["min"]) if info["min"] else None,
+        text(info["max"]) if info["max"] else None,
+        {text(c["name"]): int(c["pending"]) for c in info["consumers"] or ()},
     )

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.commands.core import AsyncScript
 
+from eventcore.codec import text
 from eventcore.errors import ScriptArgumentError
 
 __all__ = [
@@ -67,8 +68,8 @@ T = TypeVar("T")
 
 
 def _sections(package: str, path: str) -> dict[str, str]:
-    text = resources.files(package).joinpath(path).read_text()
-    parts = _MARKER.split(text)
+    source = resources.files(package).joinpath(path).read_text()
+    parts = _MARKER.split(source)
     return {name: body.strip() + "\n" for name, body in zip(parts[1::2], parts[2::2])}
 
 
@@ -110,10 +111,6 @@ def raise_script_errors(replies: Sequence[Any]) -> None:
             if "eventcore" in str(reply):
                 raise ScriptArgumentError(str(reply)) from reply
             raise reply
-
-
-def _s(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class Call(Generic[T]):
@@ -275,7 +272,7 @@ class Scripts:
             ]
 
         def decode(reply: Any) -> list[SubmitReply]:
-            return [SubmitReply(bool(c), _s(eid), _s(tid)) for c, eid, tid in reply]
+            return [SubmitReply(bool(c), text(eid), text(tid)) for c, eid, tid in reply]
 
         return Call(self._scripts["submit"], keys, args, decode)
 
@@ -284,7 +281,7 @@ class Scripts:
         args: list[Any] = [len(entries)]
         for task_id, event in entries:
             args += [task_id, event]
-        return Call(self._scripts["append"], [events], args, lambda r: [_s(x) for x in r])
+        return Call(self._scripts["append"], [events], args, lambda r: [text(x) for x in r])
 
     def settle(
         self,
@@ -316,7 +313,7 @@ class Scripts:
             ]
 
         def decode(reply: Any) -> list[SettleReply]:
-            return [SettleReply(bool(ok), _s(detail)) for ok, detail in reply]
+            return [SettleReply(bool(ok), text(detail)) for ok, detail in reply]
 
         return Call(self._scripts["settle"], keys, args, decode)
 
@@ -336,8 +333,8 @@ class Scripts:
         def decode(reply: Any) -> HeldReply:
             ok, *rest = reply
             if not ok:
-                return HeldReply(False, (), _s(rest[0]))
-            return HeldReply(True, tuple(_s(x) for x in rest))
+                return HeldReply(False, (), text(rest[0]))
+            return HeldReply(True, tuple(text(x) for x in rest))
 
         args = [group, consumer, entry_id, task_id, *encoded]
         return Call(self._scripts["append_held"], [events, work], args, decode)
@@ -361,7 +358,7 @@ class Scripts:
             self._scripts["request_cancel"],
             keys,
             [task_id, requested, cancelled],
-            lambda r: (_s(r[0]), _s(r[1])),
+            lambda r: (text(r[0]), text(r[1])),
         )
 
     def release_due(
@@ -393,8 +390,8 @@ class Scripts:
 
         def decode(reply: Any) -> RerouteReply:
             if int(reply[0]):
-                return RerouteReply(True, _s(reply[1]), _s(reply[2]))
-            return RerouteReply(False, why=_s(reply[1]))
+                return RerouteReply(True, text(reply[1]), text(reply[2]))
+            return RerouteReply(False, why=text(reply[1]))
 
         keys = [events, done, from_stream, to_stream]
         args = [group, entry_id, task_id, event, spec]
@@ -406,7 +403,7 @@ class Scripts:
             self._scripts["renew"],
             [work],
             [group, consumer, *ids],
-            lambda r: [_s(x) for x in r],
+            lambda r: [text(x) for x in r],
         )
 
     def claim(
@@ -420,7 +417,7 @@ class Scripts:
                 ClaimedEntry(int(index), eid, dict(zip(flat[::2], flat[1::2])), bool(cancel))
                 for index, eid, flat, cancel in raw_entries
             ]
-            return Claimed(entries, [_s(x) for x in last])
+            return Claimed(entries, [text(x) for x in last])
 
         return Call(self._scripts["claim"], [cancels, *streams], [group, consumer, count], decode)
 
@@ -439,7 +436,7 @@ class Scripts:
         """Append a node event and keep (or, ``gone``, forget) the node's last
         sign of life; a non-empty ``started`` is kept as its info. The entry id."""
         args = [node, event, "gone" if gone else "seen", now_ms, started]
-        return Call(self._scripts["node_event"], [nodes, seen, info], args, _s)
+        return Call(self._scripts["node_event"], [nodes, seen, info], args, text)
 
     def mark_lost(
         self, *, nodes: str, seen: str, info: str, node: str, deadline_ms: int, event: bytes
