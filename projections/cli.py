@@ -1,6 +1,6 @@
-"""``eventcore project`` (run the projector) and the tools over the log:
-``events history|tail|export|import|trim``, ``replay verify|rebuild|snapshot``
-and ``as-of``.
+"""``eventcore project`` (run the projector) and the tools over the log and
+the views: ``events history|tail|export|import|trim``,
+``replay verify|rebuild|snapshot``, ``as-of`` and ``status``.
 
 Errors a person can fix (a bad ``--at``, an unknown task, a line of an import
 file that does not parse) are raised as :class:`EventcoreError` and printed
@@ -28,14 +28,17 @@ from eventcore.config import Settings
 from eventcore.connection import connect
 from eventcore.errors import EventcoreError
 from eventcore.events import TaskSubmitted
+from eventcore.events.task import PRIORITIES_HIGH_FIRST
 from eventcore.ids import is_task_id
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.routing import backlog
 from eventcore.server.target import client_options, redis_for
 from projections.asof import task_as_of, views_as_of
 from projections.export import export_log, export_streams, import_log
 from projections.points import parse_point
 from projections.progress import Progress
+from projections.read import read_queue_health
 from projections.replay import Views
 from projections.runner import Projector, tune_gc
 from projections.snapshot import take_snapshot
@@ -51,7 +54,7 @@ from projections.tools import (
 )
 from projections.trim import trim_log, trim_marks
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "table"]
 
 
 def add_commands(sub: Any) -> dict[str, Any]:
@@ -161,7 +164,9 @@ def add_tool_commands(sub: Any) -> dict[str, Any]:
         metavar="TIME|ID",
         help="ISO-8601 time (UTC when no offset), seconds since the epoch, or an entry id",
     )
-    return {"events": cmd_events, "replay": cmd_replay, "as-of": cmd_as_of}
+    s = sub.add_parser("status", help="queues, nodes and pending entries as a table")
+    s.add_argument("--json", action="store_true")
+    return {"events": cmd_events, "replay": cmd_replay, "as-of": cmd_as_of, "status": cmd_status}
 
 
 # -- plumbing ------------------------------------------------------------------------
@@ -420,3 +425,103 @@ def _part(views: Views, args: argparse.Namespace) -> Any:
             {"queue": q, "kind": k, "stats": v} for (q, k), v in sorted(views.stats_by.items())
         ],
     }
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    with redis_for(settings) as target:
+        return asyncio.run(_status(target.url, settings, args.json))
+
+
+async def _status(url: str, settings: Settings, as_json: bool) -> int:
+    redis = await connect(url, client_options(settings))
+    log = EventLog(redis, Keys(settings.namespace, settings.partitions), group=settings.group)
+    try:
+        store = ViewStore(log, await current_views(log))
+        queues = await store.queues()
+        nodes = await store.nodes()
+        names = [q.name for q in settings.queues]
+        waiting = await backlog(log, names)
+        pending = await _pending(log, names, settings.group)
+        marks = await store.watermark()
+        health = await read_queue_health(
+            log, names, queues, silent_for=settings.worker.heartbeat_timeout
+        )
+    finally:
+        await log.redis.aclose()
+    now = time.time()
+    qrows = []
+    for name, h in health.items():
+        v = queues.get(name)
+        qrows.append(
+            {
+                "queue": name,
+                "entries": waiting.get(name, 0),
+                "pending": pending.get(name, 0),
+                "waiting": v.waiting if v else 0,
+                "in_flight": v.in_flight if v else 0,
+                "succeeded": v.succeeded if v else 0,
+                "failed": (v.failed + v.timed_out + v.dead_lettered) if v else 0,
+                "oldest_wait_s": round(now - v.oldest_waiting_at, 1)
+                if v and v.oldest_waiting_at
+                else None,
+                "consumers": h.consumers,
+            }
+        )
+    nrows = [
+        {
+            "node": n.node,
+            "state": n.state,
+            "queues": ",".join(n.queues),
+            "running": len(n.running),
+            "slots": n.concurrency,
+            "processed": n.processed,
+            "failed": n.failed,
+            "heartbeat_s_ago": round(now - n.last_heartbeat, 1) if n.last_heartbeat else None,
+        }
+        for n in sorted(nodes.values(), key=lambda n: n.node)
+    ]
+    warnings = {name: h.warning for name, h in health.items() if h.warning}
+    if as_json:
+        for row in qrows:
+            row["warning"] = warnings.get(row["queue"])
+        print(json.dumps({"queues": qrows, "nodes": nrows, "watermark": marks}, indent=2))
+        return 0
+    print(table(qrows) if qrows else "no queues")
+    for name, warning in warnings.items():
+        print(f"warning: queue {name}: {warning}")
+    print()
+    print(table(nrows) if nrows else "no nodes have announced themselves yet")
+    return 0
+
+
+async def _pending(log: EventLog, queues: list[str], group: str) -> dict[str, int]:
+    """Entries delivered to a worker and not yet acked, per queue."""
+    k = log.keys
+    out = dict.fromkeys(queues, 0)
+    for q in queues:
+        for p in k.all_partitions():
+            for prio in PRIORITIES_HIGH_FIRST:
+                try:
+                    info = await log.redis.xpending(k.work(p, q, prio), group)
+                except Exception:  # no such stream or group yet
+                    continue
+                out[q] += int(info.get("pending", 0) if isinstance(info, dict) else 0)
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Rows as an aligned text table (numbers right-aligned, missing as '-')."""
+    cols = list(rows[0])
+    cells = [[("-" if r[c] is None else str(r[c])) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    numeric = [all(isinstance(r[c], int | float) or r[c] is None for r in rows) for c in cols]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)
+        ).rstrip()
+
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *map(line, cells)])

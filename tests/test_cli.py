@@ -7,10 +7,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from eventcore.cli.main import GROUPS, build
 from eventcore.server.process import free_port
 from tests.replaykit import cli
 
@@ -27,6 +29,50 @@ def start(*args: str, env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
         env=full_env,
         cwd=cwd,
     )
+
+
+def help_groups(text: str) -> dict[str, list[str]]:
+    """The commands listed under each heading of the top-level help."""
+    groups: dict[str, list[str]] = {}
+    heading = None
+    for line in text.splitlines():
+        if line.endswith(":") and not line.startswith(" "):
+            heading = None if line == "options:" else line[:-1]
+            if heading is not None:
+                groups[heading] = []
+        elif heading is not None and line.startswith("  ") and line[2] != " ":
+            groups[heading].append(line.split()[0])
+    return groups
+
+
+def test_help_lists_every_command_under_exactly_one_heading() -> None:
+    """The top-level help lists the commands by noun, from :data:`GROUPS`;
+    a command added without a place there would be missing from the help."""
+    commands = build()
+    groups = help_groups(commands.parser.format_help())
+    assert list(groups) == [
+        "run the system",
+        "tasks",
+        "the log",
+        "the views",
+        "administration",
+    ]
+    assert groups == {heading: list(names) for heading, names in GROUPS}
+    listed = Counter(name for names in groups.values() for name in names)
+    assert [name for name, n in listed.items() if n > 1] == []
+    assert sorted(listed) == sorted(commands.handlers)
+    assert sorted(commands.helps) == sorted(commands.handlers)
+
+
+def test_help_as_run_shows_the_groups_and_each_commands_own_help() -> None:
+    res = cli("--help")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("usage: eventcore [-h] [--config FILE] [-v] COMMAND ...")
+    groups = help_groups(res.stdout)
+    assert groups["tasks"] == ["submit"] and "worker" in groups["run the system"]
+    submit = cli("submit", "--help")
+    assert submit.stdout.startswith("usage: eventcore submit [-h]")
+    assert "--idempotency-key" in submit.stdout and "--wait" in submit.stdout
 
 
 def test_bad_config_value_names_key_and_source_without_traceback() -> None:

@@ -71,6 +71,20 @@ def test_the_command_line_is_a_layer_of_its_own() -> None:
     assert {"workers", "projections", "web"} <= roles
 
 
+def test_only_the_parser_imports_the_roles() -> None:
+    """The command line's own commands (``system``, ``tasks``) need only
+    ``eventcore``; a command that needs a role's code lives in that role's
+    ``cli`` module, and ``main`` alone imports those to build the parser."""
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in sorted((ROOT / "eventcore/cli").glob("*.py"))
+        if path.name != "main.py"
+        for name, line in imported_layers(path)
+        if name in ROLES - {"eventcore"}
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
 # -- no import circles within a package ------------------------------------------------
 
 
