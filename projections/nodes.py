@@ -36,7 +36,7 @@ from eventcore.events import (
 )
 from eventcore.transitions import TERMINAL
 from projections.folds import HELD, Seen, TaskChange, change_of, id_rank, step
-from projections.views import NodeView, TaskView
+from projections.views import NodeState, NodeView, TaskView
 
 __all__ = ["NodeDraft", "event_node", "fold_node", "fold_node_task", "nodes_of"]
 
@@ -65,7 +65,7 @@ def fold_node(view: NodeView | None, stream: str, entry_id: str, event: NodeEven
     changes: dict[str, Any] = {"last_ids": seen.result()}
     match event:
         case NodeStarted():
-            state = "online"
+            state = NodeState.ONLINE
             changes.update(
                 capabilities=event.capabilities,
                 queues=event.queues,
@@ -77,8 +77,8 @@ def fold_node(view: NodeView | None, stream: str, entry_id: str, event: NodeEven
                 state_reason="",
             )
         case NodeHeartbeat():
-            if state in ("unknown", "lost"):
-                state = "online"
+            if state in (NodeState.UNKNOWN, NodeState.LOST):
+                state = NodeState.ONLINE
             changes.update(
                 last_heartbeat=max(event.at, view.last_heartbeat or event.at),
                 load=event.load,
@@ -89,19 +89,19 @@ def fold_node(view: NodeView | None, stream: str, entry_id: str, event: NodeEven
                 warm_models=event.warm_models,
             )
         case NodePaused(by=by):
-            if state not in ("draining", "stopped"):
-                state, changes["state_reason"] = "paused", by
+            if state not in (NodeState.DRAINING, NodeState.STOPPED):
+                state, changes["state_reason"] = NodeState.PAUSED, by
         case NodeResumed(by=by):
-            if state in ("paused", "unknown", "lost"):
-                state, changes["state_reason"] = "online", by
+            if state in (NodeState.PAUSED, NodeState.UNKNOWN, NodeState.LOST):
+                state, changes["state_reason"] = NodeState.ONLINE, by
         case NodeDraining(reason=reason):
-            if state != "stopped":
-                state, changes["state_reason"] = "draining", reason
+            if state != NodeState.STOPPED:
+                state, changes["state_reason"] = NodeState.DRAINING, reason
         case NodeStopped(reason=reason):
-            state, changes["state_reason"] = "stopped", reason
+            state, changes["state_reason"] = NodeState.STOPPED, reason
         case NodeLost(noticed_by=noticed_by):
-            if state != "stopped":
-                state, changes["state_reason"] = "lost", f"noticed by {noticed_by}"
+            if state != NodeState.STOPPED:
+                state, changes["state_reason"] = NodeState.LOST, f"noticed by {noticed_by}"
     if state != view.state:
         changes.update(state=state, state_since=event.at)
     return _replace(view, **changes)

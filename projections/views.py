@@ -19,7 +19,8 @@ busy walking them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import enum
+from typing import Any
 
 import msgspec
 
@@ -95,9 +96,18 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     last_event_id: str = ""
 
 
-NodeState = Literal["unknown", "online", "paused", "draining", "stopped", "lost"]
-"""``unknown``: the view was made by task events naming the node before any node
-event was seen (the node stream is read independently of the task streams)."""
+class NodeState(enum.StrEnum):
+    """A node's state, derived by :func:`projections.nodes.fold_node` from its
+    events. ``UNKNOWN``: the view was made by task events naming the node before
+    any node event was seen (the node stream is read independently of the task
+    streams)."""
+
+    UNKNOWN = "unknown"
+    ONLINE = "online"
+    PAUSED = "paused"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+    LOST = "lost"
 
 
 class NodeView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -115,7 +125,7 @@ class NodeView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """
 
     node: str
-    state: NodeState = "unknown"
+    state: NodeState = NodeState.UNKNOWN
     state_since: float | None = None
     state_reason: str = ""
     capabilities: Capabilities | None = None

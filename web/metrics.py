@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from eventcore.transitions import TaskStatus
 from projections.read import QueueHealth
 from projections.stats import bucket_upper, bucket_value
-from projections.views import NodeView, QueueView, StatsView
+from projections.views import NodeState, NodeView, QueueView, StatsView
 
 __all__ = ["CONTENT_TYPE", "Metrics", "render_views"]
 
@@ -122,7 +122,7 @@ class _Views(Collector):
         by_state: dict[str, int] = {}
         for n in self.nodes.values():
             state = n.state
-            if state in ("online", "paused", "draining") and (
+            if state in (NodeState.ONLINE, NodeState.PAUSED, NodeState.DRAINING) and (
                 n.last_heartbeat is None or self.now - n.last_heartbeat > self.heartbeat_timeout
             ):
                 state = "silent"
