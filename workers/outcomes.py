@@ -1,7 +1,7 @@
 """How a run ended, and the events that record it: pure, no I/O.
 
 The worker turns every run into an :class:`Outcome`, then
-:func:`closing_events` decides, with the task's retry policy, which event
+:func:`closing_event` decides, with the task's retry policy, which event
 ends the work entry: succeeded, failed, cancelled, timed out, or a retry.
 """
 

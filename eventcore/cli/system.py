@@ -18,6 +18,7 @@ from typing import Any
 
 from eventcore.cli import toml as _toml
 from eventcore.cli.stack import Stack, probe_ready
+from eventcore.codec import text
 from eventcore.config import Settings, to_toml_dict
 from eventcore.connection import connect, redact
 from eventcore.errors import EventcoreError
@@ -82,7 +83,7 @@ async def describe(url: str, settings: Settings) -> dict[str, str]:
         for name in ("appendonly", "appendfsync", "maxmemory-policy"):
             with contextlib.suppress(Exception):  # CONFIG may be disabled on managed servers
                 value = next(iter((await client.config_get(name)).values()), "?")
-                conf[name] = value.decode() if isinstance(value, bytes) else str(value)
+                conf[name] = text(value)
     finally:
         await client.aclose()
     version = info.get("valkey_version") or info.get("redis_version")

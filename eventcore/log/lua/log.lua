@@ -1,5 +1,5 @@
 -- The event log's atomic writes. Each section below is one script, loaded by
--- eventcore/scripts.py and called through its typed wrappers. The projections'
+-- eventcore/log/scripts.py and called through its typed wrappers. The projections'
 -- scripts (views, snapshots, trim, prune, import) are in projections/lua/views.lua
 -- and share the `_shared` helpers of this file.
 --
@@ -16,7 +16,7 @@
 
 --- script: _shared
 -- Helpers every script is prefixed with, here and in projections/lua/views.lua
--- (eventcore/scripts.py and projections/scripts.py put them in front).
+-- (eventcore/log/scripts.py and projections/scripts.py put them in front).
 -- Stream ids compare as (milliseconds, sequence), both arbitrarily long
 -- decimal strings: Lua numbers are doubles and would round large ones.
 local function parse(id)
