@@ -79,18 +79,18 @@ def direct(url: str, namespace: str, refs: tuple[str, str], n: int) -> float:
 async def system(url: str, refs: tuple[str, str], n: int, concurrency: int, ns: str) -> float:
     redis = make_client(url)
     keys = Keys(ns)
-    elog = EventLog(redis, keys)
+    log = EventLog(redis, keys)
     params = {"image": refs[0], "mask": refs[1], "hd_strategy": "Original"}
     spec = TaskSpec(kind="inpaint", queue="cpu-light", params=params)
     worker = start_worker(url, ns, concurrency)
     try:
         await wait_started(redis, keys, f"bench-{ns}")
         # warm the children (fork server, cv2 import) before timing
-        warm = await elog.submit_many([Submission(spec=spec)] * concurrency)
+        warm = await log.submit_many([Submission(spec=spec)] * concurrency)
         while await redis.hlen(keys.done(0)) < len(warm):
             await asyncio.sleep(0.005)
         t0 = time.perf_counter()
-        await elog.submit_many([Submission(spec=spec)] * n)
+        await log.submit_many([Submission(spec=spec)] * n)
         while await redis.hlen(keys.done(0)) < n + len(warm):
             await asyncio.sleep(0.005)
         return n / (time.perf_counter() - t0)

@@ -63,8 +63,8 @@ DT = 0.0005  # simulated seconds per event: the `at` of every event but TaskSubm
 class Gen:
     """Writes the log: a pool of in-flight tasks, each a generator of its events."""
 
-    def __init__(self, elog: EventLog, n: int, in_flight: int, seed: int = 1) -> None:
-        self.elog, self.n, self.in_flight = elog, n, in_flight
+    def __init__(self, log: EventLog, n: int, in_flight: int, seed: int = 1) -> None:
+        self.elog, self.n, self.in_flight = log, n, in_flight
         self.rng = random.Random(seed)
         self.t0 = time.time()
         self.written = 0  # events written or buffered
@@ -158,11 +158,11 @@ class Gen:
         return self.written
 
 
-async def read_all(elog: EventLog, chunk: int = 20_000) -> list[Any]:
+async def read_all(log: EventLog, chunk: int = 20_000) -> list[Any]:
     out: list[Any] = []
-    for stream in [elog.keys.events(p) for p in elog.keys.all_partitions()] + [elog.keys.nodes()]:
+    for stream in [log.keys.events(p) for p in log.keys.all_partitions()] + [log.keys.nodes()]:
         start = "-"
-        while got := await elog.read(stream, start, "+", count=chunk):
+        while got := await log.read(stream, start, "+", count=chunk):
             out += got
             start = "(" + got[-1].id
     return out
@@ -181,14 +181,14 @@ class Rebuilt(NamedTuple):
     store: ViewStore
 
 
-async def caught_up_views(elog: EventLog) -> ViewStore:
+async def caught_up_views(log: EventLog) -> ViewStore:
     """Views in use that have folded the whole log (only their watermark is
     written): what a rebuild runs beside in a live system. It writes no feed
     entries for what they already announced, as ``replay rebuild`` does."""
-    store = ViewStore(elog, "in-use")
+    store = ViewStore(log, "in-use")
     tips = {}
-    for stream in [elog.keys.events(p) for p in elog.keys.all_partitions()] + [elog.keys.nodes()]:
-        newest = await elog.redis.xrevrange(stream, count=1)
+    for stream in [log.keys.events(p) for p in log.keys.all_partitions()] + [log.keys.nodes()]:
+        newest = await log.redis.xrevrange(stream, count=1)
         if newest:
             tips[stream] = newest[0][0].decode()
     await store.write(Views(), Views(), tips, feed=False)
@@ -196,18 +196,18 @@ async def caught_up_views(elog: EventLog) -> ViewStore:
 
 
 async def rebuild(
-    elog: EventLog, run: int, batch: int, timeout: float, in_use: ViewStore
+    log: EventLog, run: int, batch: int, timeout: float, in_use: ViewStore
 ) -> Rebuilt:
-    store = ViewStore(elog, f"bench-{run}")  # a fresh namespace, with its own fresh group
-    projector = Projector(elog, store, batch=batch, feed_after=in_use)
-    server0, cpu0 = await server_cpu(elog.redis), time.process_time()
+    store = ViewStore(log, f"bench-{run}")  # a fresh namespace, with its own fresh group
+    projector = Projector(log, store, batch=batch, feed_after=in_use)
+    server0, cpu0 = await server_cpu(log.redis), time.process_time()
     n, t0 = 0, time.perf_counter()
     while got := await projector.step(block_ms=None):
         n += got
         if time.perf_counter() - t0 > timeout:
             raise RuntimeError(f"rebuild took over {timeout:.0f} s")
     seconds = time.perf_counter() - t0
-    client, server = time.process_time() - cpu0, await server_cpu(elog.redis) - server0
+    client, server = time.process_time() - cpu0, await server_cpu(log.redis) - server0
     return Rebuilt(n / seconds, client / n * 1e6, server / n * 1e6, store)
 
 
@@ -220,14 +220,14 @@ def sample_of(views: Views, n: int = 2000) -> Views:
 
 async def live_lag(redis: Redis, url: str, tasks: int, seconds: float) -> str:
     ns = "b" + uuid.uuid4().hex[:10]
-    elog = EventLog(redis, Keys(ns))
+    log = EventLog(redis, Keys(ns))
     worker = start_worker(url, ns, 1000)
     stop, done = asyncio.Event(), asyncio.Event()
     try:
-        await wait_started(redis, elog.keys, f"bench-{ns}")
-        projector = Projector(elog)  # the live view namespace, the default batch
+        await wait_started(redis, log.keys, f"bench-{ns}")
+        projector = Projector(log)  # the live view namespace, the default batch
         runner = asyncio.create_task(projector.run(stop))
-        stream, lag_events, lag_ms, stale = elog.keys.events(0), [], [], []
+        stream, lag_events, lag_ms, stale = log.keys.events(0), [], [], []
 
         async def heads() -> tuple[int, str, str]:
             """Entries in every stream read, the newest task event id, the watermark."""
@@ -260,10 +260,10 @@ async def live_lag(redis: Redis, url: str, tasks: int, seconds: float) -> str:
             await asyncio.sleep(
                 max(0, t0 + b * seconds * SUBMIT_BATCH / tasks - time.perf_counter())
             )
-            await elog.submit_many([Submission(spec=spec)] * min(SUBMIT_BATCH, tasks - start))
+            await log.submit_many([Submission(spec=spec)] * min(SUBMIT_BATCH, tasks - start))
         submit_s = time.perf_counter() - t0
         deadline = time.monotonic() + 120
-        while await ended(redis, elog.keys) < tasks:
+        while await ended(redis, log.keys) < tasks:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("worker died, or tasks did not end within 120 s")
             await asyncio.sleep(0.005)
@@ -304,12 +304,12 @@ async def main(args: argparse.Namespace) -> None:
         url = server.start()
         redis = make_client(url)
         try:
-            elog = EventLog(redis, Keys("b" + uuid.uuid4().hex[:10], args.partitions))
+            log = EventLog(redis, Keys("b" + uuid.uuid4().hex[:10], args.partitions))
             t0 = time.perf_counter()
-            n = await Gen(elog, args.events, args.in_flight).run()
+            n = await Gen(log, args.events, args.in_flight).run()
             gen_s = time.perf_counter() - t0
             print(f"generated {n:,} events in {gen_s:.1f} s ({n / gen_s:,.0f}/s)", flush=True)
-            entries = await read_all(elog)
+            entries = await read_all(log)
             assert len(entries) == n, (len(entries), n)
             mem, rebuilt, match, views = [], [], True, None
             for _ in range(args.runs):
@@ -322,15 +322,15 @@ async def main(args: argparse.Namespace) -> None:
             tasks, expected = len(views.tasks), sample_of(views)
             del entries, views  # a rebuild runs without a million objects to scan
             cpu: list[tuple[float, float]] = []
-            in_use = await caught_up_views(elog)
+            in_use = await caught_up_views(log)
             tune_gc()  # as `eventcore replay rebuild` and `eventcore project` do
             for run in range(args.runs):
                 gc.collect()
-                result = await rebuild(elog, run, args.batch, args.timeout, in_use)
+                result = await rebuild(log, run, args.batch, args.timeout, in_use)
                 rebuilt.append(result.rate)
                 cpu.append((result.client_us, result.server_us))
                 match = match and await result.store.load(list(expected.tasks)) == expected
-                await drop_views(elog, result.store.ns)
+                await drop_views(log, result.store.ns)
             live = await live_lag(redis, url, args.live_tasks, args.live_seconds)
         finally:
             await redis.aclose()

@@ -51,7 +51,7 @@ from eventcore.server.process import MIN_VERSION
 
 __all__ = ["MIN_VERSION", "ClientOptions", "check_url", "connect", "make_client", "redact"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -194,7 +194,7 @@ async def connect(url: str, options: ClientOptions | None = None) -> Redis:
             "eventcore needs 6.2 or newer"
         )
     if policy not in (None, "noeviction"):
-        log.warning(
+        logger.warning(
             "Redis at %s has maxmemory-policy %s: under memory pressure it may evict "
             "streams and lose tasks; set maxmemory-policy noeviction",
             where,

@@ -144,17 +144,17 @@ def _describe(queues: Sequence[QueueConfig]) -> str:
     )
 
 
-async def backlog(elog: EventLog, queues: Sequence[str]) -> dict[str, int]:
+async def backlog(log: EventLog, queues: Sequence[str]) -> dict[str, int]:
     """Entries waiting or running per queue, in one round trip: work streams
     keep only entries not yet acked, so their lengths add up to exactly that."""
-    k = elog.keys
+    k = log.keys
     names = [
         (q, k.work(p, q, prio))
         for q in queues
         for p in k.all_partitions()
         for prio in PRIORITIES_HIGH_FIRST
     ]
-    async with elog.redis.pipeline(transaction=False) as pipe:
+    async with log.redis.pipeline(transaction=False) as pipe:
         for _, stream in names:
             pipe.xlen(stream)
         lengths = await pipe.execute()

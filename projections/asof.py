@@ -33,7 +33,7 @@ __all__ = ["task_as_of", "views_as_of"]
 
 
 async def views_as_of(
-    elog: EventLog, point: Point, *, progress: Callable[[int], None] | None = None
+    log: EventLog, point: Point, *, progress: Callable[[int], None] | None = None
 ) -> Views:
     """The node, queue and stats views as of ``point``.
 
@@ -42,28 +42,28 @@ async def views_as_of(
     when starting from a snapshot (use :func:`task_as_of` for one task).
     """
     end = point.end_id
-    head = await latest_head(elog)
-    streams = log_streams(elog.keys)
+    head = await latest_head(log)
+    streams = log_streams(log.keys)
     if head is not None and all(not id_lt(end, head.watermark.get(s, "0-0")) for s in streams):
-        entries = await log_after(elog, head.watermark, end=end, progress=progress)
+        entries = await log_after(log, head.watermark, end=end, progress=progress)
         touched = list(
             dict.fromkeys(e.event.task_id for e in entries if hasattr(e.event, "task_id"))
         )
-        tasks = await task_views(elog, elog.keys.snapshot(head.id), touched)
+        tasks = await task_views(log, log.keys.snapshot(head.id), touched)
         return replay(entries, start=head.views(tasks))
-    if await trim_marks(elog):
+    if await trim_marks(log):
         raise EventcoreError(
             f"cannot show the views as of {point.describe()}: the log before it was "
             f"trimmed{_answerable(head)}"
         )
-    return replay(await log_after(elog, {}, end=end, progress=progress))
+    return replay(await log_after(log, {}, end=end, progress=progress))
 
 
-async def task_as_of(elog: EventLog, task_id: str, point: Point) -> TaskView:
+async def task_as_of(log: EventLog, task_id: str, point: Point) -> TaskView:
     """The view of one task as of ``point``."""
     if not is_task_id(task_id):
         raise EventcoreError(f"no task {task_id!r}: task ids are UUIDv7s")
-    entries = await elog.history(task_id)
+    entries = await log.history(task_id)
     end = point.end_id
     if entries and isinstance(entries[0].event, TaskSubmitted):
         # The whole history is there: a trim removes a prefix of the stream,
@@ -71,9 +71,9 @@ async def task_as_of(elog: EventLog, task_id: str, point: Point) -> TaskView:
         start = Views()
         use = [e for e in entries if stream_id_key(e.id) <= stream_id_key(end)]
     else:
-        head = await latest_head(elog)
-        stream = elog.keys.events(elog.keys.partition(task_id))
-        snapped = await task_views(elog, elog.keys.snapshot(head.id), [task_id]) if head else {}
+        head = await latest_head(log)
+        stream = log.keys.events(log.keys.partition(task_id))
+        snapped = await task_views(log, log.keys.snapshot(head.id), [task_id]) if head else {}
         if not entries and not snapped:
             raise EventcoreError(f"no task {task_id} in the log")
         mark = head.watermark.get(stream) if head is not None else None

@@ -75,19 +75,19 @@ def cmd_project(args: argparse.Namespace, settings: Settings) -> int:
 async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
     tune_gc()
     redis = await connect(url, client_options(settings))
-    elog = EventLog(redis, Keys(settings.namespace, settings.partitions), group=settings.group)
-    views = args.views or await current_views(elog)
-    store = ViewStore(elog, views)
-    if not await store.watermark() and (head := await starting_snapshot(elog)) is not None:
+    log = EventLog(redis, Keys(settings.namespace, settings.partitions), group=settings.group)
+    views = args.views or await current_views(log)
+    store = ViewStore(log, views)
+    if not await store.watermark() and (head := await starting_snapshot(log)) is not None:
         # Empty views over a log trimmed behind a snapshot: start from the
         # snapshot, or the views would silently lack the trimmed tasks.
-        seeded = await seed_from_snapshot(elog, store, head)
+        seeded = await seed_from_snapshot(log, store, head)
         print(
             f"views {views!r} seeded from the latest snapshot ({seeded} tasks)",
             file=sys.stderr,
             flush=True,
         )
-    projector = Projector(elog, store, batch=args.batch, follow_pointer=args.views is None)
+    projector = Projector(log, store, batch=args.batch, follow_pointer=args.views is None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -178,9 +178,9 @@ def _tool(settings: Settings, fn: Callable[[EventLog], Awaitable[int]]) -> int:
     async def main(url: str) -> int:
         tune_gc()
         redis = await connect(url, client_options(settings))
-        elog = EventLog(redis, Keys(settings.namespace, settings.partitions))
+        log = EventLog(redis, Keys(settings.namespace, settings.partitions))
         try:
-            return await fn(elog)
+            return await fn(log)
         except RedisError as exc:
             raise EventcoreError(f"Redis: {exc}") from None
         finally:
@@ -207,40 +207,38 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
             since = parse_point(args.since, "--since") if args.since else None
             until = parse_point(args.until, "--until") if args.until else None
 
-            async def run(elog: EventLog) -> int:
+            async def run(log: EventLog) -> int:
                 with _output(args.output) as out:
-                    await _export(elog, out, since, until)
+                    await _export(log, out, since, until)
                 return 0
 
             return _tool(settings, run)
         case "import":
-            return _tool(settings, lambda elog: _import(elog, args.file))
+            return _tool(settings, lambda log: _import(log, args.file))
         case "trim":
             before = parse_point(args.before, "--before").start_id if args.before else None
-            return _tool(
-                settings, lambda elog: _trim(elog, keep_done=args.keep_done, before=before)
-            )
+            return _tool(settings, lambda log: _trim(log, keep_done=args.keep_done, before=before))
         case "history":
-            return _tool(settings, lambda elog: _history(elog, args.task, as_json=args.json))
-    return _tool(settings, lambda elog: _tail(elog, args))
+            return _tool(settings, lambda log: _history(log, args.task, as_json=args.json))
+    return _tool(settings, lambda log: _tail(log, args))
 
 
-async def _history(elog: EventLog, task_id: str, *, as_json: bool) -> int:
+async def _history(log: EventLog, task_id: str, *, as_json: bool) -> int:
     if not is_task_id(task_id):
         raise EventcoreError(f"no task {task_id!r}: task ids are UUIDv7s")
-    entries = await elog.history(task_id)
+    entries = await log.history(task_id)
     if not entries:
         raise EventcoreError(f"no events for task {task_id}")
-    if not isinstance(entries[0].event, TaskSubmitted) and await trim_marks(elog):
+    if not isinstance(entries[0].event, TaskSubmitted) and await trim_marks(log):
         _say("note: the start of this task's history was trimmed", err=True)
     for entry in entries:
         print(describe(entry, as_json=as_json), flush=True)
     return 0
 
 
-async def _tail(elog: EventLog, args: argparse.Namespace) -> int:
+async def _tail(log: EventLog, args: argparse.Namespace) -> int:
     try:
-        async for entry in tail(elog, follow=args.follow, task=args.task, kind=args.kind):
+        async for entry in tail(log, follow=args.follow, task=args.task, kind=args.kind):
             print(describe(entry, as_json=args.json), flush=True)
     except KeyboardInterrupt:
         pass
@@ -274,16 +272,16 @@ def _output(path: str | None) -> Iterator[IO[bytes]]:
         raise
 
 
-async def _export(elog: EventLog, out: IO[bytes], since: Any, until: Any) -> int:
+async def _export(log: EventLog, out: IO[bytes], since: Any, until: Any) -> int:
     total = None
     if since is None and until is None:
-        streams = await export_streams(elog)
-        async with elog.redis.pipeline(transaction=False) as pipe:
+        streams = await export_streams(log)
+        async with log.redis.pipeline(transaction=False) as pipe:
             for stream in streams:
                 pipe.xlen(stream)
             total = sum(await pipe.execute())
     with Progress("exporting", total=total) as bar:
-        res = await export_log(elog, out, since=since, until=until, progress=bar.update)
+        res = await export_log(log, out, since=since, until=until, progress=bar.update)
     _say(
         f"exported {res.entries:,} entries of {res.streams} streams in {bar.elapsed:.1f}s"
         + (f" ({res.raw:,} with raw fields, {res.undecodable:,} undecodable)" if res.raw else ""),
@@ -292,7 +290,7 @@ async def _export(elog: EventLog, out: IO[bytes], since: Any, until: Any) -> int
     return 0
 
 
-async def _import(elog: EventLog, path: str) -> int:
+async def _import(log: EventLog, path: str) -> int:
     if path == "-":
         source: IO[bytes] = sys.stdin.buffer
         size = None
@@ -308,7 +306,7 @@ async def _import(elog: EventLog, path: str) -> int:
             def progress(lines: int, read: int) -> None:
                 bar.update(lines, fraction=read / size if size else None)
 
-            res = await import_log(elog, source, progress=progress)
+            res = await import_log(log, source, progress=progress)
     finally:
         if source is not sys.stdin.buffer:
             source.close()
@@ -319,8 +317,8 @@ async def _import(elog: EventLog, path: str) -> int:
     return 0
 
 
-async def _trim(elog: EventLog, *, keep_done: bool, before: str | None) -> int:
-    res = await trim_log(elog, prune=not keep_done, before=before)
+async def _trim(log: EventLog, *, keep_done: bool, before: str | None) -> int:
+    res = await trim_log(log, prune=not keep_done, before=before)
     for s in res.streams:
         why = f" (held back by group {s.held_by!r})" if s.held_by else ""
         _say(f"{s.stream}: {s.trimmed:,} entries trimmed, kept from {s.minid}{why}")
@@ -335,15 +333,15 @@ async def _trim(elog: EventLog, *, keep_done: bool, before: str | None) -> int:
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     match args.replay_command:
         case "rebuild":
-            return _tool(settings, lambda elog: _rebuild(elog, args.batch))
+            return _tool(settings, lambda log: _rebuild(log, args.batch))
         case "snapshot":
-            return _tool(settings, lambda elog: _snapshot(elog, args.batch))
-    return _tool(settings, lambda elog: _verify(elog, args.views))
+            return _tool(settings, lambda log: _snapshot(log, args.batch))
+    return _tool(settings, lambda log: _verify(log, args.views))
 
 
-async def _rebuild(elog: EventLog, batch: int) -> int:
+async def _rebuild(log: EventLog, batch: int) -> int:
     with Progress("rebuilding") as bar:
-        res = await rebuild(elog, batch=batch, progress=lambda done, _s: bar.update(done))
+        res = await rebuild(log, batch=batch, progress=lambda done, _s: bar.update(done))
     rate = res.entries / res.seconds if res.seconds else 0.0
     base = f" on top of snapshot {res.snapshot} ({res.seeded:,} task views)" if res.snapshot else ""
     _say(
@@ -353,19 +351,19 @@ async def _rebuild(elog: EventLog, batch: int) -> int:
     return 0
 
 
-async def _verify(elog: EventLog, views: str | None) -> int:
+async def _verify(log: EventLog, views: str | None) -> int:
     for tries_left in (2, 1, 0):
-        name = views or await current_views(elog)
+        name = views or await current_views(log)
         try:
             with Progress("verifying") as bar:
-                res = await verify_at(elog, ViewStore(elog, name), progress=bar.update)
+                res = await verify_at(log, ViewStore(log, name), progress=bar.update)
         except ViewsMoved:
             if views is not None or tries_left == 0:
                 raise
             continue
         # A rebuild that switched to new views meanwhile may have dropped these
         # while they were read: verify the views now in use instead.
-        if views is None and tries_left and await current_views(elog) != name:
+        if views is None and tries_left and await current_views(log) != name:
             continue
         break
     for line in res.problems[:50]:
@@ -380,10 +378,10 @@ async def _verify(elog: EventLog, views: str | None) -> int:
     return 0
 
 
-async def _snapshot(elog: EventLog, batch: int) -> int:
+async def _snapshot(log: EventLog, batch: int) -> int:
     t0 = time.monotonic()
     with Progress("snapshot") as bar:
-        head = await take_snapshot(elog, batch=batch, progress=bar.update)
+        head = await take_snapshot(log, batch=batch, progress=bar.update)
     marks = ", ".join(f"{k} {v}" for k, v in head.watermark.items()) or "empty log"
     _say(
         f"snapshot {head.id}: {head.tasks:,} task views, {bar.done:,} new entries folded in "
@@ -402,12 +400,12 @@ def cmd_as_of(args: argparse.Namespace, settings: Settings) -> int:
     if bool(args.task) == (args.nodes or args.queues or args.stats):
         raise EventcoreError("as-of: give a task id, or one of --nodes, --queues, --stats")
 
-    async def run(elog: EventLog) -> int:
+    async def run(log: EventLog) -> int:
         if args.task:
-            print(_to_json(await task_as_of(elog, args.task, point)))
+            print(_to_json(await task_as_of(log, args.task, point)))
             return 0
         with Progress("folding") as bar:
-            views = await views_as_of(elog, point, progress=bar.update)
+            views = await views_as_of(log, point, progress=bar.update)
         print(_to_json(_part(views, args)))
         return 0
 

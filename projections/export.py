@@ -107,14 +107,14 @@ def _fields(kind: StreamKind, event: Any) -> list[tuple[bytes, bytes]]:
             return [(b"e", data)]
 
 
-async def export_streams(elog: EventLog) -> list[str]:
+async def export_streams(log: EventLog) -> list[str]:
     """The streams an export holds: the task logs, the node stream, the
     control streams."""
-    keys = elog.keys
+    keys = log.keys
     per_node = sorted(
         [
             text(k)
-            async for k in elog.redis.scan_iter(
+            async for k in log.redis.scan_iter(
                 match=keys.control_pattern(), _type="stream", count=1000
             )
         ]
@@ -154,7 +154,7 @@ async def _merged(
 
 
 async def export_log(
-    elog: EventLog,
+    log: EventLog,
     out: IO[bytes],
     *,
     since: Point | None = None,
@@ -163,12 +163,12 @@ async def export_log(
     progress: Callable[[int], None] | None = None,
 ) -> ExportResult:
     """Write the log's entries between two points (inclusive) to ``out``."""
-    streams = await export_streams(elog)
+    streams = await export_streams(log)
     start = since.start_id if since is not None else "-"
     end = until.end_id if until is not None else "+"
     written = raw_count = bad = 0
-    async for stream, eid, fields in _merged(elog.redis, streams, start, end, batch):
-        codec = elog.codec_of(stream)
+    async for stream, eid, fields in _merged(log.redis, streams, start, end, batch):
+        codec = log.codec_of(stream)
         stored = list(fields.items())
         event: Any = None
         try:
@@ -180,7 +180,7 @@ async def export_log(
         if event is None or _fields(codec.kind, _event_json.decode(_line.encode(event))) != stored:
             raw = {name.decode("latin-1"): value for name, value in stored}
             raw_count += 1
-        out.write(_line.encode(ExportLine(_relative(elog.keys, stream), eid, event, raw)))
+        out.write(_line.encode(ExportLine(_relative(log.keys, stream), eid, event, raw)))
         out.write(b"\n")
         written += 1
         if progress is not None:
@@ -203,10 +203,10 @@ class _Item(msgspec.Struct, frozen=True):
 class _Streams:
     """Maps the export's stream names to this deployment's keys."""
 
-    def __init__(self, elog: EventLog) -> None:
-        keys = elog.keys
+    def __init__(self, log: EventLog) -> None:
+        keys = log.keys
         self.keys = keys
-        self.codec_of = elog.codec_of
+        self.codec_of = log.codec_of
         self.known = {
             _relative(keys, k): k
             for k in [*log_streams(keys), keys.control_broadcast(), keys.control_acks()]
@@ -278,7 +278,7 @@ def _item(streams: _Streams, n: int, line: bytes) -> _Item:
 
 
 async def import_log(
-    elog: EventLog,
+    log: EventLog,
     lines: Iterable[bytes],
     *,
     batch: int = 1000,
@@ -293,13 +293,13 @@ async def import_log(
     line; the lines before it are written, nothing after it in its stream.
     ``progress`` gets the lines and bytes read so far.
     """
-    streams = _Streams(elog)
+    streams = _Streams(log)
     counts = [0, 0, 0]  # added, present, trimmed
     pending: list[_Item] = []
     n = read_bytes = 0
 
     async def flush() -> None:
-        await _write(elog, streams.keys, pending, counts)
+        await _write(log, streams.keys, pending, counts)
         pending.clear()
 
     for n, line in enumerate(lines, start=1):
@@ -325,7 +325,7 @@ def _so_far(counts: list[int]) -> str:
     return f"so far {counts[0]} entries added, {counts[1]} already there, {counts[2]} trimmed"
 
 
-async def _write(elog: EventLog, keys: Keys, items: list[_Item], counts: list[int]) -> None:
+async def _write(log: EventLog, keys: Keys, items: list[_Item], counts: list[int]) -> None:
     """One script call per stream, in one round trip; entries keep file order
     within each stream."""
     if not items:
@@ -334,7 +334,7 @@ async def _write(elog: EventLog, keys: Keys, items: list[_Item], counts: list[in
     for item in items:
         by_stream.setdefault(item.stream, []).append(item)
     done_of = {keys.events(p): keys.done(p) for p in keys.all_partitions()}
-    scripts = ViewScripts(elog.redis)
+    scripts = ViewScripts(log.redis)
     calls = [
         scripts.import_entries(
             stream=stream,
@@ -344,7 +344,7 @@ async def _write(elog: EventLog, keys: Keys, items: list[_Item], counts: list[in
         )
         for stream, group in by_stream.items()
     ]
-    async with elog.redis.pipeline(transaction=False) as pipe:
+    async with log.redis.pipeline(transaction=False) as pipe:
         for call in calls:
             await call.queue(pipe)
         replies = await pipe.execute(raise_on_error=False)

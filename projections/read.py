@@ -179,11 +179,11 @@ def queue_health(
 
 
 async def read_queue_health(
-    elog: EventLog, declared: Sequence[str], others: Iterable[str] = (), *, silent_for: float
+    log: EventLog, declared: Sequence[str], others: Iterable[str] = (), *, silent_for: float
 ) -> dict[str, QueueHealth]:
     """:func:`queue_health` of the declared queues and then ``others`` (queues
     that have a view but are no longer declared), read now from the node
     records and the work streams (two round trips)."""
     names = [*declared, *sorted(set(others) - set(declared))]
-    consumers = await read_queue_consumers(elog, names, silent_for=silent_for)
-    return queue_health(names, await backlog(elog, names), consumers)
+    consumers = await read_queue_consumers(log, names, silent_for=silent_for)
+    return queue_health(names, await backlog(log, names), consumers)

@@ -40,7 +40,7 @@ from projections.store import ViewStore, current_views, drop_views, group_for, i
 
 __all__ = ["Projector", "tune_gc"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # How often one step looks again after its group vanished before giving up:
 # each look follows the pointer or recreates the group, so a second loss in a
@@ -65,7 +65,7 @@ class Projector:
 
     def __init__(
         self,
-        elog: EventLog,
+        log: EventLog,
         store: ViewStore | None = None,
         *,
         group: str | None = None,
@@ -74,8 +74,8 @@ class Projector:
         follow_pointer: bool = False,
         feed_after: ViewStore | None = None,
     ) -> None:
-        self.log = elog
-        self.store = store or ViewStore(elog)
+        self.log = log
+        self.store = store or ViewStore(log)
         self.group = group or group_for(self.store.ns)
         # With follow_pointer the projector moves to the view namespace a
         # rebuild switched to, and its consumer group, which the rebuild
@@ -87,7 +87,7 @@ class Projector:
         self.feed_after = feed_after
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
-        k = elog.keys
+        k = log.keys
         self.streams = [k.events(p) for p in k.all_partitions()] + [k.nodes()]
         self.parked = 0
         self.applied = 0
@@ -108,7 +108,7 @@ class Projector:
         for stream in self.streams:
             start = self._marks.get(stream, "0")
             if await groups.ensure_group(self.log.redis, stream, self.group, start_id=start):
-                log.info("projector: group %s created on %s at %s", self.group, stream, start)
+                logger.info("projector: group %s created on %s at %s", self.group, stream, start)
             await self._adopt_pending(stream)
         self._ready = True
 
@@ -143,7 +143,7 @@ class Projector:
                 # A rebuild switched the views and dropped this group (or it
                 # was lost some other way): look at the pointer again, and set
                 # up the group of the views in use.
-                log.info("projector: group %s is gone (%s); looking again", self.group, exc)
+                logger.info("projector: group %s is gone (%s); looking again", self.group, exc)
                 self._ready = False
                 self._backlog = True
         raise ResponseError(f"NOGROUP {self.group} vanished {_LOST_GROUP_TRIES} times in a row")
@@ -154,7 +154,7 @@ class Projector:
         if ns == self.store.ns:
             return
         old = self.store.ns
-        log.info("projector: views switched from %s to %s", old, ns)
+        logger.info("projector: views switched from %s to %s", old, ns)
         # What this projector applied to the old views it announced then; the
         # new views may not have it yet, and applied there it is not announced
         # a second time.
@@ -198,7 +198,7 @@ class Projector:
                 entries.append(codecs[stream].decode_fields(stream, entry_id, fields))
             except DecodeError as exc:
                 self.parked += 1
-                log.error("parked %s", exc)
+                logger.error("parked %s", exc)
                 await self.log.park(stream, entry_id, fields, exc.detail)
         if raw and self._backlog:
             # A redelivered batch may be older than what was written before the
@@ -244,10 +244,10 @@ class Projector:
             try:
                 await self.step(block_ms)
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("projector: %s; retrying in 1s", exc)
+                logger.warning("projector: %s; retrying in 1s", exc)
                 await asyncio.sleep(1)
             except ResponseError as exc:
                 if not is_lost_group(exc):
                     raise
-                log.warning("projector: %s; retrying in 1s", exc)
+                logger.warning("projector: %s; retrying in 1s", exc)
                 await asyncio.sleep(1)

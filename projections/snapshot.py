@@ -98,26 +98,26 @@ def _head_views(views: Views) -> dict[str, Any]:
 # -- reading -----------------------------------------------------------------------
 
 
-async def latest_head(elog: EventLog) -> SnapshotHead | None:
+async def latest_head(log: EventLog) -> SnapshotHead | None:
     """The latest snapshot's head, or None when there is no snapshot."""
-    snap_id = await elog.redis.get(elog.keys.snapshot_pointer())
+    snap_id = await log.redis.get(log.keys.snapshot_pointer())
     if snap_id is None:
         return None
-    raw = await elog.redis.hget(elog.keys.snapshot(text(snap_id)), HEAD)
+    raw = await log.redis.hget(log.keys.snapshot(text(snap_id)), HEAD)
     if raw is None:
         raise EventcoreError(
-            f"{elog.keys.snapshot_pointer()} names snapshot {text(snap_id)!r}, "
-            f"but {elog.keys.snapshot(text(snap_id))} has no head"
+            f"{log.keys.snapshot_pointer()} names snapshot {text(snap_id)!r}, "
+            f"but {log.keys.snapshot(text(snap_id))} has no head"
         )
     return _head.decode(raw)
 
 
 async def snapshot_tasks(
-    elog: EventLog, head: SnapshotHead, *, chunk: int = 1000
+    log: EventLog, head: SnapshotHead, *, chunk: int = 1000
 ) -> AsyncIterator[dict[str, TaskView]]:
     """The snapshot's task views, a chunk at a time."""
     out: dict[str, TaskView] = {}
-    async for field, value in elog.redis.hscan_iter(elog.keys.snapshot(head.id), count=chunk):
+    async for field, value in log.redis.hscan_iter(log.keys.snapshot(head.id), count=chunk):
         name = text(field)
         if name.startswith(TASK):
             out[name[len(TASK) :]] = _task.decode(value)
@@ -128,29 +128,29 @@ async def snapshot_tasks(
         yield out
 
 
-async def task_views(elog: EventLog, key: str, task_ids: list[str]) -> dict[str, TaskView]:
+async def task_views(log: EventLog, key: str, task_ids: list[str]) -> dict[str, TaskView]:
     """The views of these tasks held in a snapshot hash (missing ones left out)."""
     if not task_ids:
         return {}
-    raw = await elog.redis.hmget(key, [TASK + t for t in task_ids])
+    raw = await log.redis.hmget(key, [TASK + t for t in task_ids])
     return {t: _task.decode(v) for t, v in zip(task_ids, raw) if v is not None}
 
 
-async def load_snapshot(elog: EventLog) -> tuple[SnapshotHead, Views] | None:
+async def load_snapshot(log: EventLog) -> tuple[SnapshotHead, Views] | None:
     """The latest snapshot with every view in memory, or None."""
-    head = await latest_head(elog)
+    head = await latest_head(log)
     if head is None:
         return None
     tasks: dict[str, TaskView] = {}
-    async for chunk in snapshot_tasks(elog, head):
+    async for chunk in snapshot_tasks(log, head):
         tasks.update(chunk)
     return head, head.views(tasks)
 
 
-def decode_batch(elog: EventLog, stream: str, raw: list[Any]) -> tuple[list[Entry[Any]], list[str]]:
+def decode_batch(log: EventLog, stream: str, raw: list[Any]) -> tuple[list[Entry[Any]], list[str]]:
     """Decode raw entries; undecodable ones are left out and their ids returned
     (the projector parks them, and they are in no view)."""
-    codec = elog.codec_of(stream)
+    codec = log.codec_of(stream)
     entries: list[Entry[Any]] = []
     bad: list[str] = []
     for eid, fields in raw:
@@ -165,7 +165,7 @@ def decode_batch(elog: EventLog, stream: str, raw: list[Any]) -> tuple[list[Entr
 
 
 async def take_snapshot(
-    elog: EventLog,
+    log: EventLog,
     *,
     batch: int = 5000,
     progress: Callable[[int], None] | None = None,
@@ -176,9 +176,9 @@ async def take_snapshot(
     after its watermark, up to each stream's newest entry when the call began
     (entries that arrive meanwhile go to the next snapshot).
     """
-    redis = elog.redis
-    keys = elog.keys
-    previous = await latest_head(elog)
+    redis = log.redis
+    keys = log.keys
+    previous = await latest_head(log)
     snap_id = str(int(time.time() * 1000))
     if previous is not None and not id_lt(previous.id, snap_id):
         snap_id = str(int(previous.id) + 1)
@@ -206,11 +206,11 @@ async def take_snapshot(
             raw = await redis.xrange(stream, min=start, max=end, count=batch)
             if not raw:
                 break
-            entries, bad = decode_batch(elog, stream, raw)
+            entries, bad = decode_batch(log, stream, raw)
             touched = list(
                 dict.fromkeys(e.event.task_id for e in entries if hasattr(e.event, "task_id"))
             )
-            before = await task_views(elog, staging, touched)
+            before = await task_views(log, staging, touched)
             after = replay(entries, start=msgspec.structs.replace(small, tasks=before))
             changed = {
                 TASK + t: _enc.encode(v) for t, v in after.tasks.items() if before.get(t) != v

@@ -44,9 +44,9 @@ GLOBAL = "*"
 DEFAULT_VIEWS = "live"
 
 
-async def current_views(elog: EventLog) -> str:
+async def current_views(log: EventLog) -> str:
     """The view namespace in use: ``live`` until a rebuild switches it."""
-    value = await elog.redis.get(elog.keys.view_pointer())
+    value = await log.redis.get(log.keys.view_pointer())
     return DEFAULT_VIEWS if value is None else value.decode()
 
 
@@ -61,21 +61,21 @@ def is_lost_group(exc: ResponseError) -> bool:
     return str(exc).startswith(("NOGROUP", "UNBLOCKED"))
 
 
-async def drop_views(elog: EventLog, view_ns: str) -> int:
+async def drop_views(log: EventLog, view_ns: str) -> int:
     """Delete a view namespace's keys and its projector group; returns keys deleted."""
     deleted = 0
     batch: list[bytes] = []
-    async for key in elog.redis.scan_iter(match=elog.keys.view(view_ns, "*"), count=1000):
+    async for key in log.redis.scan_iter(match=log.keys.view(view_ns, "*"), count=1000):
         batch.append(key)
         if len(batch) >= 1000:
-            deleted += await elog.redis.unlink(*batch)
+            deleted += await log.redis.unlink(*batch)
             batch = []
     if batch:
-        deleted += await elog.redis.unlink(*batch)
+        deleted += await log.redis.unlink(*batch)
     group = group_for(view_ns)
-    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
+    for stream in [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]:
         with contextlib.suppress(ResponseError):  # no such group or stream: nothing to drop
-            await elog.redis.xgroup_destroy(stream, group)
+            await log.redis.xgroup_destroy(stream, group)
     return deleted
 
 
@@ -92,12 +92,12 @@ _stats = msgspec.msgpack.Decoder(StatsView)
 class ViewStore:
     """The views of one view namespace."""
 
-    def __init__(self, elog: EventLog, view_ns: str = "live", feed_maxlen: int = FEED_MAXLEN):
-        self.log = elog
-        self.scripts = ViewScripts(elog.redis)
+    def __init__(self, log: EventLog, view_ns: str = "live", feed_maxlen: int = FEED_MAXLEN):
+        self.log = log
+        self.scripts = ViewScripts(log.redis)
         self.ns = view_ns
         self.feed_maxlen = feed_maxlen
-        k = elog.keys
+        k = log.keys
         self.nodes_key = k.view(view_ns, "nodes")
         self.queues_key = k.view(view_ns, "queues")
         self.stats_key = k.view(view_ns, "stats")

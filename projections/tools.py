@@ -63,26 +63,26 @@ def describe(entry: Entry[Any], *, as_json: bool = False) -> str:
     return f"{at} {entry.id:>20} {kind:<22} {fields}"
 
 
-async def whole_log(elog: EventLog) -> list[Entry[Any]]:
+async def whole_log(log: EventLog) -> list[Entry[Any]]:
     """Every entry of every partition and of the node stream (bad ones parked)."""
     entries: list[Entry[Any]] = []
-    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
-        entries += await elog.read(stream, park_bad=True)
+    for stream in [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]:
+        entries += await log.read(stream, park_bad=True)
     return entries
 
 
 async def tail(
-    elog: EventLog, *, follow: bool, task: str | None = None, kind: str | None = None
+    log: EventLog, *, follow: bool, task: str | None = None, kind: str | None = None
 ) -> AsyncIterator[Entry[Any]]:
     """The log's events in order per stream; with ``follow``, then new ones as
     they come. Filtered by task id or event type prefix (``task.``,
     ``node.heartbeat``...)."""
-    streams = [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]
+    streams = [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]
     if task:
-        streams = [elog.keys.events(elog.keys.partition(task))]
+        streams = [log.keys.events(log.keys.partition(task))]
     positions = dict.fromkeys(streams, "0-0")
     while True:
-        got = await elog.tail(
+        got = await log.tail(
             positions, count=1000, block_ms=1000 if follow else None, park_bad=True
         )
         for entry in got:
@@ -115,7 +115,7 @@ def diff_views(live: Views, expected: Views) -> list[str]:
 
 
 async def log_after(
-    elog: EventLog,
+    log: EventLog,
     marks: Mapping[str, str],
     *,
     end: str = "+",
@@ -130,7 +130,7 @@ async def log_after(
     out: the projector parks them and they are in no view."""
     out: list[Entry[Any]] = []
     read = 0
-    for stream in log_streams(elog.keys):
+    for stream in log_streams(log.keys):
         start = "(" + marks[stream] if stream in marks else "-"
         last = end
         if upto is not None:
@@ -138,8 +138,8 @@ async def log_after(
                 continue
             last = upto[stream]
         while True:
-            raw = await elog.redis.xrange(stream, min=start, max=last, count=batch)
-            out += decode_batch(elog, stream, raw)[0]
+            raw = await log.redis.xrange(stream, min=start, max=last, count=batch)
+            out += decode_batch(log, stream, raw)[0]
             read += len(raw)
             if progress is not None and raw:
                 progress(read)
@@ -150,7 +150,7 @@ async def log_after(
 
 
 async def expected_views(
-    elog: EventLog,
+    log: EventLog,
     *,
     upto: Mapping[str, str] | None = None,
     progress: Callable[[int], None] | None = None,
@@ -158,21 +158,21 @@ async def expected_views(
     """What the views must be: the latest snapshot's views (or nothing) with
     every entry after its watermark folded on top, up to the end of the log
     or to the watermark ``upto``."""
-    return await _expected(elog, await starting_snapshot(elog), upto, progress)
+    return await _expected(log, await starting_snapshot(log), upto, progress)
 
 
 async def _expected(
-    elog: EventLog,
+    log: EventLog,
     head: SnapshotHead | None,
     upto: Mapping[str, str] | None,
     progress: Callable[[int], None] | None,
 ) -> Views:
     if head is None:
-        return replay(await log_after(elog, {}, upto=upto, progress=progress))
+        return replay(await log_after(log, {}, upto=upto, progress=progress))
     tasks: dict[str, Any] = {}
-    async for chunk in snapshot_tasks(elog, head):
+    async for chunk in snapshot_tasks(log, head):
         tasks.update(chunk)
-    entries = await log_after(elog, head.watermark, upto=upto, progress=progress)
+    entries = await log_after(log, head.watermark, upto=upto, progress=progress)
     return replay(entries, start=head.views(tasks))
 
 
@@ -193,7 +193,7 @@ def _behind(marks: Mapping[str, str], than: Mapping[str, str]) -> list[str]:
 
 
 async def verify(
-    elog: EventLog,
+    log: EventLog,
     store: ViewStore,
     *,
     progress: Callable[[int], None] | None = None,
@@ -202,11 +202,11 @@ async def verify(
     """Compare the views with a replay of the log (from the latest snapshot
     when there is one) up to the views' own watermark; an empty list means
     they are equal. See :func:`verify_at`."""
-    return (await verify_at(elog, store, progress=progress, wait=wait)).problems
+    return (await verify_at(log, store, progress=progress, wait=wait)).problems
 
 
 async def verify_at(
-    elog: EventLog,
+    log: EventLog,
     store: ViewStore,
     *,
     progress: Callable[[int], None] | None = None,
@@ -227,7 +227,7 @@ async def verify_at(
     to pass it, then gives up with an :class:`EventcoreError`. A rebuild that
     drops the views while they are read raises :class:`ViewsMoved`.
     """
-    head = await starting_snapshot(elog)
+    head = await starting_snapshot(log)
     ids = await store.task_ids()
     marks, live = await store.read_at(ids)
     deadline = time.monotonic() + wait
@@ -239,7 +239,7 @@ async def verify_at(
             )
         await asyncio.sleep(0.05)
         marks, live = await store.read_at(ids)
-    expected = await _expected(elog, head, marks, progress)
+    expected = await _expected(log, head, marks, progress)
     known = set(ids)
     unseen = [t for t in expected.tasks if t not in known]
     tasks = dict(expected.tasks)
@@ -247,19 +247,19 @@ async def verify_at(
         later, more = await store.read_at(unseen)
         if _behind(later, marks):
             raise ViewsMoved(f"views {store.ns!r} went back while being verified")
-        folded = replay(await log_after(elog, marks, upto=later), start=expected)
+        folded = replay(await log_after(log, marks, upto=later), start=expected)
         tasks.update((t, folded.tasks[t]) for t in unseen)
         live = msgspec.structs.replace(live, tasks={**live.tasks, **more.tasks})
     problems = diff_views(live, msgspec.structs.replace(expected, tasks=tasks))
-    return VerifyResult(problems, marks, await _count_after(elog, marks))
+    return VerifyResult(problems, marks, await _count_after(log, marks))
 
 
-async def _count_after(elog: EventLog, marks: Mapping[str, str], cap: int = 10_001) -> int:
+async def _count_after(log: EventLog, marks: Mapping[str, str], cap: int = 10_001) -> int:
     """How many log entries lie after ``marks`` (at most ``cap``)."""
     count = 0
-    for stream in log_streams(elog.keys):
+    for stream in log_streams(log.keys):
         start = "(" + marks[stream] if stream in marks else "-"
-        count += len(await elog.redis.xrange(stream, min=start, max="+", count=cap - count))
+        count += len(await log.redis.xrange(stream, min=start, max="+", count=cap - count))
         if count >= cap:
             break
     return count
@@ -275,7 +275,7 @@ class RebuildResult(msgspec.Struct, frozen=True):
 
 
 async def rebuild(
-    elog: EventLog,
+    log: EventLog,
     *,
     batch: int = 20_000,
     progress: Callable[[int, float], None] | None = None,
@@ -293,31 +293,31 @@ async def rebuild(
     """
     from projections.runner import Projector  # the runner imports this module's neighbours
 
-    previous = await current_views(elog)
+    previous = await current_views(log)
     view_ns = f"r{int(time.time() * 1000)}{secrets.token_hex(3)}"  # unique even within a ms
-    store = ViewStore(elog, view_ns)
+    store = ViewStore(log, view_ns)
     t0 = time.monotonic()
 
     def report(done: int) -> None:
         if progress is not None:
             progress(done, time.monotonic() - t0)
 
-    head = await starting_snapshot(elog)
+    head = await starting_snapshot(log)
     projector = Projector(
-        elog, store, batch=batch, consumer="rebuild", feed_after=ViewStore(elog, previous)
+        log, store, batch=batch, consumer="rebuild", feed_after=ViewStore(log, previous)
     )
     try:
         seeded = 0
         if head is not None:
-            seeded = await seed_from_snapshot(elog, store, head, progress=report)
+            seeded = await seed_from_snapshot(log, store, head, progress=report)
         while await projector.step(block_ms=None):
             report(seeded + projector.applied)
     except BaseException:
         # A half-built namespace and its group would only hold trims back.
-        await asyncio.shield(drop_views(elog, view_ns))
+        await asyncio.shield(drop_views(log, view_ns))
         raise
-    await elog.redis.set(elog.keys.view_pointer(), view_ns)
-    await drop_views(elog, previous)
+    await log.redis.set(log.keys.view_pointer(), view_ns)
+    await drop_views(log, previous)
     return RebuildResult(
         view_ns,
         previous,
@@ -329,7 +329,7 @@ async def rebuild(
 
 
 async def seed_from_snapshot(
-    elog: EventLog,
+    log: EventLog,
     store: ViewStore,
     head: SnapshotHead,
     *,
@@ -342,13 +342,13 @@ async def seed_from_snapshot(
     The group comes first: from then on a trim keeps every entry after the
     watermark, however long the views take to write."""
     group = group_for(store.ns)
-    for stream in log_streams(elog.keys):
+    for stream in log_streams(log.keys):
         start = head.watermark.get(stream, "0")
-        if not await groups.ensure_group(elog.redis, stream, group, start_id=start):
-            await elog.redis.xgroup_setid(stream, group, start)
-    await _check_not_trimmed_past(elog, head)
+        if not await groups.ensure_group(log.redis, stream, group, start_id=start):
+            await log.redis.xgroup_setid(stream, group, start)
+    await _check_not_trimmed_past(log, head)
     written = 0
-    async for chunk in snapshot_tasks(elog, head):
+    async for chunk in snapshot_tasks(log, head):
         await store.write(Views(), Views(tasks=chunk), {}, feed=False)
         written += len(chunk)
         if progress is not None:
@@ -357,23 +357,23 @@ async def seed_from_snapshot(
     return written
 
 
-async def starting_snapshot(elog: EventLog) -> SnapshotHead | None:
+async def starting_snapshot(log: EventLog) -> SnapshotHead | None:
     """The snapshot a replay must start from: the latest one. None when there
     is none, which is right only for a log that was never trimmed."""
-    head = await latest_head(elog)
-    if head is None and await trim_marks(elog):
+    head = await latest_head(log)
+    if head is None and await trim_marks(log):
         raise EventcoreError(
             "the log has been trimmed but there is no snapshot to start from "
-            f"({elog.keys.snapshot_pointer()} is missing): the views of the trimmed "
+            f"({log.keys.snapshot_pointer()} is missing): the views of the trimmed "
             "entries are lost"
         )
     return head
 
 
-async def _check_not_trimmed_past(elog: EventLog, head: SnapshotHead) -> None:
+async def _check_not_trimmed_past(log: EventLog, head: SnapshotHead) -> None:
     """Refuse a snapshot whose later entries a trim (behind a newer snapshot)
     has already removed."""
-    for stream, mark in (await trim_marks(elog)).items():
+    for stream, mark in (await trim_marks(log)).items():
         if id_lt(head.watermark.get(stream, "0-0"), mark):
             raise EventcoreError(
                 f"{stream} was trimmed up to {mark}, past snapshot {head.id}'s watermark: "

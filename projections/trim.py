@@ -53,18 +53,18 @@ class TrimResult(msgspec.Struct, frozen=True):
     done_pruned: int
 
 
-async def trim_log(elog: EventLog, *, prune: bool = True, before: str | None = None) -> TrimResult:
+async def trim_log(log: EventLog, *, prune: bool = True, before: str | None = None) -> TrimResult:
     """Trim every log stream behind the latest snapshot (see the module
     docstring for the rules), and, with ``before`` (an entry id), only below
     it too, keeping recent raw history for tools that read it; then, with
     ``prune``, the ``done`` hashes."""
-    head = await latest_head(elog)
+    head = await latest_head(log)
     if head is None:
         raise EventcoreError(
             "there is no snapshot to trim behind: run `eventcore replay snapshot` first"
         )
-    keys = elog.keys
-    scripts = ViewScripts(elog.redis)
+    keys = log.keys
+    scripts = ViewScripts(log.redis)
     out: list[StreamTrim] = []
     for stream in log_streams(keys):
         mark = head.watermark.get(stream)
@@ -75,24 +75,24 @@ async def trim_log(elog: EventLog, *, prune: bool = True, before: str | None = N
             stream=stream, trim_mark=keys.trim_mark(stream), limit=limit
         )
         out.append(StreamTrim(stream, mark, minid, trimmed, held))
-    pruned = await prune_done(elog, head) if prune else 0
+    pruned = await prune_done(log, head) if prune else 0
     return TrimResult(head.id, out, pruned)
 
 
-async def trim_marks(elog: EventLog) -> dict[str, str]:
+async def trim_marks(log: EventLog) -> dict[str, str]:
     """The lowest id kept, per log stream that has been trimmed."""
-    streams = log_streams(elog.keys)
-    values = await elog.redis.mget([elog.keys.trim_mark(s) for s in streams])
+    streams = log_streams(log.keys)
+    values = await log.redis.mget([log.keys.trim_mark(s) for s in streams])
     return {s: text(v) for s, v in zip(streams, values) if v is not None}
 
 
-async def busy_tasks(elog: EventLog, p: int, *, batch: int = 1000) -> set[str]:
+async def busy_tasks(log: EventLog, p: int, *, batch: int = 1000) -> set[str]:
     """Tasks with an entry in a work stream of partition ``p`` (waiting or held)."""
     busy: set[str] = set()
-    async for key in elog.redis.scan_iter(match=elog.keys.work_pattern(p), _type="stream"):
+    async for key in log.redis.scan_iter(match=log.keys.work_pattern(p), _type="stream"):
         start = "-"
         while True:
-            raw = await elog.redis.xrange(key, min=start, max="+", count=batch)
+            raw = await log.redis.xrange(key, min=start, max="+", count=batch)
             busy.update(text(f.get(b"task", b"")) for _, f in raw)
             if len(raw) < batch:
                 break
@@ -100,18 +100,18 @@ async def busy_tasks(elog: EventLog, p: int, *, batch: int = 1000) -> set[str]:
     return busy
 
 
-async def prune_done(elog: EventLog, head: SnapshotHead, *, chunk: int = 1000) -> int:
+async def prune_done(log: EventLog, head: SnapshotHead, *, chunk: int = 1000) -> int:
     """Forget the outcome of ended tasks whose every event was trimmed; returns
     how many fields were removed."""
-    keys = elog.keys
-    marks = await trim_marks(elog)
+    keys = log.keys
+    marks = await trim_marks(log)
     by_part = {p: marks[keys.events(p)] for p in keys.all_partitions() if keys.events(p) in marks}
     if not by_part:
         return 0
-    busy = {p: await busy_tasks(elog, p) for p in by_part}
+    busy = {p: await busy_tasks(log, p) for p in by_part}
     pending: dict[int, list[str]] = {p: [] for p in by_part}
     pruned = 0
-    scripts = ViewScripts(elog.redis)
+    scripts = ViewScripts(log.redis)
 
     async def flush(p: int) -> int:
         ids, pending[p] = pending[p], []
@@ -121,7 +121,7 @@ async def prune_done(elog: EventLog, head: SnapshotHead, *, chunk: int = 1000) -
             done=keys.done(p), delayed=keys.delayed(p), cancels=keys.cancels(p), task_ids=ids
         )
 
-    async for views in snapshot_tasks(elog, head, chunk=chunk):
+    async for views in snapshot_tasks(log, head, chunk=chunk):
         for task_id, view in views.items():
             p = keys.partition(task_id)
             mark = by_part.get(p)

@@ -45,11 +45,11 @@ class Verdict:
         return not (self.lost or self.phantom or self.double)
 
 
-async def check(elog: EventLog, history: History) -> Verdict:
+async def check(log: EventLog, history: History) -> Verdict:
     ends: Counter[str] = Counter()
     seen: set[str] = set()
-    for p in elog.keys.all_partitions():
-        for entry in await elog.read(elog.keys.events(p)):
+    for p in log.keys.all_partitions():
+        for entry in await log.read(log.keys.events(p)):
             event = entry.event
             if isinstance(event, TaskSubmitted):
                 seen.add(event.task_id)

@@ -30,8 +30,8 @@ from projections.tools import log_after
 NODE = "c1"
 
 
-async def submit(elog: EventLog, n: int, **params: Any) -> list[str]:
-    subs = await elog.submit_many(
+async def submit(log: EventLog, n: int, **params: Any) -> list[str]:
+    subs = await log.submit_many(
         [
             Submission(spec=TaskSpec(kind="noop", queue="q", params={"i": i, **params}))
             for i in range(n)
@@ -40,14 +40,14 @@ async def submit(elog: EventLog, n: int, **params: Any) -> list[str]:
     return [s.task_id for s in subs]
 
 
-async def claim(elog: EventLog, count: int, consumer: str = NODE) -> list[WorkEntry]:
-    streams = [elog.keys.work(p, "q", Priority.NORMAL) for p in elog.keys.all_partitions()]
+async def claim(log: EventLog, count: int, consumer: str = NODE) -> list[WorkEntry]:
+    streams = [log.keys.work(p, "q", Priority.NORMAL) for p in log.keys.all_partitions()]
     for stream in streams:
-        await groups.ensure_group(elog.redis, stream, elog.group)
-    return await groups.read_group(elog.redis, elog.group, consumer, streams, count=count)
+        await groups.ensure_group(log.redis, stream, log.group)
+    return await groups.read_group(log.redis, log.group, consumer, streams, count=count)
 
 
-async def finish(elog: EventLog, entry: WorkEntry, *, ok: bool = True, consumer: str = NODE) -> str:
+async def finish(log: EventLog, entry: WorkEntry, *, ok: bool = True, consumer: str = NODE) -> str:
     """Claim, start and end one held entry in one settle, as an inline worker does."""
     tid, attempt = entry.task_id, entry.attempt
     claimed = TaskClaimed(
@@ -64,25 +64,25 @@ async def finish(elog: EventLog, entry: WorkEntry, *, ok: bool = True, consumer:
             error=ErrorInfo(type="ValueError", message="no", retryable=False),
         )
     )
-    res = await elog.finish(consumer, entry, claimed, started, end)
+    res = await log.finish(consumer, entry, claimed, started, end)
     assert res.ok, res.stale_reason
     return res.event_id
 
 
-async def workload(elog: EventLog, n: int = 12, *, leave: int = 2) -> list[str]:
+async def workload(log: EventLog, n: int = 12, *, leave: int = 2) -> list[str]:
     """``n`` tasks: all but ``leave`` of them run to an end (every fourth fails),
     with node heartbeats in between."""
-    tasks = await submit(elog, n)
-    await append_node_event(elog, NodeHeartbeat(node=NODE, free_slots=4))
-    for k, entry in enumerate(await claim(elog, n - leave)):
-        await finish(elog, entry, ok=k % 4 != 0)
-    await append_node_event(elog, NodeHeartbeat(node=NODE, free_slots=2))
+    tasks = await submit(log, n)
+    await append_node_event(log, NodeHeartbeat(node=NODE, free_slots=4))
+    for k, entry in enumerate(await claim(log, n - leave)):
+        await finish(log, entry, ok=k % 4 != 0)
+    await append_node_event(log, NodeHeartbeat(node=NODE, free_slots=2))
     return tasks
 
 
-async def replayed(elog: EventLog) -> Views:
+async def replayed(log: EventLog) -> Views:
     """Every view, folded from the first entry of every stream."""
-    return replay(await log_after(elog, {}))
+    return replay(await log_after(log, {}))
 
 
 def encoded(views: Views) -> dict[str, Any]:

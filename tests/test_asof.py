@@ -30,9 +30,9 @@ def _at(entry_id: str) -> Point:
     return Point(entry_id, entry_id=entry_id)
 
 
-async def _prefix(elog: EventLog, end: str):
+async def _prefix(log: EventLog, end: str):
     return replay(
-        [e for e in await log_after(elog, {}) if stream_id_key(e.id) <= stream_id_key(end)]
+        [e for e in await log_after(log, {}) if stream_id_key(e.id) <= stream_id_key(end)]
     )
 
 
@@ -76,78 +76,78 @@ def test_bad_points_name_the_value(text: str, why: str) -> None:
 
 
 async def test_views_as_of_an_id_and_a_time_equal_a_replay_of_the_prefix(r, namespace) -> None:
-    elog = EventLog(r, Keys(namespace, 2))
-    await workload(elog, 10)
-    entries = await log_after(elog, {})
+    log = EventLog(r, Keys(namespace, 2))
+    await workload(log, 10)
+    entries = await log_after(log, {})
     middle = sorted(entries, key=lambda e: stream_id_key(e.id))[len(entries) // 2].id
-    got = await views_as_of(elog, _at(middle))
-    assert_same(got, await _prefix(elog, middle))
+    got = await views_as_of(log, _at(middle))
+    assert_same(got, await _prefix(log, middle))
     assert got.queues["q"].submitted == 10
     assert_same(
-        await views_as_of(elog, _at(entries[-1].id.split("-")[0] + "-0")),
-        await _prefix(elog, entries[-1].id.split("-")[0] + "-0"),
+        await views_as_of(log, _at(entries[-1].id.split("-")[0] + "-0")),
+        await _prefix(log, entries[-1].id.split("-")[0] + "-0"),
     )
     # a time: everything written up to the end of that millisecond
     ms = stream_id_key(middle)[0]
     assert_same(
-        await views_as_of(elog, Point(str(ms / 1000), ms=ms)),
-        await _prefix(elog, f"{ms}-{MAX_SEQ}"),
+        await views_as_of(log, Point(str(ms / 1000), ms=ms)),
+        await _prefix(log, f"{ms}-{MAX_SEQ}"),
     )
-    assert (await views_as_of(elog, Point("0", ms=0))).nodes == {}
+    assert (await views_as_of(log, Point("0", ms=0))).nodes == {}
 
 
 async def test_task_as_of(r, namespace) -> None:
-    elog = EventLog(r, Keys(namespace))
-    (tid,) = await submit(elog, 1)
-    (entry,) = await claim(elog, 1)
-    await finish(elog, entry)
-    history = await elog.history(tid)
+    log = EventLog(r, Keys(namespace))
+    (tid,) = await submit(log, 1)
+    (entry,) = await claim(log, 1)
+    await finish(log, entry)
+    history = await log.history(tid)
     submitted, *_, succeeded = (e.id for e in history)
-    assert (await task_as_of(elog, tid, _at(submitted))).status == "queued"
-    view = await task_as_of(elog, tid, _at(succeeded))
+    assert (await task_as_of(log, tid, _at(submitted))).status == "queued"
+    view = await task_as_of(log, tid, _at(succeeded))
     assert view.status == "succeeded" and view.last_event_id == succeeded
-    assert (await task_as_of(elog, tid, _at(history[-2].id))).status == "running"
+    assert (await task_as_of(log, tid, _at(history[-2].id))).status == "running"
     with pytest.raises(EventcoreError, match=f"task {tid} did not exist yet as of 1-0"):
-        await task_as_of(elog, tid, _at("1-0"))
+        await task_as_of(log, tid, _at("1-0"))
     unknown = "0190a8a0-0000-7000-8000-000000000009"
     with pytest.raises(EventcoreError, match=f"no task {unknown} in the log"):
-        await task_as_of(elog, unknown, _at(succeeded))
+        await task_as_of(log, unknown, _at(succeeded))
     with pytest.raises(EventcoreError, match="no task 'nope': task ids are UUIDv7s"):
-        await task_as_of(elog, "nope", _at(succeeded))
+        await task_as_of(log, "nope", _at(succeeded))
 
 
 async def test_as_of_after_a_trim_starts_from_the_snapshot(r, namespace) -> None:
-    elog = EventLog(r, Keys(namespace))
-    tasks = await workload(elog, 8, leave=2)
-    head = await take_snapshot(elog)
-    await elog.append(TaskProgress(task_id=tasks[0], attempt=1, progress=0.5))
-    for entry in await claim(elog, 2):
-        await finish(elog, entry)
-    await append_node_event(elog, NodeHeartbeat(node=NODE, free_slots=7))
-    entries = await log_after(elog, {})
+    log = EventLog(r, Keys(namespace))
+    tasks = await workload(log, 8, leave=2)
+    head = await take_snapshot(log)
+    await log.append(TaskProgress(task_id=tasks[0], attempt=1, progress=0.5))
+    for entry in await claim(log, 2):
+        await finish(log, entry)
+    await append_node_event(log, NodeHeartbeat(node=NODE, free_slots=7))
+    entries = await log_after(log, {})
     later = [e.id for e in entries if e.id not in head.watermark.values()][-3]
-    before_trim = await _prefix(elog, later)
-    from_snapshot = await views_as_of(elog, _at(later))  # only the tasks changed since
+    before_trim = await _prefix(log, later)
+    from_snapshot = await views_as_of(log, _at(later))  # only the tasks changed since
     assert set(from_snapshot.tasks) < set(before_trim.tasks)
     assert_same(
         msgspec.structs.replace(from_snapshot, tasks={}),
         msgspec.structs.replace(before_trim, tasks={}),
     )
     early = entries[1].id
-    early_task = await task_as_of(elog, tasks[0], _at(early))
+    early_task = await task_as_of(log, tasks[0], _at(early))
 
-    await trim_log(elog)
-    after_trim = await views_as_of(elog, _at(later))
+    await trim_log(log)
+    after_trim = await views_as_of(log, _at(later))
     assert after_trim.nodes == before_trim.nodes and after_trim.queues == before_trim.queues
     assert after_trim.stats == before_trim.stats and after_trim.stats_by == before_trim.stats_by
     for tid in tasks:
         # every task: its history now starts after the trim, the snapshot fills in
-        assert await task_as_of(elog, tid, _at(later)) == before_trim.tasks[tid]
+        assert await task_as_of(log, tid, _at(later)) == before_trim.tasks[tid]
     # before the snapshot, the trimmed log can no longer answer
     with pytest.raises(EventcoreError, match="the log before it was trimmed; it can answer"):
-        await views_as_of(elog, _at(early))
+        await views_as_of(log, _at(early))
     with pytest.raises(EventcoreError, match="the start of its history was trimmed"):
-        await task_as_of(elog, tasks[0], _at(early))
+        await task_as_of(log, tasks[0], _at(early))
     assert early_task.status == "queued"
 
 
@@ -158,13 +158,13 @@ def test_as_of_command(redis_url: str) -> None:
     async def seed() -> tuple[str, str, str]:
         client = make_client(redis_url)
         try:
-            elog = EventLog(client, Keys(ns))
-            (tid,) = await submit(elog, 1)
-            first = (await elog.history(tid))[0].id
-            await workload(elog, 3, leave=0)
-            await append_node_event(elog, NodeHeartbeat(node=NODE, free_slots=1))
+            log = EventLog(client, Keys(ns))
+            (tid,) = await submit(log, 1)
+            first = (await log.history(tid))[0].id
+            await workload(log, 3, leave=0)
+            await append_node_event(log, NodeHeartbeat(node=NODE, free_slots=1))
             # an id cuts every stream; the newest one is after everything
-            return tid, first, max((e.id for e in await log_after(elog, {})), key=stream_id_key)
+            return tid, first, max((e.id for e in await log_after(log, {})), key=stream_id_key)
         finally:
             await client.aclose()
 

@@ -42,7 +42,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(SIZE.seconds + 90)]
 
 
 async def test_random_sigkills_lose_nothing(r, redis_url: str, namespace: str, tmp_path: Path):
-    elog = EventLog(r, Keys(namespace, partitions=2))
+    log = EventLog(r, Keys(namespace, partitions=2))
     history = History(tmp_path / "history.jsonl")
     rng = random.Random(7)
     workers = {
@@ -67,16 +67,16 @@ async def test_random_sigkills_lose_nothing(r, redis_url: str, namespace: str, t
                     batch.append(Submission(spec=spec(kind, **params)))
                 history.record("invoke", "submit", n=len(batch))
                 try:
-                    results = await elog.submit_many(batch)
+                    results = await log.submit_many(batch)
                 except Exception as exc:  # pragma: no cover - Redis stays up here
                     history.record("unknown", "submit", error=str(exc))
                     raise
                 history.ok |= {x.task_id for x in results}
                 history.record("ok", "submit", ids=[x.task_id for x in results])
                 submitted += len(batch)
-            ended = sum([await r.hlen(elog.keys.done(p)) for p in elog.keys.all_partitions()])
+            ended = sum([await r.hlen(log.keys.done(p)) for p in log.keys.all_partitions()])
             if starting:
-                starting = {n for n in starting if not await r.hexists(elog.keys.nodes_seen(), n)}
+                starting = {n for n in starting if not await r.hexists(log.keys.nodes_seen(), n)}
                 if not starting:
                     next_kill = time.monotonic() + rng.uniform(1, 3)
             flowing = submitted < SIZE.tasks or ended < SIZE.tasks
@@ -100,13 +100,15 @@ async def test_random_sigkills_lose_nothing(r, redis_url: str, namespace: str, t
             w.wait(10)
             w.stderr.close()
     took = time.monotonic() - started
-    verdict = await check(elog, history)
-    log = [
-        e.event for p in elog.keys.all_partitions() for e in await elog.read(elog.keys.events(p))
+    verdict = await check(log, history)
+    every_event = [
+        e.event for p in log.keys.all_partitions() for e in await log.read(log.keys.events(p))
     ]
     # The kills landed on work in flight: some tasks were delivered again.
-    redelivered = [e.task_id for e in log if e.type_name() == "task.claimed" and e.deliveries > 1]
-    endings = Counter(e.type_name() for e in log if isinstance(e, TERMINAL_EVENT_TYPES))
+    redelivered = [
+        e.task_id for e in every_event if e.type_name() == "task.claimed" and e.deliveries > 1
+    ]
+    endings = Counter(e.type_name() for e in every_event if isinstance(e, TERMINAL_EVENT_TYPES))
     print(
         f"\nworker SIGKILL: {verdict.submitted} tasks, {kills} kills in {took:.0f} s; "
         f"{verdict.terminal} ended ({', '.join(f'{n} {k}' for k, n in sorted(endings.items()))}); "

@@ -295,9 +295,9 @@ def test_events_and_replay_commands(redis_url: str) -> None:
     async def seed() -> str:
         client = make_client(redis_url)
         try:
-            elog = EventLog(client, Keys(ns))
-            res = await elog.submit(TaskSpec(kind="noop", queue="cpu-light", params={"n": 1}))
-            await elog.append(TaskProgress(task_id=res.task_id, attempt=1, progress=0.5))
+            log = EventLog(client, Keys(ns))
+            res = await log.submit(TaskSpec(kind="noop", queue="cpu-light", params={"n": 1}))
+            await log.append(TaskProgress(task_id=res.task_id, attempt=1, progress=0.5))
             return res.task_id
         finally:
             await client.aclose()

@@ -28,24 +28,24 @@ from projections.tools import log_after, verify
 from tests.replaykit import assert_same, cli, submit, workload
 
 
-async def _export(elog: EventLog, **kw) -> bytes:
+async def _export(log: EventLog, **kw) -> bytes:
     out = io.BytesIO()
-    await export_log(elog, out, **kw)
+    await export_log(log, out, **kw)
     return out.getvalue()
 
 
-async def _raw(elog: EventLog) -> dict[str, list]:
+async def _raw(log: EventLog) -> dict[str, list]:
     """Every exported stream's entries as stored, by name without the namespace."""
     out = {}
-    for stream in await export_streams(elog):
-        out[stream[len(elog.keys.namespace) + 1 :]] = await elog.redis.xrange(stream)
+    for stream in await export_streams(log):
+        out[stream[len(log.keys.namespace) + 1 :]] = await log.redis.xrange(stream)
     return out
 
 
-def _renamed(elog: EventLog, source: EventLog, entries):
+def _renamed(log: EventLog, source: EventLog, entries):
     """Entries of ``elog`` under ``source``'s stream names (views key their
     positions by stream)."""
-    cut = len(elog.keys.namespace)
+    cut = len(log.keys.namespace)
     return [(source.keys.namespace + e.stream[cut:], e.id, e.event) for e in entries]
 
 
@@ -104,19 +104,19 @@ async def test_export_import_round_trip_into_a_new_namespace(r, namespace) -> No
 
 
 async def test_export_between_two_points(r, namespace) -> None:
-    elog = EventLog(r, Keys(namespace))
-    await workload(elog, 6)
-    everything = [json.loads(x) for x in (await _export(elog)).splitlines()]
+    log = EventLog(r, Keys(namespace))
+    await workload(log, 6)
+    everything = [json.loads(x) for x in (await _export(log)).splitlines()]
     lo, hi = everything[3]["id"], everything[-3]["id"]
     part = [
         json.loads(x)
         for x in (
-            await _export(elog, since=Point(lo, entry_id=lo), until=Point(hi, entry_id=hi))
+            await _export(log, since=Point(lo, entry_id=lo), until=Point(hi, entry_id=hi))
         ).splitlines()
     ]
     assert [x["id"] for x in part] == [x["id"] for x in everything[3:-2]]
     ms = int(lo.split("-")[0])
-    by_time = (await _export(elog, until=Point("t", ms=ms - 1))).splitlines()
+    by_time = (await _export(log, until=Point("t", ms=ms - 1))).splitlines()
     assert all(int(json.loads(x)["id"].split("-")[0]) < ms for x in by_time)
 
 
@@ -189,21 +189,21 @@ async def test_reimport_after_a_trim_skips_what_was_trimmed(r, namespace) -> Non
     from projections.snapshot import take_snapshot
     from projections.trim import trim_log
 
-    elog = EventLog(r, Keys(namespace))
-    await workload(elog, 5)
-    data = await _export(elog)
-    await take_snapshot(elog)
-    trimmed = sum(s.trimmed for s in (await trim_log(elog)).streams)
+    log = EventLog(r, Keys(namespace))
+    await workload(log, 5)
+    data = await _export(log)
+    await take_snapshot(log)
+    trimmed = sum(s.trimmed for s in (await trim_log(log)).streams)
     assert trimmed > 0
-    res = await import_log(elog, io.BytesIO(data))
+    res = await import_log(log, io.BytesIO(data))
     assert res.added == 0 and res.trimmed == trimmed and res.present == res.lines - trimmed
 
 
 async def test_import_script_refuses_bad_arguments_and_writes_nothing(r, namespace) -> None:
     from redis.exceptions import ResponseError
 
-    elog = EventLog(r, Keys(namespace))
-    stream = elog.keys.events(0)
+    log = EventLog(r, Keys(namespace))
+    stream = log.keys.events(0)
     good = ["1-1", "", "", 1, "e", "x"]
     for args in (
         [2, *good],  # count says two
@@ -214,7 +214,7 @@ async def test_import_script_refuses_bad_arguments_and_writes_nothing(r, namespa
     ):
         with pytest.raises(ResponseError, match="eventcore import_entries"):
             await ViewScripts(r).raw(
-                "import_entries", [stream, elog.keys.trim_mark(stream), elog.keys.done(0)], args
+                "import_entries", [stream, log.keys.trim_mark(stream), log.keys.done(0)], args
             )
     assert await r.keys(f"{namespace}:*") == []
 
@@ -226,8 +226,8 @@ def test_export_and_import_commands(redis_url: str, tmp_path: Path) -> None:
     async def seed() -> None:
         client = make_client(redis_url)
         try:
-            elog = EventLog(client, Keys(ns))
-            await workload(elog, 4)
+            log = EventLog(client, Keys(ns))
+            await workload(log, 4)
         finally:
             await client.aclose()
 

@@ -59,7 +59,7 @@ def setup(r, redis_url: str, namespace: str, tmp_path: Path):
             settings.models, root=str(models), files={"gray": "gray.pt"}
         ),
     )
-    elog = EventLog(r, Keys(namespace))
+    log = EventLog(r, Keys(namespace))
     options = WorkerOptions(
         node="img",
         queues=settings.queues,
@@ -70,19 +70,19 @@ def setup(r, redis_url: str, namespace: str, tmp_path: Path):
         resources=ResourceConfig.from_settings(settings, redis_url),
         block_ms=200,
     )
-    worker = Worker(elog, settings, options, Registry())
-    blobs = RedisBlobStore(r, elog.keys, ttl=600, max_bytes=10_000_000)
-    return elog, worker, blobs
+    worker = Worker(log, settings, options, Registry())
+    blobs = RedisBlobStore(r, log.keys, ttl=600, max_bytes=10_000_000)
+    return log, worker, blobs
 
 
 @pytest.mark.parametrize("flag", ["INPAINT_NS", "INPAINT_TELEA"])
 async def test_cv2_inpaint_task_equals_direct_cv2(setup, flag: str) -> None:
-    elog, worker, blobs = setup
+    log, worker, blobs = setup
     img, mask = scene()
     image_ref = (await blobs.put(png(img))).ref
     mask_ref = (await blobs.put(png(mask))).ref
     async with running(worker):
-        res = await elog.submit(
+        res = await log.submit(
             TaskSpec(
                 kind="inpaint",
                 queue="q",
@@ -96,47 +96,47 @@ async def test_cv2_inpaint_task_equals_direct_cv2(setup, flag: str) -> None:
                 },
             )
         )
-        assert await wait_ended(elog, res.task_id, timeout=30) == "task.succeeded"
-    done = (await elog.history(res.task_id))[-1].event
+        assert await wait_ended(log, res.task_id, timeout=30) == "task.succeeded"
+    done = (await log.history(res.task_id))[-1].event
     assert done.result_ref == done.result["blob"] and done.result["width"] == 160
     out = unpng(await blobs.get(done.result_ref))
     expected = cv2.inpaint(img, mask, 5, getattr(cv2, flag))
     assert np.array_equal(out, expected)
     progress = [
         e.event.message
-        for e in await elog.history(res.task_id)
+        for e in await log.history(res.task_id)
         if e.event.type_name() == "task.progress"
     ]
     assert progress  # decode / model / encode steps were reported
 
 
 async def test_torchscript_model_by_name_and_warm(setup) -> None:
-    elog, worker, blobs = setup
+    log, worker, blobs = setup
     img, mask = scene(64, 48)
     refs = [(await blobs.put(png(a))).ref for a in (img, mask)]
     async with running(worker):
-        res = await elog.submit(
+        res = await log.submit(
             TaskSpec(
                 kind="inpaint", queue="q", model="gray", params={"image": refs[0], "mask": refs[1]}
             )
         )
-        assert await wait_ended(elog, res.task_id, timeout=60) == "task.succeeded"
+        assert await wait_ended(log, res.task_id, timeout=60) == "task.succeeded"
         assert "gray" in worker.pool.warm_models()
-    out = unpng(await blobs.get((await elog.history(res.task_id))[-1].event.result_ref))
+    out = unpng(await blobs.get((await log.history(res.task_id))[-1].event.result_ref))
     assert np.array_equal(out[mask == 0], img[mask == 0])
     assert np.all(np.abs(out[mask > 0].astype(int) - 128) <= 1)
 
 
 async def test_upscale_task(setup) -> None:
-    elog, worker, blobs = setup
+    log, worker, blobs = setup
     img, _ = scene(40, 30)
     ref = (await blobs.put(png(img))).ref
     async with running(worker):
-        res = await elog.submit(
+        res = await log.submit(
             TaskSpec(kind="upscale", queue="q", params={"image": ref, "scale": 2})
         )
-        assert await wait_ended(elog, res.task_id, timeout=60) == "task.succeeded"
-    result = (await elog.history(res.task_id))[-1].event.result
+        assert await wait_ended(log, res.task_id, timeout=60) == "task.succeeded"
+    result = (await log.history(res.task_id))[-1].event.result
     assert (result["width"], result["height"]) == (80, 60)
 
 
@@ -149,31 +149,31 @@ async def test_upscale_task(setup) -> None:
     ],
 )
 async def test_bad_inputs_fail_without_retry(setup, params: dict, words: str) -> None:
-    elog, worker, _ = setup
+    log, worker, _ = setup
     async with running(worker):
-        res = await elog.submit(TaskSpec(kind="inpaint", queue="q", params=params))
-        assert await wait_ended(elog, res.task_id, timeout=30) == "task.failed"
-    failed = (await elog.history(res.task_id))[-1].event
+        res = await log.submit(TaskSpec(kind="inpaint", queue="q", params=params))
+        assert await wait_ended(log, res.task_id, timeout=30) == "task.failed"
+    failed = (await log.history(res.task_id))[-1].event
     assert words in failed.error.message and not failed.error.retryable
 
 
 async def test_mismatched_mask_and_unknown_flag(setup) -> None:
-    elog, worker, blobs = setup
+    log, worker, blobs = setup
     img, _ = scene()
     image_ref = (await blobs.put(png(img))).ref
     small = (await blobs.put(png(np.zeros((10, 10), np.uint8)))).ref
     async with running(worker):
-        a = await elog.submit(
+        a = await log.submit(
             TaskSpec(kind="inpaint", queue="q", params={"image": image_ref, "mask": small})
         )
-        b = await elog.submit(
+        b = await log.submit(
             TaskSpec(
                 kind="inpaint",
                 queue="q",
                 params={"image": image_ref, "mask": small, "cv2_flag": "INPAINT_MAGIC"},
             )
         )
-        assert await wait_ended(elog, a.task_id, timeout=30) == "task.failed"
-        assert await wait_ended(elog, b.task_id, timeout=30) == "task.failed"
-    assert "mask" in (await elog.history(a.task_id))[-1].event.error.message
-    assert "INPAINT_MAGIC" in (await elog.history(b.task_id))[-1].event.error.message
+        assert await wait_ended(log, a.task_id, timeout=30) == "task.failed"
+        assert await wait_ended(log, b.task_id, timeout=30) == "task.failed"
+    assert "mask" in (await log.history(a.task_id))[-1].event.error.message
+    assert "INPAINT_MAGIC" in (await log.history(b.task_id))[-1].event.error.message

@@ -80,7 +80,7 @@ async def _wait_started(log_path: Path, starts: int, timeout: float = 20) -> Non
         await asyncio.sleep(0.01)
 
 
-async def write_lifecycles(elog: EventLog, stop: asyncio.Event, rng: random.Random) -> int:
+async def write_lifecycles(log: EventLog, stop: asyncio.Event, rng: random.Random) -> int:
     """Append until ``stop``: tasks for the real worker (queue q), and tasks on
     queue s that nobody reads, taken through whole lifecycles by hand (retries,
     progress, cancel requests, stale results). Returns the tasks submitted."""
@@ -95,12 +95,12 @@ async def write_lifecycles(elog: EventLog, stop: asyncio.Event, rng: random.Rand
             Submission(spec=TaskSpec(kind="resize", queue="s", params={"i": i}))
             for i in range(rng.randint(2, 12))
         ]
-        results = await elog.submit_many(work + hand)
+        results = await log.submit_many(work + hand)
         submitted += len(results)
         ids = [r.task_id for r in results[len(work) :]]
         node = rng.choice(["h1", "h2"])
         for attempt in (1, 2):
-            await elog.append_many(
+            await log.append_many(
                 [
                     TaskClaimed(
                         task_id=t, node=node, attempt=attempt, deliveries=attempt, entry_id="1-0"
@@ -108,13 +108,13 @@ async def write_lifecycles(elog: EventLog, stop: asyncio.Event, rng: random.Rand
                     for t in ids
                 ]
             )
-            await elog.append_many(
+            await log.append_many(
                 [TaskStarted(task_id=t, node=node, attempt=attempt) for t in ids]
                 + [TaskProgress(task_id=t, attempt=attempt, progress=0.5) for t in ids[::3]]
             )
             if attempt == 1:
                 retried = ids[::2]
-                await elog.append_many(
+                await log.append_many(
                     [
                         TaskRetryScheduled(
                             task_id=t, attempt=2, run_at=time.time(), delay=0.0, error=error
@@ -124,7 +124,7 @@ async def write_lifecycles(elog: EventLog, stop: asyncio.Event, rng: random.Rand
                     + [TaskCancelRequested(task_id=t, reason="test") for t in ids[1::4]]
                 )
                 finishing = [t for t in ids if t not in set(retried)]
-                await elog.append_many(
+                await log.append_many(
                     [
                         TaskSucceeded(task_id=t, node=node, attempt=1, result={"ok": True})
                         if i % 3
@@ -133,7 +133,7 @@ async def write_lifecycles(elog: EventLog, stop: asyncio.Event, rng: random.Rand
                     ]
                 )
                 ids = retried
-        await elog.append_many(
+        await log.append_many(
             [TaskSucceeded(task_id=t, node=node, attempt=2, duration=0.1) for t in ids]
             + [
                 TaskResultStale(
@@ -146,11 +146,11 @@ async def write_lifecycles(elog: EventLog, stop: asyncio.Event, rng: random.Rand
     return submitted
 
 
-async def _pending(elog: EventLog, marks: dict[str, str]) -> tuple[int, int]:
+async def _pending(log: EventLog, marks: dict[str, str]) -> tuple[int, int]:
     """Entries the projector group holds unacked: (already written, not written)."""
     written = unwritten = 0
-    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
-        rows = await elog.redis.xpending_range(stream, "projector", min="-", max="+", count=10_000)
+    for stream in [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]:
+        rows = await log.redis.xpending_range(stream, "projector", min="-", max="+", count=10_000)
         mark = tuple(map(int, marks.get(stream, "0-0").split("-")))
         for row in rows:
             eid = tuple(map(int, row["message_id"].decode().split("-")))
@@ -161,11 +161,11 @@ async def _pending(elog: EventLog, marks: dict[str, str]) -> tuple[int, int]:
     return written, unwritten
 
 
-async def _wait_caught_up(elog: EventLog, store: ViewStore, timeout: float = 120) -> None:
-    streams = [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]
+async def _wait_caught_up(log: EventLog, store: ViewStore, timeout: float = 120) -> None:
+    streams = [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]
     deadline = time.monotonic() + timeout
     for stream in streams:
-        ((tip, _),) = await elog.redis.xrevrange(stream, count=1)
+        ((tip, _),) = await log.redis.xrevrange(stream, count=1)
         while not await caught_up(store, stream, tip.decode()):
             assert time.monotonic() < deadline, f"projector never caught up with {stream}"
             await asyncio.sleep(0.05)
@@ -187,13 +187,13 @@ def _feed_finals(rows: list[Any]) -> dict[str, bytes]:
 async def test_projector_sigkilled_at_random_rebuilds_byte_equal(
     r, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    elog = EventLog(r, Keys(namespace, partitions=PARTITIONS))
+    log = EventLog(r, Keys(namespace, partitions=PARTITIONS))
     rng = random.Random(11)
     log_path = tmp_path / "projector.log"
     worker = spawn_worker(redis_url, namespace, "w1", ["--cpu"], partitions=PARTITIONS)
     projector = spawn_projector(redis_url, namespace, log_path)
     stop = asyncio.Event()
-    writer = asyncio.create_task(write_lifecycles(elog, stop, rng))
+    writer = asyncio.create_task(write_lifecycles(log, stop, rng))
     t0 = time.monotonic()
     landed = {"written, not acked": 0, "read, not written": 0}
     try:
@@ -203,7 +203,7 @@ async def test_projector_sigkilled_at_random_rebuilds_byte_equal(
             assert projector.poll() is None, log_path.read_text()
             projector.send_signal(signal.SIGKILL)
             assert projector.wait(10) == -signal.SIGKILL
-            written, unwritten = await _pending(elog, await ViewStore(elog).watermark())
+            written, unwritten = await _pending(log, await ViewStore(log).watermark())
             landed["written, not acked"] += written > 0
             landed["read, not written"] += unwritten > 0
             projector = spawn_projector(redis_url, namespace, log_path)
@@ -215,8 +215,8 @@ async def test_projector_sigkilled_at_random_rebuilds_byte_equal(
         # The worker drains and says so on the node stream; then nothing more is written.
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(60) == 0
-        store = ViewStore(elog)
-        await _wait_caught_up(elog, store)
+        store = ViewStore(log)
+        await _wait_caught_up(log, store)
         projector.send_signal(signal.SIGTERM)
         assert projector.wait(20) == 0, log_path.read_text()
     finally:
@@ -232,13 +232,13 @@ async def test_projector_sigkilled_at_random_rebuilds_byte_equal(
         if worker.stderr:
             worker.stderr.close()
 
-    entries = await whole_log(elog)
+    entries = await whole_log(log)
     live = await stored_views(store)
     expected = replay(entries)
     assert canonical(live) == canonical(expected), diff_views(live, expected)[:20]
     # The feed announced every view's final state, and each task's views in
     # order, once each: no batch was announced twice or skipped.
-    feed = await r.xrange(elog.keys.feed())
+    feed = await r.xrange(log.keys.feed())
     assert len(feed) < FEED_MAXLEN  # nothing trimmed yet, so nothing can be missing
     assert _feed_finals(feed) == canonical(live)
     seen: dict[bytes, tuple[int, int]] = {}
@@ -248,12 +248,12 @@ async def test_projector_sigkilled_at_random_rebuilds_byte_equal(
             assert at > seen.get(fields[b"id"], (0, 0)), fields[b"id"]
             seen[fields[b"id"]] = at
 
-    live_dump = await dump_namespace(elog, "live")
+    live_dump = await dump_namespace(log, "live")
     t1 = time.monotonic()
-    rebuilt = await rebuild(elog)
+    rebuilt = await rebuild(log)
     rebuild_seconds = time.monotonic() - t1
     assert rebuilt.previous == "live" and rebuilt.views != "live"
-    assert await dump_namespace(elog, rebuilt.views) == live_dump
+    assert await dump_namespace(log, rebuilt.views) == live_dump
 
     print(
         f"\nprojector kill -9: {KILLS} kills in {kill_seconds:.1f}s over {len(entries):,} "

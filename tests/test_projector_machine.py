@@ -214,7 +214,7 @@ class ProjectorMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.Runner()
         self.namespace = "m" + uuid.uuid4().hex[:12]
-        self.elog = self.run(self._connect())
+        self.log = self.run(self._connect())
         self.tasks: dict[str, TaskModel] = {}
         self.names = 0
         self.projector = self._new_projector(rename=True)
@@ -235,15 +235,15 @@ class ProjectorMachine(RuleBasedStateMachine):
         if rename:
             self.names += 1
         return MortalProjector(
-            self.elog, batch=batch, consumer=f"host-{self.names}", follow_pointer=True
+            self.log, batch=batch, consumer=f"host-{self.names}", follow_pointer=True
         )
 
     def teardown(self) -> None:
         async def clean() -> None:
-            keys = [k async for k in self.elog.redis.scan_iter(match=f"{self.namespace}:*")]
+            keys = [k async for k in self.log.redis.scan_iter(match=f"{self.namespace}:*")]
             if keys:
-                await self.elog.redis.unlink(*keys)
-            await self.elog.redis.aclose()
+                await self.log.redis.unlink(*keys)
+            await self.log.redis.aclose()
 
         try:
             self.run(clean())
@@ -268,7 +268,7 @@ class ProjectorMachine(RuleBasedStateMachine):
             )
             for i in range(n)
         ]
-        results = self.run(self.elog.submit_many(subs))
+        results = self.run(self.log.submit_many(subs))
         for sub, res in zip(subs, results):
             status = TaskStatus.SCHEDULED if sub.run_at else TaskStatus.QUEUED
             self.tasks[res.task_id] = TaskModel(status)
@@ -290,7 +290,7 @@ class ProjectorMachine(RuleBasedStateMachine):
                 event = _event_for(task_id, m, kind, data, at)
                 _apply(m, event)
                 events.append(event)
-        self.run(self.elog.append_many(events))
+        self.run(self.log.append_many(events))
 
     @rule(data=st.data())
     def illegal(self, data: st.DataObject) -> None:
@@ -305,7 +305,7 @@ class ProjectorMachine(RuleBasedStateMachine):
         ]
         if refused:
             kind = data.draw(st.sampled_from(refused))
-            self.run(self.elog.append(_event_for(task_id, m, kind, data, time.time())))
+            self.run(self.log.append(_event_for(task_id, m, kind, data, time.time())))
 
     @rule(data=st.data())
     def node_event(self, data: st.DataObject) -> None:
@@ -329,7 +329,7 @@ class ProjectorMachine(RuleBasedStateMachine):
                 ]
             )
         )
-        self.run(self.elog.append(event))
+        self.run(self.log.append(event))
 
     # -- the projector -------------------------------------------------------------
 
@@ -364,23 +364,23 @@ class ProjectorMachine(RuleBasedStateMachine):
     @rule(batch=st.integers(1, 50))
     def rebuild_views(self, batch: int) -> None:
         """A rebuild folds the log into fresh views and switches the projector to them."""
-        self.run(rebuild(self.elog, batch=batch))
+        self.run(rebuild(self.log, batch=batch))
 
     @rule()
     def catch_up(self) -> None:
         async def check() -> None:
             while await self.projector.step(block_ms=None):
                 pass
-            store = ViewStore(self.elog, await current_views(self.elog))
-            _assert_same(await stored_views(store), replay(await whole_log(self.elog)))
+            store = ViewStore(self.log, await current_views(self.log))
+            _assert_same(await stored_views(store), replay(await whole_log(self.log)))
 
         self.run(check())
 
     @invariant()
     def views_are_the_log_up_to_their_watermark(self) -> None:
         async def check() -> None:
-            store = ViewStore(self.elog, await current_views(self.elog))
-            expected = replay(await log_up_to(self.elog, await store.watermark()))
+            store = ViewStore(self.log, await current_views(self.log))
+            expected = replay(await log_up_to(self.log, await store.watermark()))
             _assert_same(await stored_views(store), expected)
 
         self.run(check())

@@ -17,17 +17,17 @@ from tests.workerkit import fast_settings, make_worker, running, spec, wait_ende
 @pytest.fixture
 async def world(r, namespace):
     settings = fast_settings(namespace, partitions=2)
-    elog = EventLog(r, Keys(namespace, 2))
-    async with running(make_worker(elog, settings, "w1", concurrency=8)):
-        ok = await elog.submit_many([Submission(spec=spec("noop", i=i)) for i in range(30)])
-        bad = await elog.submit_many([Submission(spec=spec("fail", retryable=False))] * 7)
+    log = EventLog(r, Keys(namespace, 2))
+    async with running(make_worker(log, settings, "w1", concurrency=8)):
+        ok = await log.submit_many([Submission(spec=spec("noop", i=i)) for i in range(30)])
+        bad = await log.submit_many([Submission(spec=spec("fail", retryable=False))] * 7)
         for s in ok + bad:
-            await wait_ended(elog, s.task_id)
-    other = await elog.submit(TaskSpec(kind="noop", queue="elsewhere", tenant="acme"))
-    projector = Projector(elog)
+            await wait_ended(log, s.task_id)
+    other = await log.submit(TaskSpec(kind="noop", queue="elsewhere", tenant="acme"))
+    projector = Projector(log)
     while await projector.step():
         pass
-    return elog, projector.store, ok, bad, other
+    return log, projector.store, ok, bad, other
 
 
 async def test_lists_by_status_queue_kind_node_tenant(world) -> None:
@@ -70,10 +70,10 @@ async def test_time_range_and_bad_cursor(world) -> None:
 
 
 async def test_wait_for_read_your_writes(r, namespace) -> None:
-    elog = EventLog(r, Keys(namespace))
-    projector = Projector(elog)
-    res = await elog.submit(TaskSpec(kind="noop", queue="q"))
-    stream = elog.keys.events(0)
+    log = EventLog(r, Keys(namespace))
+    projector = Projector(log)
+    res = await log.submit(TaskSpec(kind="noop", queue="q"))
+    stream = log.keys.events(0)
     assert not await wait_for(projector.store, stream, res.event_id, timeout=0.05)
     t0 = time.monotonic()
     await projector.step()

@@ -39,8 +39,8 @@ class Writer:
     """Appends until stopped, as a running system does: a few tasks, a node
     heartbeat, and some of the queued tasks run to an end, round after round."""
 
-    def __init__(self, elog: EventLog, seed: int = 7, pace: float = 0.001) -> None:
-        self.elog = elog
+    def __init__(self, log: EventLog, seed: int = 7, pace: float = 0.001) -> None:
+        self.log = log
         self.pace = pace
         self.rng = random.Random(seed)
         self.rounds = 0
@@ -50,12 +50,12 @@ class Writer:
 
     async def run(self) -> None:
         while not self.stop.is_set() and self.rounds < self.max_rounds:
-            await submit(self.elog, self.rng.randint(1, 3))
+            await submit(self.log, self.rng.randint(1, 3))
             await append_node_event(
-                self.elog, NodeHeartbeat(node=NODE, free_slots=self.rng.randint(0, 8))
+                self.log, NodeHeartbeat(node=NODE, free_slots=self.rng.randint(0, 8))
             )
-            for k, entry in enumerate(await claim(self.elog, self.rng.randint(0, 3))):
-                await finish(self.elog, entry, ok=k % 3 != 0)
+            for k, entry in enumerate(await claim(self.log, self.rng.randint(0, 3))):
+                await finish(self.log, entry, ok=k % 3 != 0)
             self.rounds += 1
             await asyncio.sleep(self.pace)  # let the projector and the test run too
 
@@ -79,8 +79,8 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float, what: str)
 
 
 @contextlib.asynccontextmanager
-async def writing(elog: EventLog, pace: float = 0.001) -> AsyncIterator[Writer]:
-    writer = Writer(elog, pace=pace)
+async def writing(log: EventLog, pace: float = 0.001) -> AsyncIterator[Writer]:
+    writer = Writer(log, pace=pace)
     task = asyncio.create_task(writer.run())
     try:
         yield writer
@@ -101,11 +101,11 @@ async def projecting(projector: Projector) -> AsyncIterator[asyncio.Task[None]]:
         await asyncio.wait_for(task, 30)
 
 
-async def wait_caught_up(elog: EventLog, timeout: float = 60) -> ViewStore:
+async def wait_caught_up(log: EventLog, timeout: float = 60) -> ViewStore:
     """Until the views in use have applied every stream's last entry."""
-    store = ViewStore(elog, await current_views(elog))
-    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
-        ((tip, _),) = await elog.redis.xrevrange(stream, count=1)
+    store = ViewStore(log, await current_views(log))
+    for stream in [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]:
+        ((tip, _),) = await log.redis.xrevrange(stream, count=1)
 
         async def done(stream: str = stream, tip: str = tip.decode()) -> bool:
             return await caught_up(store, stream, tip)
@@ -114,23 +114,23 @@ async def wait_caught_up(elog: EventLog, timeout: float = 60) -> ViewStore:
     return store
 
 
-async def assert_equal_to_replay(elog: EventLog, store: ViewStore) -> None:
+async def assert_equal_to_replay(log: EventLog, store: ViewStore) -> None:
     live = await stored_views(store)
-    expected = replay(await whole_log(elog))
+    expected = replay(await whole_log(log))
     assert canonical(live) == canonical(expected), diff_views(live, expected)[:20]
 
 
-async def assert_only(elog: EventLog, view_ns: str) -> None:
+async def assert_only(log: EventLog, view_ns: str) -> None:
     """Only ``view_ns`` is left: no key of another view namespace, and only
     its projector group on the log streams."""
-    prefix = elog.keys.view("")
+    prefix = log.keys.view("")
     names = {
         k.decode().removeprefix(prefix).split(":", 1)[0]
-        async for k in elog.redis.scan_iter(match=elog.keys.view("*"), count=1000)
+        async for k in log.redis.scan_iter(match=log.keys.view("*"), count=1000)
     }
     assert names <= {view_ns, "current", "feed"}, names
-    for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions()), elog.keys.nodes()]:
-        found = {g["name"].decode() for g in await elog.redis.xinfo_groups(stream)}
+    for stream in [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]:
+        found = {g["name"].decode() for g in await log.redis.xinfo_groups(stream)}
         assert found == {group_for(view_ns)}, (stream, found)
 
 
@@ -138,40 +138,40 @@ async def assert_only(elog: EventLog, view_ns: str) -> None:
 async def test_a_running_projector_follows_rebuilds_under_traffic(r, namespace, pace) -> None:
     """Busy: the projector is mostly folding when a rebuild switches. Idle: it
     is mostly blocked reading its group when the rebuild destroys it."""
-    elog = EventLog(r, Keys(namespace, PARTITIONS))
-    await workload(elog, 20)
-    projector = Projector(elog, follow_pointer=True, batch=50, consumer="live-1")
+    log = EventLog(r, Keys(namespace, PARTITIONS))
+    await workload(log, 20)
+    projector = Projector(log, follow_pointer=True, batch=50, consumer="live-1")
     results = []
-    async with projecting(projector) as running, writing(elog, pace) as writer:
+    async with projecting(projector) as running, writing(log, pace) as writer:
         await writer.rounds_more(10)
         for _ in range(3):
-            results.append(await rebuild(elog, batch=40))
+            results.append(await rebuild(log, batch=40))
             await writer.rounds_more(10)
             assert not running.done(), running.exception()
         writer.stop.set()
-        store = await wait_caught_up(elog)
+        store = await wait_caught_up(log)
     assert store.ns == results[-1].views == projector.store.ns
     assert getattr(projector, "switches", 3) == 3
-    await assert_equal_to_replay(elog, store)
-    await assert_only(elog, store.ns)
+    await assert_equal_to_replay(log, store)
+    await assert_only(log, store.ns)
 
 
 async def test_the_project_command_follows_a_rebuild_command(
     r, redis_url: str, namespace: str, tmp_path: Path
 ) -> None:
-    elog = EventLog(r, Keys(namespace, PARTITIONS))
+    log = EventLog(r, Keys(namespace, PARTITIONS))
     env = {
         "REDIS_URL": redis_url,
         "EVENTCORE_NAMESPACE": namespace,
         "EVENTCORE_PARTITIONS": str(PARTITIONS),
     }
-    await workload(elog, 20)
+    await workload(log, 20)
     log_path = tmp_path / "projector.log"
     log_path.touch()
     projector = spawn_projector(redis_url, namespace, log_path)
     try:
         await until(lambda: _true(": views " in log_path.read_text()), 20, "the projector")
-        async with writing(elog, pace=0.05) as writer:
+        async with writing(log, pace=0.05) as writer:
             await writer.rounds_more(10)
             for _ in range(2):
                 res = await asyncio.to_thread(cli, "replay", "rebuild", env=env)
@@ -181,11 +181,11 @@ async def test_the_project_command_follows_a_rebuild_command(
                 verified = await asyncio.to_thread(cli, "replay", "verify", env=env)
                 assert verified.returncode == 0, verified.stdout + verified.stderr
                 assert "equal a replay" in verified.stdout
-        store = await wait_caught_up(elog)
+        store = await wait_caught_up(log)
         assert projector.poll() is None, log_path.read_text()
         assert store.ns != "live"
-        await assert_equal_to_replay(elog, store)
-        await assert_only(elog, store.ns)
+        await assert_equal_to_replay(log, store)
+        await assert_only(log, store.ns)
         projector.send_signal(signal.SIGTERM)
         assert projector.wait(20) == 0, log_path.read_text()
     finally:
@@ -198,14 +198,14 @@ async def test_the_project_command_follows_a_rebuild_command(
 async def test_verify_while_the_log_grows_reports_equal_and_still_finds_corruption(
     r, namespace
 ) -> None:
-    elog = EventLog(r, Keys(namespace, PARTITIONS))
-    await workload(elog, 12, leave=0)
-    projector = Projector(elog, follow_pointer=True, batch=50, consumer="live-1")
-    async with projecting(projector), writing(elog) as writer:
+    log = EventLog(r, Keys(namespace, PARTITIONS))
+    await workload(log, 12, leave=0)
+    projector = Projector(log, follow_pointer=True, batch=50, consumer="live-1")
+    async with projecting(projector), writing(log) as writer:
         await writer.rounds_more(5)
-        store = ViewStore(elog)
+        store = ViewStore(log)
         for _ in range(20):
-            assert await verify(elog, store) == []
+            assert await verify(log, store) == []
         done = [t for t, v in (await stored_views(store)).tasks.items() if v.status == "succeeded"]
         some = done[0]  # ended: nothing the writer does touches it again
         view = await store.task(some)
@@ -214,45 +214,45 @@ async def test_verify_while_the_log_grows_reports_equal_and_still_finds_corrupti
             msgspec.msgpack.encode(msgspec.structs.replace(view, attempt=99)),
         )
         for _ in range(3):
-            assert await verify(elog, store) == [f"tasks[{some}]: differs"]
+            assert await verify(log, store) == [f"tasks[{some}]: differs"]
         await r.delete(store.task_key(some))
-        assert await verify(elog, store) == [f"tasks[{some}]: missing from the views"]
+        assert await verify(log, store) == [f"tasks[{some}]: missing from the views"]
 
 
 async def test_a_lost_group_is_recreated_at_the_views_watermark(r, namespace) -> None:
     """A projector whose group vanished (destroyed by hand, or by a rebuild
     whose pointer it does not follow) carries on from its views' watermark:
     nothing applied twice, nothing announced twice, nothing skipped."""
-    elog = EventLog(r, Keys(namespace, PARTITIONS))
-    await workload(elog, 8)
-    projector = Projector(elog, batch=20)
+    log = EventLog(r, Keys(namespace, PARTITIONS))
+    await workload(log, 8)
+    projector = Projector(log, batch=20)
     while await projector.step(block_ms=None):
         pass
-    feed = await r.xlen(elog.keys.feed())
-    await _destroy(elog, "projector")
+    feed = await r.xlen(log.keys.feed())
+    await _destroy(log, "projector")
     assert await projector.step(block_ms=None) == 0
-    assert await r.xlen(elog.keys.feed()) == feed  # nothing applied again
-    await submit(elog, 2)
-    await append_node_event(elog, NodeHeartbeat(node=NODE, free_slots=1))
+    assert await r.xlen(log.keys.feed()) == feed  # nothing applied again
+    await submit(log, 2)
+    await append_node_event(log, NodeHeartbeat(node=NODE, free_slots=1))
     while await projector.step(block_ms=None):
         pass
-    await assert_equal_to_replay(elog, projector.store)
+    await assert_equal_to_replay(log, projector.store)
     # While blocked on it, too.
     reading = asyncio.create_task(projector.step(block_ms=5000))
     await until(lambda: _blocked(r), 10, "the projector to block")
-    await _destroy(elog, "projector")
-    await submit(elog, 1)
+    await _destroy(log, "projector")
+    await submit(log, 1)
     assert await asyncio.wait_for(reading, 10) >= 0
     while await projector.step(block_ms=None):
         pass
-    await assert_equal_to_replay(elog, projector.store)
+    await assert_equal_to_replay(log, projector.store)
 
 
-async def _destroy(elog: EventLog, group: str) -> None:
-    async with elog.redis.pipeline(transaction=True) as pipe:
-        for stream in [*(elog.keys.events(p) for p in elog.keys.all_partitions())]:
+async def _destroy(log: EventLog, group: str) -> None:
+    async with log.redis.pipeline(transaction=True) as pipe:
+        for stream in [*(log.keys.events(p) for p in log.keys.all_partitions())]:
             pipe.xgroup_destroy(stream, group)
-        pipe.xgroup_destroy(elog.keys.nodes(), group)
+        pipe.xgroup_destroy(log.keys.nodes(), group)
         await pipe.execute()
 
 

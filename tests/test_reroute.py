@@ -29,8 +29,8 @@ def two_queues(namespace: str) -> Settings:
     return msgspec.structs.replace(fast_settings(namespace), queues=QUEUES)
 
 
-def cpu_worker(elog: EventLog, settings: Settings, node: str = "cpu-1"):
-    return make_worker(elog, settings, node, queues=(CPU,))  # no GPU: it reads only cpu
+def cpu_worker(log: EventLog, settings: Settings, node: str = "cpu-1"):
+    return make_worker(log, settings, node, queues=(CPU,))  # no GPU: it reads only cpu
 
 
 def waiting(queue: str, *, routed: bool, kind: str = "noop", task: str = "t") -> Waiting:
@@ -74,20 +74,20 @@ def test_plan_spreads_a_batch_over_equally_loaded_queues() -> None:
 # -- the move script -----------------------------------------------------------------------
 
 
-async def _stranded(elog: EventLog, *, routed: bool = True) -> str:
+async def _stranded(log: EventLog, *, routed: bool = True) -> str:
     # In partition 0 whatever the partition count, so the tests can count pages of one stream.
-    task_id = task_id_in_partition(0, elog.keys.partitions)
-    res = await elog.submit(TaskSpec(kind="noop", queue="gpu"), routed=routed, task_id=task_id)
+    task_id = task_id_in_partition(0, log.keys.partitions)
+    res = await log.submit(TaskSpec(kind="noop", queue="gpu"), routed=routed, task_id=task_id)
     return res.task_id
 
 
-def _move(elog: EventLog, task_id: str, entry_id: str, sub: TaskSubmitted) -> Reroute:
-    p = elog.keys.partition(task_id)
+def _move(log: EventLog, task_id: str, entry_id: str, sub: TaskSubmitted) -> Reroute:
+    p = log.keys.partition(task_id)
     spec = msgspec.structs.replace(sub.spec, queue="cpu")
     return Reroute(
-        stream=elog.keys.work(p, "gpu", "normal"),
+        stream=log.keys.work(p, "gpu", "normal"),
         entry_id=entry_id,
-        to_stream=elog.keys.work(p, "cpu", "normal"),
+        to_stream=log.keys.work(p, "cpu", "normal"),
         event=TaskRerouted(task_id=task_id, from_queue="gpu", to_queue="cpu"),
         spec=encode(msgspec.structs.replace(sub, spec=spec)),
     )
@@ -130,29 +130,29 @@ async def test_a_stranded_task_moves_when_a_node_for_another_queue_appears_and_r
     r, namespace
 ) -> None:
     settings = two_queues(namespace)
-    elog = EventLog(r, Keys(namespace))
-    stranded = await _stranded(elog)
-    pinned = await _stranded(elog, routed=False)
-    async with running(cpu_worker(elog, settings)):
-        assert await wait_ended(elog, stranded) == "task.succeeded"
+    log = EventLog(r, Keys(namespace))
+    stranded = await _stranded(log)
+    pinned = await _stranded(log, routed=False)
+    async with running(cpu_worker(log, settings)):
+        assert await wait_ended(log, stranded) == "task.succeeded"
         # The pass that moved the routed task saw the pinned one too.
-        assert (await waiting_entries(elog, ["gpu"]))[0].submitted.task_id == pinned
+        assert (await waiting_entries(log, ["gpu"]))[0].submitted.task_id == pinned
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:  # several more passes (0.2 s apart)
-            assert "task.rerouted" not in await event_types(elog, pinned)
+            assert "task.rerouted" not in await event_types(log, pinned)
             await asyncio.sleep(0.1)
-    history = await event_types(elog, stranded)
+    history = await event_types(log, stranded)
     assert history[:2] == ["task.submitted", "task.rerouted"]
     assert history.count("task.rerouted") == 1 and history[-1] == "task.succeeded"
-    [moved] = [e.event for e in await elog.history(stranded) if isinstance(e.event, TaskRerouted)]
+    [moved] = [e.event for e in await log.history(stranded) if isinstance(e.event, TaskRerouted)]
     assert (moved.from_queue, moved.to_queue, moved.by) == ("gpu", "cpu", "cpu-1")
     # The projector's views after the move equal a replay of the log.
-    projector = Projector(elog)
+    projector = Projector(log)
     while await projector.step(block_ms=None):
         pass
     entries = []
-    for stream in [elog.keys.events(0), elog.keys.nodes()]:
-        entries += await elog.read(stream)
+    for stream in [log.keys.events(0), log.keys.nodes()]:
+        entries += await log.read(stream)
     expected = replay(entries)
     stored = await projector.store.load(expected.tasks)
     assert stored.tasks == expected.tasks and stored.queues == expected.queues
@@ -164,10 +164,10 @@ async def test_a_stranded_task_moves_when_a_node_for_another_queue_appears_and_r
 
 async def test_nothing_moves_without_a_live_node(r, namespace) -> None:
     settings = two_queues(namespace)
-    elog = EventLog(r, Keys(namespace))
-    await _stranded(elog)
-    assert await reroute_once(elog, settings.queues, silent_for=1.0, by="x") == []
-    assert len(await waiting_entries(elog, ["gpu"])) == 1
+    log = EventLog(r, Keys(namespace))
+    await _stranded(log)
+    assert await reroute_once(log, settings.queues, silent_for=1.0, by="x") == []
+    assert len(await waiting_entries(log, ["gpu"])) == 1
 
 
 async def test_reroute_refuses_bad_arguments_and_writes_nothing(log: EventLog) -> None:

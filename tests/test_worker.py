@@ -42,15 +42,15 @@ def settings(namespace: str):
 
 
 @pytest.fixture
-def elog(r, settings) -> EventLog:
+def log(r, settings) -> EventLog:
     return EventLog(r, Keys(settings.namespace, settings.partitions))
 
 
-async def test_noop_runs_inline_with_claimed_started_succeeded(elog, settings) -> None:
-    async with running(make_worker(elog, settings, "w1")):
-        res = await elog.submit(spec("noop", x=1))
-        assert await wait_ended(elog, res.task_id) == "task.succeeded"
-    history = await elog.history(res.task_id)
+async def test_noop_runs_inline_with_claimed_started_succeeded(log, settings) -> None:
+    async with running(make_worker(log, settings, "w1")):
+        res = await log.submit(spec("noop", x=1))
+        assert await wait_ended(log, res.task_id) == "task.succeeded"
+    history = await log.history(res.task_id)
     assert [e.event.type_name() for e in history] == [
         "task.submitted",
         "task.claimed",
@@ -62,42 +62,42 @@ async def test_noop_runs_inline_with_claimed_started_succeeded(elog, settings) -
 
 async def test_many_tasks_over_partitions_each_end_once(r, namespace) -> None:
     settings = fast_settings(namespace, partitions=3)
-    elog = EventLog(r, Keys(namespace, 3))
-    async with running(make_worker(elog, settings, "w1", concurrency=50)):
-        subs = await elog.submit_many([Submission(spec=spec("noop", i=i)) for i in range(300)])
+    log = EventLog(r, Keys(namespace, 3))
+    async with running(make_worker(log, settings, "w1", concurrency=50)):
+        subs = await log.submit_many([Submission(spec=spec("noop", i=i)) for i in range(300)])
         for s in subs:
-            assert await wait_ended(elog, s.task_id) == "task.succeeded"
+            assert await wait_ended(log, s.task_id) == "task.succeeded"
     for s in subs[:20]:
-        assert (await event_types(elog, s.task_id)).count("task.succeeded") == 1
+        assert (await event_types(log, s.task_id)).count("task.succeeded") == 1
 
 
-async def test_child_process_task_reports_progress(elog, settings) -> None:
-    async with running(make_worker(elog, settings, "w1")):
-        res = await elog.submit(spec("sleep", seconds=0.6, steps=3))
-        assert await wait_ended(elog, res.task_id) == "task.succeeded"
-    events = [e.event for e in await elog.history(res.task_id)]
+async def test_child_process_task_reports_progress(log, settings) -> None:
+    async with running(make_worker(log, settings, "w1")):
+        res = await log.submit(spec("sleep", seconds=0.6, steps=3))
+        assert await wait_ended(log, res.task_id) == "task.succeeded"
+    events = [e.event for e in await log.history(res.task_id)]
     progress = [e.progress for e in events if isinstance(e, TaskProgress)]
     assert progress and progress[-1] == 1.0 and progress == sorted(progress)
     assert events[2].pid is not None  # started: in a child process
 
 
-async def test_unknown_kind_fails_without_retry_and_worker_survives(elog, settings) -> None:
-    async with running(make_worker(elog, settings, "w1")):
-        bad = await elog.submit(spec("no-such-kind"))
-        assert await wait_ended(elog, bad.task_id) == "task.failed"
-        good = await elog.submit(spec("noop"))
-        assert await wait_ended(elog, good.task_id) == "task.succeeded"
-    failed = (await elog.history(bad.task_id))[-1].event
+async def test_unknown_kind_fails_without_retry_and_worker_survives(log, settings) -> None:
+    async with running(make_worker(log, settings, "w1")):
+        bad = await log.submit(spec("no-such-kind"))
+        assert await wait_ended(log, bad.task_id) == "task.failed"
+        good = await log.submit(spec("noop"))
+        assert await wait_ended(log, good.task_id) == "task.succeeded"
+    failed = (await log.history(bad.task_id))[-1].event
     assert failed.error.type == "UnknownKind" and not failed.error.retryable
 
 
-async def test_retries_follow_the_policy_then_fail(elog, settings) -> None:
+async def test_retries_follow_the_policy_then_fail(log, settings) -> None:
     policy = RetryPolicy(max_retries=2, backoff=Backoff.LINEAR, delay=0.2, jitter=0)
-    async with running(make_worker(elog, settings, "w1")):
+    async with running(make_worker(log, settings, "w1")):
         t0 = time.time()
-        res = await elog.submit(TaskSpec(kind="fail", queue="q", retry=policy))
-        assert await wait_ended(elog, res.task_id) == "task.failed"
-    events = [e.event for e in await elog.history(res.task_id)]
+        res = await log.submit(TaskSpec(kind="fail", queue="q", retry=policy))
+        assert await wait_ended(log, res.task_id) == "task.failed"
+    events = [e.event for e in await log.history(res.task_id)]
     retries = [e for e in events if isinstance(e, TaskRetryScheduled)]
     assert [(r.attempt, r.delay) for r in retries] == [(2, 0.2), (3, 0.4)]
     claims = [e for e in events if e.type_name() == "task.claimed"]
@@ -107,96 +107,96 @@ async def test_retries_follow_the_policy_then_fail(elog, settings) -> None:
     assert time.time() - t0 >= 0.6
 
 
-async def test_non_retryable_error_fails_at_once(elog, settings) -> None:
+async def test_non_retryable_error_fails_at_once(log, settings) -> None:
     policy = RetryPolicy(max_retries=5, delay=0.05)
-    async with running(make_worker(elog, settings, "w1")):
-        res = await elog.submit(
+    async with running(make_worker(log, settings, "w1")):
+        res = await log.submit(
             TaskSpec(kind="fail", queue="q", retry=policy, params={"retryable": False})
         )
-        assert await wait_ended(elog, res.task_id) == "task.failed"
-    assert "task.retry_scheduled" not in await event_types(elog, res.task_id)
+        assert await wait_ended(log, res.task_id) == "task.failed"
+    assert "task.retry_scheduled" not in await event_types(log, res.task_id)
 
 
-async def test_soft_timeout_warns_and_hard_timeout_kills(elog, settings) -> None:
-    async with running(make_worker(elog, settings, "w1")) as worker:
-        soft = await elog.submit(
+async def test_soft_timeout_warns_and_hard_timeout_kills(log, settings) -> None:
+    async with running(make_worker(log, settings, "w1")) as worker:
+        soft = await log.submit(
             TaskSpec(kind="sleep", queue="q", params={"seconds": 0.8}, soft_timeout=0.3)
         )
-        hard = await elog.submit(
+        hard = await log.submit(
             TaskSpec(kind="sleep", queue="q", params={"seconds": 30}, hard_timeout=0.5)
         )
-        assert await wait_ended(elog, soft.task_id) == "task.succeeded"
-        assert await wait_ended(elog, hard.task_id) == "task.timed_out"
-        ok = await elog.submit(spec("sleep", seconds=0.1))  # the slot works again
-        assert await wait_ended(elog, ok.task_id) == "task.succeeded"
+        assert await wait_ended(log, soft.task_id) == "task.succeeded"
+        assert await wait_ended(log, hard.task_id) == "task.timed_out"
+        ok = await log.submit(spec("sleep", seconds=0.1))  # the slot works again
+        assert await wait_ended(log, ok.task_id) == "task.succeeded"
         assert worker.slots.running == {}
     warnings = [
         e.event.warning
-        for e in await elog.history(soft.task_id)
+        for e in await log.history(soft.task_id)
         if isinstance(e.event, TaskProgress) and e.event.warning
     ]
     assert warnings == ["soft timeout of 0.3s passed"]
-    timed_out = (await elog.history(hard.task_id))[-1].event
+    timed_out = (await log.history(hard.task_id))[-1].event
     assert timed_out.timeout == 0.5
 
 
-async def test_hard_timeout_retries_when_the_policy_allows(elog, settings) -> None:
+async def test_hard_timeout_retries_when_the_policy_allows(log, settings) -> None:
     policy = RetryPolicy(max_retries=1, delay=0.05, jitter=0)
-    async with running(make_worker(elog, settings, "w1")):
-        res = await elog.submit(
+    async with running(make_worker(log, settings, "w1")):
+        res = await log.submit(
             TaskSpec(
                 kind="sleep", queue="q", params={"seconds": 30}, hard_timeout=0.3, retry=policy
             )
         )
-        assert await wait_ended(elog, res.task_id) == "task.timed_out"
-    types = await event_types(elog, res.task_id)
+        assert await wait_ended(log, res.task_id) == "task.timed_out"
+    types = await event_types(log, res.task_id)
     assert types.count("task.retry_scheduled") == 1 and types.count("task.claimed") == 2
 
 
-async def test_cancel_queued_task_never_runs(elog, settings) -> None:
-    res = await elog.submit(spec("sleep", seconds=5))
-    await elog.request_cancel(res.task_id, reason="user")
-    async with running(make_worker(elog, settings, "w1")):
-        assert await wait_ended(elog, res.task_id) == "task.cancelled"
-    assert "task.started" not in await event_types(elog, res.task_id)
+async def test_cancel_queued_task_never_runs(log, settings) -> None:
+    res = await log.submit(spec("sleep", seconds=5))
+    await log.request_cancel(res.task_id, reason="user")
+    async with running(make_worker(log, settings, "w1")):
+        assert await wait_ended(log, res.task_id) == "task.cancelled"
+    assert "task.started" not in await event_types(log, res.task_id)
 
 
-async def test_cancel_running_task_cooperatively(elog, settings) -> None:
-    async with running(make_worker(elog, settings, "w1")):
-        res = await elog.submit(spec("sleep", seconds=10, steps=100))
-        await _wait_for_event(elog, res.task_id, "task.started")
+async def test_cancel_running_task_cooperatively(log, settings) -> None:
+    async with running(make_worker(log, settings, "w1")):
+        res = await log.submit(spec("sleep", seconds=10, steps=100))
+        await _wait_for_event(log, res.task_id, "task.started")
         t0 = time.monotonic()
-        await elog.request_cancel(res.task_id)
-        assert await wait_ended(elog, res.task_id) == "task.cancelled"
+        await log.request_cancel(res.task_id)
+        assert await wait_ended(log, res.task_id) == "task.cancelled"
         assert time.monotonic() - t0 < 2
 
 
-async def test_cancel_of_a_finished_task_says_so(elog, settings) -> None:
-    async with running(make_worker(elog, settings, "w1")):
-        res = await elog.submit(spec("noop"))
-        await wait_ended(elog, res.task_id)
-    out = await elog.request_cancel(res.task_id)
+async def test_cancel_of_a_finished_task_says_so(log, settings) -> None:
+    async with running(make_worker(log, settings, "w1")):
+        res = await log.submit(spec("noop"))
+        await wait_ended(log, res.task_id)
+    out = await log.request_cancel(res.task_id)
     assert out.outcome.value == "done" and out.ended_as == "task.succeeded"
 
 
-async def test_every_control_command_is_acked(elog, settings) -> None:
-    async with running(make_worker(elog, settings, "w1")) as worker:
-        await _wait_for_node_event(elog, NodeStarted)
+async def test_every_control_command_is_acked(log, settings) -> None:
+    async with running(make_worker(log, settings, "w1")) as worker:
+        await _wait_for_node_event(log, NodeStarted)
 
         async def ask(kind, **args):
-            acks = await issue_and_wait(elog, "w1", kind, args, timeout=5)
+            acks = await issue_and_wait(log, "w1", kind, args, timeout=5)
             assert len(acks) == 1 and acks[0].node == "w1"
             return acks[0]
 
         assert (await ask(ControlKind.PING)).ok
         assert (await ask(ControlKind.PAUSE)).ok and worker.slots.paused
-        paused = await elog.submit(spec("noop"))
+        paused = await log.submit(spec("noop"))
         # Not a wait for something to happen: the absence of a claim is what
         # is tested, and this is the window in which one would show.
         await asyncio.sleep(0.4)
-        assert await elog.ended_as(paused.task_id) is None  # not claimed while paused
+        assert await log.ended_as(paused.task_id) is None  # not claimed while paused
         assert (await ask(ControlKind.RESUME)).ok
-        assert await wait_ended(elog, paused.task_id) == "task.succeeded"
+        assert await wait_ended(log, paused.task_id) == "task.succeeded"
         assert (await ask(ControlKind.SET_CONCURRENCY, concurrency=7)).ok
         assert worker.slots.size == 7 and worker.pool.size == 7
         bad = await ask(ControlKind.SET_CONCURRENCY, concurrency=0)
@@ -208,31 +208,31 @@ async def test_every_control_command_is_acked(elog, settings) -> None:
         assert "noop" in (await ask(ControlKind.RELOAD_HANDLERS)).detail
         missing = await ask(ControlKind.CANCEL_TASK, task_id="nope")
         assert not missing.ok and "not running" in missing.detail
-        running_task = await elog.submit(spec("sleep", seconds=10, steps=100))
-        await _wait_for_event(elog, running_task.task_id, "task.started")
+        running_task = await log.submit(spec("sleep", seconds=10, steps=100))
+        await _wait_for_event(log, running_task.task_id, "task.started")
         assert (await ask(ControlKind.CANCEL_TASK, task_id=running_task.task_id)).ok
-        assert await wait_ended(elog, running_task.task_id) == "task.cancelled"
-        broadcast = await issue_and_wait(elog, "*", ControlKind.PING, timeout=5)
+        assert await wait_ended(log, running_task.task_id) == "task.cancelled"
+        broadcast = await issue_and_wait(log, "*", ControlKind.PING, timeout=5)
         assert [a.node for a in broadcast] == ["w1"]
         assert (await ask(ControlKind.DRAIN)).ok
         assert worker.draining
-    types = [type(e.event) for e in await elog.read(elog.keys.nodes())]
+    types = [type(e.event) for e in await log.read(log.keys.nodes())]
     assert NodePaused in types and NodeResumed in types and types[-1] is NodeStopped
 
 
-async def test_heartbeats_and_lost_nodes(elog, settings) -> None:
+async def test_heartbeats_and_lost_nodes(log, settings) -> None:
     from eventcore.nodes import append_node_event
 
     async def node_events() -> list:
-        return [e.event for e in await elog.read(elog.keys.nodes())]
+        return [e.event for e in await log.read(log.keys.nodes())]
 
     async def two_beats_and_a_lost_node() -> bool:
         events = await node_events()
         beats = [e for e in events if isinstance(e, NodeHeartbeat) and e.node == "w1"]
         return len(beats) >= 2 and any(e.type_name() == "node.lost" for e in events)
 
-    await append_node_event(elog, NodeHeartbeat(node="ghost"), now=time.time() - 5)
-    async with running(make_worker(elog, settings, "w1")):
+    await append_node_event(log, NodeHeartbeat(node="ghost"), now=time.time() - 5)
+    async with running(make_worker(log, settings, "w1")):
         await wait_until(two_beats_and_a_lost_node, what="two heartbeats and node.lost of ghost")
     events = await node_events()
     beats = [e for e in events if isinstance(e, NodeHeartbeat) and e.node == "w1"]
@@ -241,31 +241,31 @@ async def test_heartbeats_and_lost_nodes(elog, settings) -> None:
     assert [(x.node, x.noticed_by) for x in lost] == [("ghost", "w1")]
 
 
-async def test_lease_renewal_keeps_a_long_task_from_being_stolen(elog, settings) -> None:
+async def test_lease_renewal_keeps_a_long_task_from_being_stolen(log, settings) -> None:
     """A task running 3x the lease on one worker while another worker reclaims:
     it is never taken over, and ends once."""
-    a = make_worker(elog, settings, "a")
-    b = make_worker(elog, settings, "b")
+    a = make_worker(log, settings, "a")
+    b = make_worker(log, settings, "b")
     async with running(a), running(b):
-        res = await elog.submit(spec("sleep", seconds=3 * settings.queues[0].lease_ms / 1000))
-        assert await wait_ended(elog, res.task_id, timeout=15) == "task.succeeded"
-    types = await event_types(elog, res.task_id)
+        res = await log.submit(spec("sleep", seconds=3 * settings.queues[0].lease_ms / 1000))
+        assert await wait_ended(log, res.task_id, timeout=15) == "task.succeeded"
+    types = await event_types(log, res.task_id)
     assert types.count("task.claimed") == 1 and "task.result_stale" not in types
 
 
-async def _wait_for_event(elog, task_id: str, type_name: str, timeout: float = 10) -> None:
+async def _wait_for_event(log, task_id: str, type_name: str, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if type_name in await event_types(elog, task_id):
+        if type_name in await event_types(log, task_id):
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"{type_name} never came for {task_id}")
 
 
-async def _wait_for_node_event(elog, cls, timeout: float = 5) -> None:
+async def _wait_for_node_event(log, cls, timeout: float = 5) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(isinstance(e.event, cls) for e in await elog.read(elog.keys.nodes())):
+        if any(isinstance(e.event, cls) for e in await log.read(log.keys.nodes())):
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"no {cls.__name__}")
@@ -276,25 +276,25 @@ def test_settings_helper_is_valid(namespace) -> None:
     assert msgspec.convert(msgspec.to_builtins(s), type(s)) == s
 
 
-async def test_prefetched_entries_keep_their_lease(elog, settings) -> None:
+async def test_prefetched_entries_keep_their_lease(log, settings) -> None:
     """concurrency 1 + prefetch 1: the second task waits for the child while
     another worker reclaims idle entries; it is never taken from its worker."""
     lease = settings.queues[0].lease_ms / 1000
-    a = make_worker(elog, settings, "a", concurrency=1)
+    a = make_worker(log, settings, "a", concurrency=1)
     async with running(a):
-        first = await elog.submit(spec("sleep", seconds=2 * lease, steps=2))
-        second = await elog.submit(spec("sleep", seconds=0.1))
-        await _wait_for_event(elog, first.task_id, "task.started")
+        first = await log.submit(spec("sleep", seconds=2 * lease, steps=2))
+        second = await log.submit(spec("sleep", seconds=0.1))
+        await _wait_for_event(log, first.task_id, "task.started")
         await wait_until(  # held, not yet running
             lambda: list(a.slots.waiting) == [second.task_id],
             what="the second task waiting for the child",
         )
-        async with running(make_worker(elog, settings, "b", concurrency=2)):
-            assert await wait_ended(elog, second.task_id, timeout=15) == "task.succeeded"
+        async with running(make_worker(log, settings, "b", concurrency=2)):
+            assert await wait_ended(log, second.task_id, timeout=15) == "task.succeeded"
     for res in (first, second):
         claims = [
             e.event.node
-            for e in await elog.history(res.task_id)
+            for e in await log.history(res.task_id)
             if e.event.type_name() == "task.claimed"
         ]
         assert claims == ["a"]

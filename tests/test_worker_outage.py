@@ -62,12 +62,12 @@ async def _wait(what: str, fact, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _events(elog: EventLog, cls: type) -> list:
-    return [e.event for e in await elog.read(elog.keys.events(0)) if isinstance(e.event, cls)]
+async def _events(log: EventLog, cls: type) -> list:
+    return [e.event for e in await log.read(log.keys.events(0)) if isinstance(e.event, cls)]
 
 
-async def _last_heartbeat(elog: EventLog, node: str) -> NodeHeartbeat | None:
-    for e in reversed(await elog.read(elog.keys.nodes())):
+async def _last_heartbeat(log: EventLog, node: str) -> NodeHeartbeat | None:
+    for e in reversed(await log.read(log.keys.nodes())):
         if isinstance(e.event, NodeHeartbeat) and e.event.node == node:
             return e.event
     return None
@@ -77,7 +77,7 @@ async def test_settles_survive_a_frozen_then_restarted_redis(
     server: ServerProcess, namespace: str, tmp_path: Path
 ) -> None:
     r: Redis = make_client(server.url, ClientOptions(retry_attempts=3, socket_timeout=5))
-    elog = EventLog(r, Keys(namespace))
+    log = EventLog(r, Keys(namespace))
     history = History(tmp_path / "history.jsonl")
     log_path = tmp_path / "worker.log"
     log_file = log_path.open("wb")
@@ -86,12 +86,12 @@ async def test_settles_survive_a_frozen_then_restarted_redis(
         # Two rounds of sleeps: the first round ends while Redis is frozen.
         batch = [Submission(spec=spec("sleep", seconds=1.0, steps=2)) for _ in range(8)]
         history.record("invoke", "submit", n=len(batch))
-        results = await elog.submit_many(batch)
+        results = await log.submit_many(batch)
         history.ok |= {x.task_id for x in results}
         history.record("ok", "submit", ids=[x.task_id for x in results])
 
         async def all_slots_running() -> bool:
-            return len(await _events(elog, TaskStarted)) >= CONCURRENCY
+            return len(await _events(log, TaskStarted)) >= CONCURRENCY
 
         await _wait("the first round started", all_slots_running, 20)
         assert server.pid is not None
@@ -101,26 +101,26 @@ async def test_settles_survive_a_frozen_then_restarted_redis(
         server.start()
 
         async def all_ended() -> bool:
-            return await r.hlen(elog.keys.done(0)) >= len(batch)
+            return await r.hlen(log.keys.done(0)) >= len(batch)
 
         await _wait("every task ended after the outage", all_ended, 40)
 
         async def idle_heartbeat() -> bool:
-            beat = await _last_heartbeat(elog, "w")
+            beat = await _last_heartbeat(log, "w")
             return beat is not None and beat.running == () and beat.free_slots == CONCURRENCY
 
         await _wait("an idle heartbeat with every slot free", idle_heartbeat, 10)
 
         # The full concurrency is back: a new round of `concurrency` sleeps
         # all start before the first of them ends.
-        again = await elog.submit_many(
+        again = await log.submit_many(
             [Submission(spec=spec("sleep", seconds=2.0, steps=1)) for _ in range(CONCURRENCY)]
         )
         history.ok |= {x.task_id for x in again}
         ids = {x.task_id for x in again}
 
         async def round_ended() -> bool:
-            return all([await elog.ended_as(t) for t in ids])
+            return all([await log.ended_as(t) for t in ids])
 
         await _wait("the second round ended", round_ended, 30)
     finally:
@@ -128,11 +128,11 @@ async def test_settles_survive_a_frozen_then_restarted_redis(
         worker.wait(10)
         log_file.close()
     log_text = log_path.read_text(errors="replace")
-    starts = [e.at for e in await _events(elog, TaskStarted) if e.task_id in ids]
-    ends = [e.at for e in await _events(elog, TaskSucceeded) if e.task_id in ids]
+    starts = [e.at for e in await _events(log, TaskStarted) if e.task_id in ids]
+    ends = [e.at for e in await _events(log, TaskSucceeded) if e.task_id in ids]
     assert len(starts) == CONCURRENCY and len(ends) == CONCURRENCY
     assert max(starts) < min(ends), "the new round did not run all at once: slots were lost"
-    verdict = await check(elog, history)
+    verdict = await check(log, history)
     assert (verdict.lost, verdict.phantom, verdict.double) == ([], [], [])
     assert verdict.terminal == len(batch) + CONCURRENCY
     # The failed settles were logged, not swallowed.

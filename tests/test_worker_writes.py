@@ -102,14 +102,14 @@ async def test_writes_during_an_outage_are_logged_and_the_outcome_retried(
         server.url, ClientOptions(socket_timeout=0.5, connect_timeout=0.5, retry_attempts=0)
     )
     settings = fast_settings(namespace, lease_ms=5000)
-    elog = EventLog(client, Keys(namespace))
-    worker = make_worker(elog, settings, "w")
+    log = EventLog(client, Keys(namespace))
+    worker = make_worker(log, settings, "w")
     run = asyncio.create_task(worker.run())
     try:
-        res = await elog.submit(spec("sleep", seconds=2.0, steps=8))
+        res = await log.submit(spec("sleep", seconds=2.0, steps=8))
         t = res.task_id
         deadline = time.monotonic() + 20
-        while "task.started" not in await event_types(elog, t):
+        while "task.started" not in await event_types(log, t):
             assert time.monotonic() < deadline, "never started"
             await asyncio.sleep(0.02)
         assert server.pid is not None
@@ -117,7 +117,7 @@ async def test_writes_during_an_outage_are_logged_and_the_outcome_retried(
         await _logged(caplog, f"could not write task.progress of task {t}")
         await _logged(caplog, f"writing the outcomes of 1 tasks ({t}: task.succeeded) failed")
         os.kill(server.pid, signal.SIGCONT)
-        assert await wait_ended(elog, t, timeout=20) == "task.succeeded"
+        assert await wait_ended(log, t, timeout=20) == "task.succeeded"
         deadline = time.monotonic() + 10
         while worker.slots.inflight:
             assert time.monotonic() < deadline, "the slot never came back"

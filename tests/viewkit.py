@@ -36,14 +36,14 @@ def canonical(views: Views) -> dict[str, bytes]:
     return dict(sorted(out.items()))
 
 
-async def dump_namespace(elog: EventLog, view_ns: str) -> dict[str, Any]:
+async def dump_namespace(log: EventLog, view_ns: str) -> dict[str, Any]:
     """Every key of a view namespace as stored, named relative to the namespace:
     strings as bytes, hashes as sorted (field, value) pairs, sorted sets as
     (member, score) pairs in order."""
-    redis = elog.redis
-    prefix = elog.keys.view(view_ns, "")
+    redis = log.redis
+    prefix = log.keys.view(view_ns, "")
     out: dict[str, Any] = {}
-    async for raw in redis.scan_iter(match=elog.keys.view(view_ns, "*"), count=1000):
+    async for raw in redis.scan_iter(match=log.keys.view(view_ns, "*"), count=1000):
         key = raw.decode()
         kind = (await redis.type(key)).decode()
         if kind == "string":
@@ -63,9 +63,9 @@ def _id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq)
 
 
-async def log_up_to(elog: EventLog, marks: dict[str, str]) -> list[Entry[Any]]:
+async def log_up_to(log: EventLog, marks: dict[str, str]) -> list[Entry[Any]]:
     """The log's entries at or before each stream's mark (none of a stream
     without one): what views with that watermark were folded from."""
     return [
-        e for e in await whole_log(elog) if e.stream in marks and _id(e.id) <= _id(marks[e.stream])
+        e for e in await whole_log(log) if e.stream in marks and _id(e.id) <= _id(marks[e.stream])
     ]

@@ -50,7 +50,7 @@ def spec(kind: str, **params: Any) -> TaskSpec:
 
 
 def make_worker(
-    elog: EventLog,
+    log: EventLog,
     settings: Settings,
     node: str,
     concurrency: int = 4,
@@ -66,7 +66,7 @@ def make_worker(
         cancel_grace=0.5,
         block_ms=200,
     )
-    return Worker(elog, settings, options, Registry())
+    return Worker(log, settings, options, Registry())
 
 
 @contextlib.asynccontextmanager
@@ -101,17 +101,17 @@ async def wait_until(
         await asyncio.sleep(interval)
 
 
-async def wait_ended(elog: EventLog, task_id: str, timeout: float = 10.0) -> str:
+async def wait_ended(log: EventLog, task_id: str, timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if (ended := await elog.ended_as(task_id)) is not None:
+        if (ended := await log.ended_as(task_id)) is not None:
             return ended
         await asyncio.sleep(0.02)
     raise AssertionError(f"task {task_id} did not end within {timeout}s")
 
 
-async def event_types(elog: EventLog, task_id: str) -> list[str]:
-    return [e.event.type_name() for e in await elog.history(task_id)]
+async def event_types(log: EventLog, task_id: str) -> list[str]:
+    return [e.event.type_name() for e in await log.history(task_id)]
 
 
 def spawn_worker(

@@ -40,7 +40,7 @@ __all__ = ["SCOPES", "Auth", "Principal", "TokenInfo", "create_token", "revoke_t
 
 SCOPES = ("submit", "read", "stream", "admin")
 
-log = logging.getLogger("eventcore.web.auth")
+logger = logging.getLogger("eventcore.web.auth")
 
 
 class TokenInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,11 +139,11 @@ class Auth:
             try:
                 found = await self.log.redis.hmget(key, tokens)
             except RedisError as exc:  # streams go on; checked again next period
-                log.warning("could not check the tokens of open streams: %s", exc)
+                logger.warning("could not check the tokens of open streams: %s", exc)
                 continue
             if gone := {t for t, raw in zip(tokens, found) if raw is None}:
                 ended = hub.revoke(gone)
-                log.info("ended %d stream(s) whose token was revoked", ended)
+                logger.info("ended %d stream(s) whose token was revoked", ended)
 
     async def _token(self, key: str) -> TokenInfo | None:
         raw = await self.log.redis.hget(self.log.keys.api_tokens(), key)

@@ -18,7 +18,7 @@ from web.responses import error_response
 
 __all__ = ["ApiError", "exception_handlers", "render"]
 
-log = logging.getLogger("eventcore.web")
+logger = logging.getLogger("eventcore.web")
 
 # Default codes for statuses raised without one (e.g. Starlette's own 404/405).
 CODES = {
@@ -68,7 +68,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _redis_down(request: Request, exc: Exception) -> Response:
-    log.warning("redis unavailable: %s", exc)
+    logger.warning("redis unavailable: %s", exc)
     err = ApiError(
         503,
         "unavailable",
@@ -88,7 +88,7 @@ async def _redis_refused(request: Request, exc: Exception) -> Response:
             {"Retry-After": "5"},
         )
     else:
-        log.error("redis refused a command: %s", text)
+        logger.error("redis refused a command: %s", text)
         err = ApiError(
             503,
             "unavailable",

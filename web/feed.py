@@ -32,7 +32,7 @@ from projections.store import FEED_MAXLEN
 
 __all__ = ["FILTERS", "FeedFilter", "FeedHub", "FeedItem", "Resync", "Revoked"]
 
-log = logging.getLogger("eventcore.web.feed")
+logger = logging.getLogger("eventcore.web.feed")
 
 _any = msgspec.msgpack.Decoder()
 _json = msgspec.json.Encoder()
@@ -186,7 +186,7 @@ class FeedHub:
                 raise
             except Exception as exc:  # Redis away: keep clients, try again
                 self._read_at = None
-                log.warning("feed reader: %s; retrying in %.1fs", exc, backoff)
+                logger.warning("feed reader: %s; retrying in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue

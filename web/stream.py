@@ -27,7 +27,7 @@ from web.state import state_of
 
 __all__ = ["routes"]
 
-log = logging.getLogger("eventcore.web.stream")
+logger = logging.getLogger("eventcore.web.stream")
 
 
 async def stream(request: Request) -> Response:
@@ -75,7 +75,7 @@ async def stream(request: Request) -> Response:
         except Resync:
             yield ServerSentEvent('{"reason": "fell behind or missed entries"}', event="resync")
         except RedisError as exc:  # lost while reading history: start over later
-            log.warning("SSE client dropped: %s", exc)
+            logger.warning("SSE client dropped: %s", exc)
             yield ServerSentEvent('{"reason": "the event store is unavailable"}', event="resync")
         finally:
             web.metrics.sse_clients.dec()
@@ -98,7 +98,7 @@ class FeedResponse(EventSourceResponse):
             await super().__call__(scope, receive, send)
         except SendTimeoutError:
             client = scope.get("client") or ("?", 0)
-            log.info("SSE client %s:%s stopped reading; dropped", *client[:2])
+            logger.info("SSE client %s:%s stopped reading; dropped", *client[:2])
 
 
 async def ticket(request: Request) -> Response:

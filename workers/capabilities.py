@@ -36,7 +36,7 @@ __all__ = [
     "unmet",
 ]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _MB = 1024 * 1024
 
@@ -102,7 +102,7 @@ def free_gpu_memory_mb() -> tuple[int, ...]:
             return ()
         return tuple(torch.cuda.mem_get_info(i)[0] // _MB for i in range(torch.cuda.device_count()))
     except RuntimeError as e:  # a driver that fails now is worth a line, not a dead heartbeat
-        log.warning("cannot read free GPU memory: %s", e)
+        logger.warning("cannot read free GPU memory: %s", e)
         return ()
 
 
@@ -167,7 +167,7 @@ def _total_memory_mb() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // _MB
     except (AttributeError, ValueError, OSError):
         # 0 rather than a guess: a queue with a memory minimum then stays unread.
-        log.warning("cannot tell this machine's memory; counting it as 0 MB")
+        logger.warning("cannot tell this machine's memory; counting it as 0 MB")
         return 0
 
 
@@ -194,7 +194,7 @@ def _torch() -> ModuleType | None:
         # Broad on purpose: besides ImportError, a broken install fails with
         # OSError (missing CUDA libraries), RuntimeError and others. Any of
         # them means "no GPU here", which the worker can live with.
-        log.warning("torch cannot be imported, so no GPU is used: %s: %s", type(e).__name__, e)
+        logger.warning("torch cannot be imported, so no GPU is used: %s: %s", type(e).__name__, e)
         return None
     return torch
 
@@ -215,6 +215,6 @@ def _cuda_devices() -> tuple[tuple[GpuInfo, ...], str]:
             props = torch.cuda.get_device_properties(i)
             gpus.append(GpuInfo(index=i, name=props.name, memory_mb=props.total_memory // _MB))
     except RuntimeError as e:
-        log.warning("CUDA is present but failed: %s", e)
+        logger.warning("CUDA is present but failed: %s", e)
         return (), f"CUDA failed: {e}"
     return tuple(gpus), "torch found no CUDA device"

@@ -110,13 +110,13 @@ async def _run_worker(
     url: str, settings: Settings, options: WorkerOptions, registry: Registry
 ) -> None:
     redis = await connect(url, client_options(settings))
-    elog = EventLog(
+    log = EventLog(
         redis,
         Keys(settings.namespace, settings.partitions),
         group=settings.group,
         idempotency_ttl=settings.idempotency_ttl,
     )
-    worker = Worker(elog, settings, options, registry)
+    worker = Worker(log, settings, options, registry)
     loop = asyncio.get_running_loop()
     interrupts = 0
 

@@ -30,7 +30,7 @@ from workers.writes import persist
 
 __all__ = ["LIVE_SETTINGS", "Control", "Controlled"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Worker settings a running node may change (update_config).
 LIVE_SETTINGS = (
@@ -68,14 +68,14 @@ class Control:
 
     def __init__(
         self,
-        elog: EventLog,
+        log: EventLog,
         node: str,
         slots: Slots,
         target: Controlled,
         *,
         stopping: Callable[[], bool],
     ) -> None:
-        self.log = elog
+        self.log = log
         self.node = node
         self.slots = slots
         self.target = target
@@ -86,19 +86,19 @@ class Control:
         """Start the control streams at their newest ids, unless already started.
         The worker calls this before it announces itself, so a command issued
         once its ``NodeStarted`` is visible is never missed."""
-        elog = self.log
-        for stream in (elog.keys.control(self.node), elog.keys.control_broadcast()):
+        log = self.log
+        for stream in (log.keys.control(self.node), log.keys.control_broadcast()):
             if stream not in self.positions:
-                newest = await elog.redis.xrevrange(stream, count=1)
+                newest = await log.redis.xrevrange(stream, count=1)
                 self.positions[stream] = newest[0][0].decode() if newest else "0-0"
 
     async def run(self) -> None:
         """The control loop: answer every command until stopping."""
-        elog = self.log
+        log = self.log
         await self.note_positions()
         positions = self.positions
         while not self.stopping():
-            for entry in await elog.tail(positions, block_ms=500, park_bad=True):
+            for entry in await log.tail(positions, block_ms=500, park_bad=True):
                 positions[entry.stream] = entry.id
                 if isinstance(entry.event, ControlIssued):
                     cmd = entry.event
@@ -108,7 +108,7 @@ class Control:
                     )
                     await persist(
                         f"control.acked of command {cmd.command_id} ({cmd.kind.value})",
-                        lambda ack=ack: elog.append(ack),
+                        lambda ack=ack: log.append(ack),
                         stop=self.stopping,
                     )
 
@@ -161,6 +161,6 @@ class Control:
         except (KeyError, ValueError, TypeError, msgspec.ValidationError) as exc:
             return False, f"bad arguments for {cmd.kind.value}: {exc}"
         except Exception as exc:  # an ack must always go out
-            log.exception("control command %s failed", cmd.kind)
+            logger.exception("control command %s failed", cmd.kind)
             return False, f"{type(exc).__name__}: {exc}"
         return False, f"unknown command {cmd.kind}"

@@ -43,7 +43,7 @@ from eventcore.routing import RoutingError, backlog, route
 
 __all__ = ["Move", "Waiting", "plan", "reroute_loop", "reroute_once", "waiting_entries"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Entries read per work stream and pass: a large backlog moves over a few passes.
 BATCH = 200
@@ -98,7 +98,7 @@ def plan(
 
 
 async def waiting_entries(
-    elog: EventLog,
+    log: EventLog,
     queues: Sequence[str],
     *,
     limit: int = BATCH,
@@ -114,7 +114,7 @@ async def waiting_entries(
     after its cursor and moves it on, and a stream read to its end starts
     over next time. Without it, a backlog of pinned tasks longer than
     ``limit`` would hide the routed ones behind it for ever."""
-    k = elog.keys
+    k = log.keys
     streams = [
         (k.work(p, q, prio), q, prio)
         for p in k.all_partitions()
@@ -123,7 +123,7 @@ async def waiting_entries(
     ]
     if not streams:
         return []
-    async with elog.redis.pipeline(transaction=False) as pipe:
+    async with log.redis.pipeline(transaction=False) as pipe:
         for stream, _, _ in streams:
             pipe.xinfo_groups(stream)
         infos = await pipe.execute(raise_on_error=False)
@@ -132,7 +132,7 @@ async def waiting_entries(
         if isinstance(info, Exception):
             continue  # no such stream: nothing waits there
         delivered = next(
-            (text(g["last-delivered-id"]) for g in info if text(g["name"]) == elog.group), None
+            (text(g["last-delivered-id"]) for g in info if text(g["name"]) == log.group), None
         )
         # Start after the cursor, or after the last entry handed to a worker
         # if that is further on.
@@ -144,7 +144,7 @@ async def waiting_entries(
         starts.append((stream, q, prio, "-" if after is None else "(" + after))
     if not starts:
         return []
-    async with elog.redis.pipeline(transaction=False) as pipe:
+    async with log.redis.pipeline(transaction=False) as pipe:
         for stream, _, _, start in starts:
             pipe.xrange(stream, min=start, max="+", count=limit)
         replies = await pipe.execute()
@@ -160,7 +160,7 @@ async def waiting_entries(
             try:
                 sub = TASK.decode(fields.get(b"spec", b""), stream=stream, entry_id=entry_id)
             except DecodeError as exc:
-                log.error("cannot tell whether to move %s: %s", entry_id, exc)
+                logger.error("cannot tell whether to move %s: %s", entry_id, exc)
                 continue
             if isinstance(sub, TaskSubmitted):
                 out.append(Waiting(stream, entry_id, q, prio, sub))
@@ -168,7 +168,7 @@ async def waiting_entries(
 
 
 async def reroute_once(
-    elog: EventLog,
+    log: EventLog,
     queues: Sequence[QueueConfig],
     *,
     silent_for: float,
@@ -181,26 +181,26 @@ async def reroute_once(
     others, and move those :func:`plan` says. Returns what each move did.
     ``cursors`` and ``limit``: see :func:`waiting_entries`."""
     names = [q.name for q in queues]
-    consumers = await read_queue_consumers(elog, names, silent_for=silent_for, now=now)
+    consumers = await read_queue_consumers(log, names, silent_for=silent_for, now=now)
     served = {q for q, n in consumers.items() if n > 0}
     unserved = [q for q in names if q not in served]
     if not served or not unserved:
         return []
-    waiting = await waiting_entries(elog, unserved, limit=limit, cursors=cursors)
+    waiting = await waiting_entries(log, unserved, limit=limit, cursors=cursors)
     if not waiting:
         return []
-    lengths = await backlog(elog, sorted(served & set(names)))
+    lengths = await backlog(log, sorted(served & set(names)))
     moves = plan(waiting, queues, served, lengths)
     requests = []
     for m in moves:
         e = m.entry
-        p = elog.keys.partition(e.submitted.task_id)
+        p = log.keys.partition(e.submitted.task_id)
         new_spec = msgspec.structs.replace(e.submitted.spec, queue=m.to_queue)
         requests.append(
             Reroute(
                 stream=e.stream,
                 entry_id=e.entry_id,
-                to_stream=elog.keys.work(p, m.to_queue, e.priority),
+                to_stream=log.keys.work(p, m.to_queue, e.priority),
                 event=TaskRerouted(
                     task_id=e.submitted.task_id,
                     from_queue=e.queue,
@@ -211,10 +211,10 @@ async def reroute_once(
                 spec=encode(msgspec.structs.replace(e.submitted, spec=new_spec)),
             )
         )
-    results = await elog.reroute(requests)
+    results = await log.reroute(requests)
     for req, res in zip(requests, results):
         if res.ok:
-            log.info(
+            logger.info(
                 "moved task %s from %s to %s (%s)",
                 req.event.task_id,
                 req.event.from_queue,
@@ -225,7 +225,7 @@ async def reroute_once(
 
 
 async def reroute_loop(
-    elog: EventLog, settings: Callable[[], Settings], *, by: str, stopping: Callable[[], bool]
+    log: EventLog, settings: Callable[[], Settings], *, by: str, stopping: Callable[[], bool]
 ) -> None:
     """Every ``reclaim_interval`` seconds, move stranded routed tasks. ``settings``
     gives the settings as they are now; ``by`` names the node that moves them."""
@@ -234,7 +234,7 @@ async def reroute_loop(
     while not stopping():
         await asyncio.sleep(ws.reclaim_interval)
         await reroute_once(
-            elog,
+            log,
             settings().queues,
             silent_for=ws.heartbeat_timeout,
             by=by,

@@ -23,7 +23,7 @@ from workers.executor import ChildSlot
 
 __all__ = ["RunWrites", "Running"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -51,8 +51,8 @@ class RunWrites:
     per ``progress_interval`` but the last), soft-timeout warnings, and
     claimed/started, each appended in order per task."""
 
-    def __init__(self, elog: EventLog, node: str, *, progress_interval: float) -> None:
-        self.log = elog
+    def __init__(self, log: EventLog, node: str, *, progress_interval: float) -> None:
+        self.log = log
         self.node = node
         self.progress_interval = progress_interval
 
@@ -97,7 +97,7 @@ class RunWrites:
         except Exception as exc:  # Redis away (or a bug): log what is lost, carry on
             run.unwritten = [e for e in events if not isinstance(e, TaskProgress)]
             later = " (claimed/started go out with a later write)" if run.unwritten else ""
-            log.warning(
+            logger.warning(
                 "could not write %s of task %s: %s: %s%s",
                 ", ".join(e.type_name() for e in events),
                 run.entry.task_id,
@@ -109,7 +109,7 @@ class RunWrites:
         run.unwritten = []
         if not res.written:
             run.lease_lost = True
-            log.warning(
+            logger.warning(
                 "task %s: %s not written: %s (this delivery no longer holds it)",
                 run.entry.task_id,
                 ", ".join(e.type_name() for e in events),

@@ -23,7 +23,7 @@ from workers.writes import persist
 
 __all__ = ["SettleQueue", "describe"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class SettleQueue:
@@ -36,14 +36,14 @@ class SettleQueue:
 
     def __init__(
         self,
-        elog: EventLog,
+        log: EventLog,
         node: str,
         *,
         batch_size: int,
         release: Callable[[list[WorkEntry]], None],
         stopping: Callable[[], bool],
     ) -> None:
-        self.log = elog
+        self.log = log
         self.node = node
         self.batch_size = batch_size
         self._release = release
@@ -116,7 +116,7 @@ class SettleQueue:
             )
         except Exception:  # not Redis being away: a bad item; settle them one by one
             if len(batch) == 1:
-                log.exception(
+                logger.exception(
                     "could not settle task %s (%s); its entry stays pending and runs again "
                     "after its lease",
                     batch[0].entry.task_id,
@@ -124,7 +124,7 @@ class SettleQueue:
                 )
                 self._release([batch[0].entry])
                 return
-            log.exception("settling %d outcomes failed; settling them one by one", len(batch))
+            logger.exception("settling %d outcomes failed; settling them one by one", len(batch))
             for item in batch:
                 await self._write_settlements([item])
             return
@@ -138,7 +138,7 @@ class SettleQueue:
                 continue
             if tries > 1 and "no longer pending" in r.stale_reason:
                 # Most likely written by a try whose reply was lost.
-                log.info("task %s: settled by an earlier try", s.entry.task_id)
+                logger.info("task %s: settled by an earlier try", s.entry.task_id)
                 continue
             stale.append(
                 TaskResultStale(
@@ -150,7 +150,7 @@ class SettleQueue:
                 )
             )
         if stale:
-            log.warning("%d stale results (lease lost or already ended)", len(stale))
+            logger.warning("%d stale results (lease lost or already ended)", len(stale))
             # An annotation: one try, and a log line if it is lost.
             await persist(
                 f"task.result_stale of {len(stale)} tasks "

@@ -22,7 +22,7 @@ from workers.slots import Slots
 
 __all__ = ["Upkeep"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class Upkeep:
@@ -37,7 +37,7 @@ class Upkeep:
 
     def __init__(
         self,
-        elog: EventLog,
+        log: EventLog,
         node: str,
         slots: Slots,
         *,
@@ -48,7 +48,7 @@ class Upkeep:
         settings: Callable[[], WorkerSettings],
         stopping: Callable[[], bool],
     ) -> None:
-        self.log = elog
+        self.log = log
         self.node = node
         self.slots = slots
         self.streams = streams
@@ -86,17 +86,17 @@ class Upkeep:
         entries: dict[str, list[str]] = {}
         for entry in list(self.slots.held.values()):
             entries.setdefault(entry.stream, []).append(entry.id)
-        elog = self.log
+        log = self.log
         held: set[tuple[str, str]] = set()
         for stream, ids in entries.items():
-            renewed = await groups.renew(
-                elog.redis, elog.scripts, stream, elog.group, self.node, ids
-            )
+            renewed = await groups.renew(log.redis, log.scripts, stream, log.group, self.node, ids)
             held |= {(stream, entry_id) for entry_id in renewed}
         for r in runs:
             if (r.entry.stream, r.entry.id) not in held and not r.lease_lost:
                 r.lease_lost = True
-                log.warning("lost the lease of task %s; its result will be stale", r.entry.task_id)
+                logger.warning(
+                    "lost the lease of task %s; its result will be stale", r.entry.task_id
+                )
 
     async def reclaim_loop(self) -> None:
         """Take over entries idle past their lease (their worker died), as room allows."""
@@ -123,7 +123,7 @@ class Upkeep:
                 # here, so they are not started a second time.
                 mine = [e for e in res.entries if slots.holds(e)]
                 for entry in mine:
-                    log.info("task %s: lease renewed by reclaim; it runs here", entry.task_id)
+                    logger.info("task %s: lease renewed by reclaim; it runs here", entry.task_id)
                 new = [e for e in res.entries if not slots.holds(e)]
                 if new:
                     flags = await self.log.cancel_requested(e.task_id for e in new)
@@ -165,5 +165,5 @@ class Upkeep:
                         noticed_by=self.node,
                         now=now,
                     ):
-                        log.warning("node %s is lost (silent for %.0fs)", node, now - seen)
+                        logger.warning("node %s is lost (silent for %.0fs)", node, now - seen)
             await asyncio.sleep(ws.heartbeat_interval)

@@ -76,7 +76,7 @@ from workers.writes import persist
 
 __all__ = ["Worker", "WorkerOptions"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class WorkerOptions(msgspec.Struct, kw_only=True):
@@ -107,9 +107,9 @@ class Worker:
     """One worker process. ``await worker.run()`` until :meth:`drain` or :meth:`stop_now`."""
 
     def __init__(
-        self, elog: EventLog, settings: Settings, options: WorkerOptions, registry: Registry
+        self, log: EventLog, settings: Settings, options: WorkerOptions, registry: Registry
     ) -> None:
-        self.log = elog
+        self.log = log
         self.settings = settings
         self.options = options
         self.node = options.node
@@ -125,9 +125,9 @@ class Worker:
             dispatch=self.dispatch,
             cancel_grace=options.cancel_grace,
         )
-        self.run_writes = RunWrites(elog, self.node, progress_interval=options.progress_interval)
+        self.run_writes = RunWrites(log, self.node, progress_interval=options.progress_interval)
         self.settles = SettleQueue(
-            elog,
+            log,
             self.node,
             batch_size=options.settle_batch,
             release=self.slots.release,
@@ -137,13 +137,13 @@ class Worker:
         self._immediate = False
         self._loops: list[asyncio.Task[Any]] = []
         self._children: set[asyncio.Task[Any]] = set()
-        k = elog.keys
+        k = log.keys
         self.streams = {
             p: [k.work(p, q.name, prio) for prio in PRIORITIES_HIGH_FIRST for q in options.queues]
             for p in k.all_partitions()
         }
         self.upkeep = Upkeep(
-            elog,
+            log,
             self.node,
             self.slots,
             streams={
@@ -158,7 +158,7 @@ class Worker:
             settings=lambda: self.settings.worker,
             stopping=lambda: self.closing,
         )
-        self.control = Control(elog, self.node, self.slots, self, stopping=lambda: self.closing)
+        self.control = Control(log, self.node, self.slots, self, stopping=lambda: self.closing)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -211,7 +211,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("worker loop failed; restarting it in 1s")
+                logger.exception("worker loop failed; restarting it in 1s")
                 await asyncio.sleep(1)
 
     @property
@@ -253,7 +253,7 @@ class Worker:
                 await asyncio.sleep(0.01)
         left = self.settles.take_unwritten()
         if left:
-            log.error(
+            logger.error(
                 "stopping with %d outcomes unwritten (%s); their entries stay pending "
                 "and run again on another worker after their lease",
                 len(left),
@@ -272,7 +272,7 @@ class Worker:
             try:
                 await self._draining_noted
             except Exception:  # persist retries Redis errors; this is a bug, say so
-                log.exception("writing node.draining of node %s failed", self.node)
+                logger.exception("writing node.draining of node %s failed", self.node)
         stopped = NodeStopped(node=self.node, reason=reason)
         await persist(
             f"node.stopped of node {self.node}",
@@ -482,7 +482,7 @@ class Worker:
                 lambda f, m: self.run_writes.progress(run, f, m),
             )
         except Exception as exc:
-            log.exception("running task %s failed in the worker", t)
+            logger.exception("running task %s failed in the worker", t)
             outcome = outcome_of_exception(exc)
         finally:
             for timer in timers:
@@ -496,7 +496,9 @@ class Worker:
         elif outcome.ending is Ending.DIED:
             # As if this worker had crashed: the entry stays pending, is
             # reclaimed after its lease, and counts one more delivery.
-            log.warning("task %s: %s; left for reclaim", t, outcome.error and outcome.error.message)
+            logger.warning(
+                "task %s: %s; left for reclaim", t, outcome.error and outcome.error.message
+            )
             self._abandon(entry)
             return
         self._settle(entry, *run.unwritten, self._closing(outcome, entry, sub, queue))

@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["backoff", "is_transient", "persist"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -94,9 +94,9 @@ async def persist(
             failures += 1
             delay = backoff(failures, random.random())
             if stop() or (deadline is not None and time.monotonic() + delay > deadline):
-                log.error("gave up writing %s after %d tries: %s", what, failures, _why(exc))
+                logger.error("gave up writing %s after %d tries: %s", what, failures, _why(exc))
                 return False, None
-            log.warning(
+            logger.warning(
                 "writing %s failed (try %d: %s); retrying in %.2fs",
                 what,
                 failures,

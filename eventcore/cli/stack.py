@@ -29,7 +29,7 @@ from typing import IO
 
 __all__ = ["Readiness", "RestartPolicy", "Role", "Stack", "describe_exit", "probe_ready"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class Role:
             try:
                 self.proc.wait(grace)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0fs: killed", self.name, grace)
+                logger.warning("%s did not stop within %.0fs: killed", self.name, grace)
                 self.proc.kill()
                 self.proc.wait(5)
         self._copier.join(2)
@@ -168,7 +168,7 @@ class Stack:
                 uptime = now - slot.role.started_at
                 delay, slot.streak = self.policy.after_exit(slot.streak, uptime)
                 slot.restart_at = now + delay
-                log.warning(
+                logger.warning(
                     "%s (pid %d) exited with %s after %.1fs; restarting in %.1fs",
                     slot.name,
                     slot.role.pid,
@@ -181,7 +181,7 @@ class Stack:
                 slot.role = Role(slot.name, slot.argv, self.env)
                 slot.restart_at = None
                 slot.restarts += 1
-                log.warning(
+                logger.warning(
                     "%s restarted (pid %d, restart %d)", slot.name, slot.role.pid, slot.restarts
                 )
 

@@ -96,7 +96,7 @@ async def _submit(
             raise EventcoreError(f"--file {key}: cannot read {path}: {exc.strerror}") from None
     redis = await connect(url, client_options(settings))
     try:
-        elog = EventLog(
+        log = EventLog(
             redis,
             Keys(settings.namespace, settings.partitions),
             group=settings.group,
@@ -110,14 +110,14 @@ async def _submit(
             model=args.model,
             idempotency_key=args.idempotency_key,
         )
-        res = (await submit_task(elog, settings, new, uploads=uploads)).result
+        res = (await submit_task(log, settings, new, uploads=uploads)).result
         print(
             res.task_id if res.created else f"{res.task_id} (existing, same idempotency key)",
             flush=True,
         )
         if not args.wait:
             return 0
-        done = await wait_terminal(elog, res.task_id, timeout=args.timeout or None, on_event=_show)
+        done = await wait_terminal(log, res.task_id, timeout=args.timeout or None, on_event=_show)
         if done is None:
             print(f"still running after {args.timeout}s", file=sys.stderr)
             return 3
@@ -125,7 +125,7 @@ async def _submit(
             return 1
         if args.out and done.result_ref:
             blobs = RedisBlobStore(
-                elog.redis, elog.keys, ttl=settings.blobs.ttl, max_bytes=settings.blobs.max_bytes
+                log.redis, log.keys, ttl=settings.blobs.ttl, max_bytes=settings.blobs.max_bytes
             )
             Path(args.out).write_bytes(await blobs.get(done.result_ref))
             print(f"result written to {args.out}", flush=True)

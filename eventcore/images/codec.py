@@ -32,14 +32,14 @@ from eventcore.errors import TaskError
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 """Largest image (width * height) decoded by default: 64 megapixels."""
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # OpenCV's own cap (default 2**30 pixels) is the second line of defence behind
 # the header check below. OpenCV reads the variable once, when cv2 is loaded,
 # so it must be in the environment before the first `import cv2` anywhere in
 # the process; setdefault lets an operator choose another value.
 if "cv2" in sys.modules and "OPENCV_IO_MAX_IMAGE_PIXELS" not in os.environ:
-    log.warning(
+    logger.warning(
         "cv2 was imported before %s: OpenCV's pixel cap stays at its default;"
         " the header check still applies",
         __name__,

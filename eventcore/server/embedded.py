@@ -43,7 +43,7 @@ from eventcore.server.process import (
 
 __all__ = ["DataDirBusy", "Durability", "EmbeddedRedis", "NoServerRunning", "durability_config"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Durability = Literal["durable", "fast"]
 
@@ -233,14 +233,14 @@ class EmbeddedRedis:
             raise
         self._lock_fd, self._server, self.url, self.owned = fd, server, url, True
         atexit.register(self.stop)
-        log.info("embedded %s %s started at %s", binary.flavor, self._info["version"], url)
+        logger.info("embedded %s %s started at %s", binary.flavor, self._info["version"], url)
         return url
 
     def _record(self, fd: int, server: ServerProcess, binary: ServerBinary) -> None:
         cut = [line for line in server.log_tail(500).splitlines() if _TRUNCATED_RE.search(line)]
         if cut:
             # Loading goes on past a cut-off tail (a crash mid-write); say so out loud.
-            log.warning("the AOF in %s was cut short and loaded anyway:\n%s", self.data_dir, cut)
+            logger.warning("the AOF in %s was cut short and loaded anyway:\n%s", self.data_dir, cut)
         _write_lock(fd, f"{os.getpid()} {server.pid}\n")
         self._info = {
             "url": server.url,
@@ -294,7 +294,7 @@ class EmbeddedRedis:
             current = client.config_get("appendfsync").get("appendfsync")
             if current != "always":
                 client.config_set("appendfsync", "always")
-                log.warning(
+                logger.warning(
                     "embedded server in %s ran with appendfsync %s; raised to always",
                     self.data_dir,
                     current,
@@ -349,7 +349,7 @@ class EmbeddedRedis:
         atexit.unregister(self.stop)
         if server is not None:
             if not server.running:
-                log.warning(
+                logger.warning(
                     "embedded server in %s had already exited; see %s",
                     self.data_dir,
                     server.log_path,
