@@ -88,24 +88,11 @@ def test_only_the_parser_imports_the_roles() -> None:
 # -- no import circles within a package ------------------------------------------------
 
 
-def _type_checking_only(tree: ast.AST) -> set[ast.AST]:
-    """The import statements under ``if TYPE_CHECKING:``: they never run, so
-    they cannot close a circle at import time."""
-    out: set[ast.AST] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and (
-            (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
-            or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
-        ):
-            for stmt in node.body:
-                out |= {n for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
-    return out
-
-
 def import_graph(root: Path, package: str) -> dict[str, set[str]]:
     """Module -> the modules of the same package it imports, wherever the
-    import statement is (top level, in a function, in a ``try``), except
-    under ``if TYPE_CHECKING:``. ``from p import name`` counts as importing
+    import statement is (top level, in a function, in a ``try``, under ``if
+    TYPE_CHECKING:``: a circle there still ties the modules together).
+    ``from p import name`` counts as importing
     ``p.name`` when that is a module, else ``p``."""
     paths = sorted((root / package).rglob("*.py"))
     files = {}
@@ -115,12 +102,9 @@ def import_graph(root: Path, package: str) -> dict[str, set[str]]:
     graph: dict[str, set[str]] = {m: set() for m in files}
     for mod, path in files.items():
         tree = ast.parse(path.read_text(), str(path))
-        skip = _type_checking_only(tree)
         here = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
         for node in ast.walk(tree):
             targets: list[str] = []
-            if node in skip:
-                continue
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -174,7 +158,7 @@ def test_no_import_cycles_within_a_package(package: str) -> None:
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
-def test_the_cycle_check_counts_imports_in_functions_but_not_type_checking(
+def test_the_cycle_check_counts_imports_in_functions_and_under_type_checking(
     tmp_path: Path,
 ) -> None:
     pkg = tmp_path / "p"
@@ -182,9 +166,11 @@ def test_the_cycle_check_counts_imports_in_functions_but_not_type_checking(
     (pkg / "__init__.py").write_text("")
     (pkg / "a.py").write_text("from p.b import thing\n")
     (pkg / "b.py").write_text("def f():\n    from . import c\n")
-    (pkg / "c.py").write_text(
-        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p import b\n"
-    )
+    (pkg / "c.py").write_text("import json\n")
     assert find_cycle(import_graph(tmp_path, "p")) is None
     (pkg / "c.py").write_text("import p.a\n")
+    assert find_cycle(import_graph(tmp_path, "p")) == ["p.a", "p.b", "p.c", "p.a"]
+    (pkg / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from p import a\n"
+    )
     assert find_cycle(import_graph(tmp_path, "p")) == ["p.a", "p.b", "p.c", "p.a"]
