@@ -101,9 +101,13 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
     Each client (a process may have a few) keeps at most ``max_connections``
     connections; a command that finds them all busy waits up to
     ``pool_timeout`` seconds for one before failing as "Redis unavailable".
+    ``cluster`` picks the client: ``true`` a Redis Cluster client, ``false``
+    a single-server one, unset (the default) whatever the server says it is
+    (``cluster_enabled`` in ``INFO cluster``).
     """
 
     url: str | None = None
+    cluster: bool | None = None
     durability: Literal["durable", "fast"] = "fast"
     data_dir: str = ".eventcore"
     connect_timeout: Positive = 5.0

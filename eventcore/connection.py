@@ -12,16 +12,23 @@ finds them all busy waits up to ``pool_timeout`` seconds for one to be
 released (a burst of requests queues rather than being refused); only when
 that wait runs out does it fail, with a ``ConnectionError`` like any other
 unreachable Redis.
+
+The same layer serves Redis Cluster: :func:`connect` asks the server whether
+it is a cluster node (``cluster_enabled`` in ``INFO cluster``), unless
+``ClientOptions.cluster`` says so already, and then returns redis-py's
+``RedisCluster`` with the same timeouts and retries, after checking that
+every slot is served, the cluster state is ok and every master answers.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import (
     BlockingConnectionPool,
     Connection,
@@ -47,9 +54,23 @@ except ImportError:  # pragma: no cover - hiredis comes with redis[hiredis]
 
 from eventcore.codec import text
 from eventcore.errors import RedisUnavailable
+from eventcore.server.cluster import SLOTS, parse_cluster_info
 from eventcore.server.process import MIN_VERSION
 
-__all__ = ["MIN_VERSION", "ClientOptions", "check_url", "connect", "make_client", "redact"]
+__all__ = [
+    "MIN_VERSION",
+    "Client",
+    "ClientOptions",
+    "ClusterFacts",
+    "check_url",
+    "cluster_facts",
+    "connect",
+    "make_client",
+    "redact",
+]
+
+# Both speak the same commands; a cluster client routes each to its slot's node.
+Client: TypeAlias = Redis | RedisCluster
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +80,8 @@ SCHEMES = ("redis", "rediss", "unix")
 @dataclass(frozen=True, slots=True)
 class ClientOptions:
     """Timeouts, retry policy and pool size for a client (see ``RedisSettings``
-    in config)."""
+    in config). ``cluster``: True for a Redis Cluster client, False for a
+    single-server one, None to let :func:`connect` ask the server."""
 
     connect_timeout: float = 5.0
     socket_timeout: float = 10.0
@@ -68,6 +90,18 @@ class ClientOptions:
     retry_backoff_cap: float = 2.0
     max_connections: int = 100
     pool_timeout: float = 30.0
+    cluster: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterFacts:
+    """How a Redis Cluster is: its masters (``host:port``), how many of the
+    16384 slots are assigned and served, and its ``cluster_state``."""
+
+    masters: tuple[str, ...]
+    slots_assigned: int
+    slots_ok: int
+    state: str
 
 
 def redact(url: str) -> str:
@@ -128,15 +162,22 @@ _FAST = {
 }
 
 
-def make_client(url: str, options: ClientOptions | None = None) -> Redis:
+def make_client(url: str, options: ClientOptions | None = None) -> Client:
     """A client that retries transient errors with capped, jittered backoff,
-    and whose commands wait for a free connection when the pool is full."""
+    and whose commands wait for a free connection when the pool is full.
+
+    A ``RedisCluster`` when ``options.cluster`` is True, else a single-server
+    client: this does not ask the server (it makes no connection), so a
+    caller that does not know uses :func:`connect`.
+    """
     opts = options or ClientOptions()
     check_url(url)
     retry = Retry(
         ExponentialWithJitterBackoff(cap=opts.retry_backoff_cap, base=opts.retry_backoff_base),
         opts.retry_attempts,
     )
+    if opts.cluster:
+        return _cluster_client(url, opts, retry)
     # redis-py's plain ConnectionPool raises "Too many connections" at its cap;
     # the blocking pool makes a burst wait its turn instead.
     pool = BlockingConnectionPool.from_url(
@@ -154,37 +195,84 @@ def make_client(url: str, options: ClientOptions | None = None) -> Redis:
     return Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
-async def connect(url: str, options: ClientOptions | None = None) -> Redis:
-    """Connect, check the server is usable, and return the client.
-
-    Raises :class:`RedisUnavailable` with one line a person can act on: the
-    URL (password hidden) and what went wrong — unreachable, wrong password,
-    or a server older than 6.2.
-    """
+def _cluster_client(url: str, opts: ClientOptions, retry: Retry) -> RedisCluster:
+    parts = urlsplit(url)
     where = redact(url)
-    # At start-up one quick try is better than a minute of silent retries.
-    quick = ClientOptions(
-        connect_timeout=(options or ClientOptions()).connect_timeout, retry_attempts=0
+    if parts.scheme == "unix":
+        raise RedisUnavailable(
+            f"Redis at {where} is a unix socket; a Redis Cluster client needs the "
+            "redis://host:port address of one of its nodes"
+        )
+    if parts.path.strip("/") not in ("", "0"):
+        raise RedisUnavailable(
+            f"Redis URL {where!r} names database {parts.path.strip('/')}; "
+            "Redis Cluster has only database 0"
+        )
+    # RedisCluster keeps one pool per node of at most max_connections, and
+    # refuses (MaxConnectionsError) rather than waits when it is full: it has
+    # no blocking pool, so pool_timeout does not apply. Its retry object only
+    # sets the number of attempts; MOVED/ASK redirections are followed apart
+    # from it.
+    return RedisCluster.from_url(
+        url,
+        max_connections=opts.max_connections,
+        socket_connect_timeout=opts.connect_timeout,
+        socket_timeout=opts.socket_timeout,
+        retry=retry,
+        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
+        health_check_interval=30,
+        require_full_coverage=True,
     )
-    probe = make_client(url, quick)
-    try:
-        info = await probe.info("server")
-        policy = await _maxmemory_policy(probe)
-    except (AuthenticationError, AuthorizationError) as exc:
+
+
+def _quick(options: ClientOptions | None) -> ClientOptions:
+    # At start-up one quick try is better than a minute of silent retries.
+    # Always a single-server client: it asks one node, whatever it is.
+    return ClientOptions(
+        connect_timeout=(options or ClientOptions()).connect_timeout,
+        retry_attempts=0,
+        cluster=False,
+    )
+
+
+def _unavailable(url: str, exc: BaseException) -> RedisUnavailable:
+    """One line for a failed first contact with the server at ``url``."""
+    where = redact(url)
+    if isinstance(exc, (AuthenticationError, AuthorizationError)):
         if urlsplit(url).password is None:
-            raise RedisUnavailable(
+            return RedisUnavailable(
                 f"Redis at {where} needs a password and the URL gives none "
                 "(redis://user:password@host:port/db)"
-            ) from exc
-        raise RedisUnavailable(f"Redis at {where} refused the credentials: {exc}") from exc
-    except ResponseError as exc:
+            )
+        return RedisUnavailable(f"Redis at {where} refused the credentials: {exc}")
+    if isinstance(exc, ResponseError):
         if "NOAUTH" in str(exc) or "WRONGPASS" in str(exc):
-            raise RedisUnavailable(f"Redis at {where} needs a password: {exc}") from exc
-        raise RedisUnavailable(f"Redis at {where} answered with an error: {exc}") from exc
-    except (ConnectionError, TimeoutError, OSError) as exc:
-        raise RedisUnavailable(f"cannot reach Redis at {where}: {_reason(exc)}") from exc
-    except RedisError as exc:
-        raise RedisUnavailable(f"Redis at {where} failed: {exc}") from exc
+            return RedisUnavailable(f"Redis at {where} needs a password: {exc}")
+        return RedisUnavailable(f"Redis at {where} answered with an error: {exc}")
+    if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+        return RedisUnavailable(f"cannot reach Redis at {where}: {_reason(exc)}")
+    return RedisUnavailable(f"Redis at {where} failed: {exc}")
+
+
+async def connect(url: str, options: ClientOptions | None = None) -> Client:
+    """Connect, check the server is usable, and return the client.
+
+    The client is a ``RedisCluster`` when ``options.cluster`` is True, or when
+    it is None and the server is a cluster node; the cluster is then checked
+    as :func:`cluster_facts` does. Raises :class:`RedisUnavailable` with one
+    line a person can act on: the URL (password hidden) and what went wrong —
+    unreachable, wrong password, a server older than 6.2, a cluster with
+    slots unassigned, not ok, or with a master that does not answer.
+    """
+    where = redact(url)
+    opts = options or ClientOptions()
+    probe = make_client(url, _quick(options))
+    try:
+        info = await probe.info("server")
+        enabled = str((await probe.info("cluster")).get("cluster_enabled", 0)) == "1"
+        policy = await _maxmemory_policy(probe)
+    except (RedisError, OSError) as exc:
+        raise _unavailable(url, exc) from exc
     finally:
         await probe.aclose()
     version = _version(info)
@@ -200,10 +288,97 @@ async def connect(url: str, options: ClientOptions | None = None) -> Redis:
             where,
             policy,
         )
-    return make_client(url, options)
+    cluster = enabled if opts.cluster is None else opts.cluster
+    if cluster and not enabled:
+        raise RedisUnavailable(
+            f"redis.cluster is true but Redis at {where} is not a cluster node "
+            "(cluster_enabled:0); unset redis.cluster or give the URL of a cluster node"
+        )
+    if enabled and not cluster:
+        logger.warning(
+            "Redis at %s is a cluster node but redis.cluster is false: commands on keys "
+            "of other nodes' slots will fail with MOVED",
+            where,
+        )
+    if cluster:
+        await cluster_facts(url, opts)
+    return make_client(url, replace(opts, cluster=cluster))
 
 
-async def _maxmemory_policy(client: Redis) -> str | None:
+async def cluster_facts(url: str, options: ClientOptions | None = None) -> ClusterFacts:
+    """Ask the cluster node at ``url`` how its cluster is, and each master whether it answers.
+
+    Raises :class:`RedisUnavailable` with one line when the node cannot be
+    reached or is no cluster node, when a master does not answer, or when the
+    seed or any master sees fewer than 16384 slots assigned or a
+    ``cluster_state`` other than ``ok``.
+    """
+    where = redact(url)
+    seed = make_client(url, _quick(options))
+    try:
+        state = parse_cluster_info(await seed.execute_command("CLUSTER INFO"))
+        nodes = await seed.execute_command("CLUSTER NODES")  # parsed: {"host:port": {...}}
+    except ResponseError as exc:
+        if "cluster support disabled" in str(exc).lower():
+            raise RedisUnavailable(f"Redis at {where} is not a cluster node") from exc
+        raise _unavailable(url, exc) from exc
+    except (RedisError, OSError) as exc:
+        raise _unavailable(url, exc) from exc
+    finally:
+        await seed.aclose()
+    masters = tuple(
+        sorted(
+            address.split("@")[0]
+            for address, node in nodes.items()
+            if "master" in str(node.get("flags", "")).split(",")
+            and "noaddr" not in str(node.get("flags", ""))
+        )
+    )
+    facts = ClusterFacts(
+        masters=masters,
+        slots_assigned=int(state.get("cluster_slots_assigned", 0)),
+        slots_ok=int(state.get("cluster_slots_ok", 0)),
+        state=state.get("cluster_state", "?"),
+    )
+    # Each master has its own view of the cluster (a slot removed on one node
+    # is not gossiped to the others), so every one is asked, the seed first.
+    views = [("", state)] + [(m, await _node_info(url, m, options)) for m in masters]
+    for address, view in views:
+        at = f"{where}" if not address else f"{where} (master {address})"
+        assigned = int(view.get("cluster_slots_assigned", 0))
+        if assigned < SLOTS:
+            raise RedisUnavailable(
+                f"Redis Cluster at {at} has {assigned} of {SLOTS} slots assigned; "
+                "assign the rest (CLUSTER ADDSLOTSRANGE, or redis-cli --cluster fix)"
+            )
+        if view.get("cluster_state") != "ok":
+            raise RedisUnavailable(
+                f"Redis Cluster at {at} reports cluster_state:{view.get('cluster_state')} "
+                f"({view.get('cluster_slots_ok', '?')} of {SLOTS} slots served); "
+                "fix the cluster or wait for a failover"
+            )
+    return facts
+
+
+async def _node_info(url: str, address: str, options: ClientOptions | None) -> dict[str, str]:
+    """CLUSTER INFO of the node at ``address`` (``host:port``), with the seed URL's credentials."""
+    parts = urlsplit(url)
+    credentials = parts.netloc.rpartition("@")[0]
+    netloc = f"{credentials}@{address}" if credentials else address
+    node_url = urlunsplit(parts._replace(netloc=netloc))
+    client = make_client(node_url, _quick(options))
+    try:
+        return parse_cluster_info(await client.execute_command("CLUSTER INFO"))
+    except (RedisError, OSError) as exc:
+        raise RedisUnavailable(
+            f"Redis Cluster at {redact(url)}: master {address} does not answer "
+            f"({_reason(exc)}); its slots cannot be served"
+        ) from exc
+    finally:
+        await client.aclose()
+
+
+async def _maxmemory_policy(client: Client) -> str | None:
     try:
         conf = await client.config_get("maxmemory-policy")
     except ResponseError:  # CONFIG may be disabled by ACL or renamed on managed servers

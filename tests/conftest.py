@@ -1,4 +1,5 @@
-"""Test fixtures: a real redis-server for the session, a random namespace per test."""
+"""Test fixtures: a real redis-server for the session, a random namespace per
+test, and a local 3-master Redis Cluster for the tests that ask for one."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from eventcore.connection import ClientOptions, make_client
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.server.cluster import LocalCluster
 from eventcore.server.process import (
     ServerBinary,
     ServerConfig,
@@ -36,6 +38,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     yield server.start()
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The seed URL of a local Redis Cluster of 3 masters, started on first use."""
+    with LocalCluster(tmp_path_factory.mktemp("cluster"), 3, server_binary()) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture

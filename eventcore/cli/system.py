@@ -8,20 +8,26 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
+
+from redis.asyncio.cluster import RedisCluster
 
 from eventcore.cli import toml as _toml
 from eventcore.cli.stack import Stack, probe_ready
 from eventcore.codec import text
 from eventcore.config import Settings, to_toml_dict
-from eventcore.connection import connect, redact
+from eventcore.connection import ClientOptions, cluster_facts, connect, redact
 from eventcore.errors import EventcoreError
+from eventcore.server.cluster import SLOTS, LocalCluster
 from eventcore.server.embedded import EmbeddedRedis
 from eventcore.server.process import free_port
 from eventcore.server.target import client_options, redis_for
@@ -55,7 +61,14 @@ def add_commands(sub: Any) -> dict[str, Any]:
         metavar="SECONDS",
         help="say what is missing if /readyz is not 200 by then (default 60)",
     )
-    sub.add_parser("redis", help="run only the embedded Redis and print its URL")
+    redis = sub.add_parser("redis", help="run only the embedded Redis and print its URL")
+    redis.add_argument(
+        "--cluster",
+        type=count,
+        metavar="N",
+        help="run a local Redis Cluster of N masters instead (for development; "
+        "data is kept in a temporary directory and removed on exit)",
+    )
     check = sub.add_parser("check", help="connect to Redis and show how it is set up")
     check.add_argument("--json", action="store_true")
     config = sub.add_parser("config", help="print the effective settings (TOML)")
@@ -75,20 +88,40 @@ def count(text: str) -> int:
 
 
 async def describe(url: str, settings: Settings) -> dict[str, str]:
-    """What the server at ``url`` runs with: version, persistence, memory policy."""
-    client = await connect(url, client_options(settings))
+    """What the server at ``url`` runs with: version, persistence, memory policy;
+    on a Redis Cluster also its state, slots and masters (the server facts are
+    the seed node's)."""
+    options = client_options(settings)
+    client = await connect(url, options)
+    cluster: dict[str, str] = {}
     try:
-        info = await client.info("server")
+        if isinstance(client, RedisCluster):
+            cluster = await _cluster_lines(url, options)
+            # One node answers for the server facts; asked of every node, redis-py
+            # would return them keyed by node.
+            on: dict[str, Any] = {"target_nodes": client.get_default_node()}
+        else:
+            on = {}
+        info = await client.info("server", **on)
         conf: dict[str, str] = {}
         for name in ("appendonly", "appendfsync", "maxmemory-policy"):
             with contextlib.suppress(Exception):  # CONFIG may be disabled on managed servers
-                value = next(iter((await client.config_get(name)).values()), "?")
+                value = next(iter((await client.config_get(name, **on)).values()), "?")
                 conf[name] = text(value)
     finally:
         await client.aclose()
     version = info.get("valkey_version") or info.get("redis_version")
     flavor = "valkey" if "valkey_version" in info else "redis"
-    return {"url": redact(url), "server": f"{flavor} {version}", **conf}
+    return {"url": redact(url), "server": f"{flavor} {version}", **conf, **cluster}
+
+
+async def _cluster_lines(url: str, options: ClientOptions) -> dict[str, str]:
+    facts = await cluster_facts(url, options)
+    return {
+        "cluster_state": facts.state,
+        "cluster_slots": f"{facts.slots_ok} of {SLOTS} served",
+        "cluster_masters": f"{len(facts.masters)} ({', '.join(facts.masters)})",
+    }
 
 
 def stop_on_signals() -> threading.Event:
@@ -164,6 +197,8 @@ def memory_policy_warning(facts: dict[str, str]) -> str | None:
 
 
 def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
+    if args.cluster:
+        return run_local_cluster(args.cluster)
     if settings.redis.url:
         print(f"redis.url is set ({redact(settings.redis.url)}): no embedded server to run")
         return 0
@@ -178,6 +213,31 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
             flush=True,
         )
         wait_for_stop(stop, target.embedded)
+    return 0
+
+
+def run_local_cluster(masters: int) -> int:
+    """``eventcore redis --cluster N``: a local cluster until Ctrl-C, its seed URL on stdout."""
+    stop = stop_on_signals()
+    where = tempfile.mkdtemp(prefix="eventcore-cluster-")
+    try:
+        with LocalCluster(Path(where), masters) as cluster:
+            print(cluster.url, flush=True)
+            nodes = ", ".join(f"127.0.0.1:{node.port}" for node in cluster.nodes)
+            print(
+                f"local Redis Cluster of {masters} masters ({nodes}) in {where}; "
+                f"use it with REDIS_URL={cluster.url}; Ctrl-C stops it",
+                file=sys.stderr,
+                flush=True,
+            )
+            while not stop.wait(0.2):
+                if not cluster.running:
+                    raise EventcoreError(
+                        f"a node of the local cluster exited (logs under {where}/node-*/)"
+                    )
+    finally:
+        if stop.is_set():  # kept after a failure, for its logs
+            shutil.rmtree(where, ignore_errors=True)
     return 0
 
 

@@ -25,6 +25,7 @@ def client_options(settings: Settings) -> ClientOptions:
         retry_backoff_cap=r.retry_backoff_cap,
         max_connections=r.max_connections,
         pool_timeout=r.pool_timeout,
+        cluster=r.cluster,
     )
 
 

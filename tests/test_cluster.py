@@ -1,0 +1,220 @@
+"""Redis Cluster: the local cluster, connecting to it, and what ``eventcore
+check`` says about it, healthy or not."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+from eventcore.config import load_settings
+from eventcore.connection import ClientOptions, cluster_facts, connect, make_client
+from eventcore.errors import ConfigError, RedisUnavailable
+from eventcore.server.cluster import SLOTS, LocalCluster, parse_cluster_info, slot_ranges
+from eventcore.server.target import client_options
+from tests.conftest import server_binary
+from tests.replaykit import cli
+
+# -- pure parts ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("masters", [1, 2, 3, 5, 7])
+def test_slot_ranges_cover_every_slot_once_and_evenly(masters: int) -> None:
+    ranges = slot_ranges(masters)
+    covered = [slot for first, last in ranges for slot in range(first, last + 1)]
+    assert covered == list(range(SLOTS))
+    sizes = [last - first + 1 for first, last in ranges]
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_parse_cluster_info_reads_text_and_parsed_replies() -> None:
+    raw = b"cluster_state:ok\r\ncluster_slots_assigned:16384\r\n"
+    assert parse_cluster_info(raw) == {"cluster_state": "ok", "cluster_slots_assigned": "16384"}
+    assert parse_cluster_info({"cluster_state": "fail"}) == {"cluster_state": "fail"}
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("true", True), ("false", False), ("1", True), ("", None)]
+)
+def test_cluster_key_from_the_environment(value: str, expected: bool | None) -> None:
+    settings = load_settings(env={"EVENTCORE_REDIS__CLUSTER": value})
+    assert settings.redis.cluster is expected
+    assert client_options(settings).cluster is expected
+
+
+def test_cluster_key_defaults_to_detection_and_refuses_other_words(tmp_path: Path) -> None:
+    assert load_settings(env={}).redis.cluster is None
+    with pytest.raises(ConfigError, match=r"redis\.cluster.*EVENTCORE_REDIS__CLUSTER"):
+        load_settings(env={"EVENTCORE_REDIS__CLUSTER": "maybe"})
+    path = tmp_path / "c.toml"
+    path.write_text("[redis]\ncluster = true\n")
+    assert load_settings(path, env={}).redis.cluster is True
+
+
+# -- single server -----------------------------------------------------------------
+
+
+async def test_auto_detection_on_a_single_server_gives_the_plain_client(redis_url: str) -> None:
+    client = await connect(redis_url)
+    try:
+        assert type(client) is Redis and await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_cluster_true_on_a_single_server_is_one_clear_line(redis_url: str) -> None:
+    with pytest.raises(RedisUnavailable, match="not a cluster node") as err:
+        await connect(redis_url, ClientOptions(cluster=True))
+    assert "\n" not in str(err.value)
+
+
+# -- the session's cluster ---------------------------------------------------------
+
+
+async def test_connect_detects_the_cluster_and_reaches_every_slot(
+    cluster_url: str, namespace: str
+) -> None:
+    client = await connect(cluster_url, ClientOptions(retry_attempts=2))
+    try:
+        assert isinstance(client, RedisCluster)
+        # Keys spread over all three masters: the client follows each to its node.
+        names = [f"{namespace}:{i}" for i in range(30)]
+        for name in names:
+            await client.set(name, name)
+        assert [await client.get(n) for n in names] == [n.encode() for n in names]
+        slots = {client.keyslot(n) for n in names}
+        owners = {client.nodes_manager.get_node_from_slot(s).name for s in slots}
+        assert len(owners) == 3
+        await client.delete(*names)
+    finally:
+        await client.aclose()
+
+
+async def test_cluster_false_gives_the_plain_client(cluster_url: str) -> None:
+    client = await connect(cluster_url, ClientOptions(cluster=False))
+    try:
+        assert type(client) is Redis and await client.ping()
+    finally:
+        await client.aclose()
+
+
+async def test_make_client_takes_the_cluster_option(cluster_url: str) -> None:
+    client = make_client(cluster_url, ClientOptions(cluster=True))
+    try:
+        assert isinstance(client, RedisCluster) and await client.ping()
+    finally:
+        await client.aclose()
+
+
+def test_a_cluster_client_refuses_a_unix_socket_or_another_database() -> None:
+    with pytest.raises(RedisUnavailable, match="unix socket"):
+        make_client("unix:///tmp/x.sock", ClientOptions(cluster=True))
+    with pytest.raises(RedisUnavailable, match="database 0"):
+        make_client("redis://127.0.0.1:7000/3", ClientOptions(cluster=True))
+
+
+async def test_cluster_facts(cluster_url: str) -> None:
+    facts = await cluster_facts(cluster_url)
+    assert facts.state == "ok" and facts.slots_assigned == facts.slots_ok == SLOTS
+    assert len(facts.masters) == 3
+
+
+def test_check_prints_the_cluster_facts(cluster_url: str) -> None:
+    res = cli("check", "--json", env={"REDIS_URL": cluster_url})
+    assert res.returncode == 0, res.stderr
+    facts = json.loads(res.stdout)
+    assert facts["cluster_state"] == "ok"
+    assert facts["cluster_slots"] == f"{SLOTS} of {SLOTS} served"
+    assert facts["cluster_masters"].startswith("3 (127.0.0.1:")
+    text = cli("check", env={"REDIS_URL": cluster_url})
+    assert text.returncode == 0 and "cluster_state: ok" in text.stdout
+
+
+# -- broken clusters -----------------------------------------------------------------
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """A cluster of this test's own, to break."""
+    with LocalCluster(tmp_path, 3, server_binary(), node_timeout_ms=1000) as cluster:
+        yield cluster
+
+
+def assert_one_error_line(res: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert res.returncode == 1, res.stdout
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("eventcore: error: "), res.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_a_stopped_master_is_one_clear_line(own_cluster: LocalCluster) -> None:
+    stopped = own_cluster.nodes[2]
+    stopped.process.stop()
+    res = cli("check", env={"REDIS_URL": own_cluster.url})
+    # Before the others mark it failed it does not answer; after, the state is fail.
+    assert_one_error_line(res, "Redis Cluster at")
+    assert f"127.0.0.1:{stopped.port}" in res.stderr or "cluster_state:fail" in res.stderr
+
+
+def test_missing_slots_are_one_clear_line(own_cluster: LocalCluster) -> None:
+    """The owner drops ten of its slots: it no longer serves them, and no
+    other node takes them over."""
+    owner = own_cluster.nodes[1]
+    first = owner.slots[0]
+    with redis.Redis(port=owner.port) as node:
+        node.execute_command("CLUSTER DELSLOTS", *range(first, first + 10))
+    res = cli("check", env={"REDIS_URL": own_cluster.url})
+    assert_one_error_line(res, f"{SLOTS - 10} of {SLOTS} slots assigned")
+
+
+def test_an_unreachable_cluster_url_is_one_clear_line(own_cluster: LocalCluster) -> None:
+    url = own_cluster.url
+    own_cluster.stop()
+    res = cli("check", env={"REDIS_URL": url, "EVENTCORE_REDIS__CLUSTER": "true"})
+    assert_one_error_line(res, "cannot reach Redis at", url)
+
+
+def test_local_cluster_stops_every_node(tmp_path: Path) -> None:
+    cluster = LocalCluster(tmp_path, 3, server_binary())
+    cluster.start()
+    processes = [node.process for node in cluster.nodes]
+    assert all(p.running for p in processes)
+    states = cluster.states()
+    assert {s["cluster_state"] for s in states} == {"ok"}
+    assert all((tmp_path / f"node-{i}" / "nodes.conf").is_file() for i in range(3))
+    cluster.stop()
+    assert not any(p.running for p in processes)
+
+
+@pytest.mark.slow
+def test_redis_cluster_command_runs_until_interrupted(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eventcore.cli", "redis", "--cluster", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("redis://127.0.0.1:")
+        check = cli("check", "--json", env={"REDIS_URL": url})
+        assert check.returncode == 0, check.stderr
+        assert json.loads(check.stdout)["cluster_masters"].startswith("3 ")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    after = cli("check", env={"REDIS_URL": url})
+    assert after.returncode == 1  # the nodes went with it
