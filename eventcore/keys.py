@@ -12,16 +12,20 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:{p0}:cancel               task ids with a pending cancel request (set)
     ec:{p0}:dlq                  dead-lettered work entries (stream)
     ec:{p0}:events:trimmed       lowest id kept by the last trim of the log (string)
-    ec:nodes                     node event stream
-    ec:nodes:seen                node -> time of its last sign of life, ms (hash)
-    ec:nodes:info                node -> its NodeStarted event, while it lives (hash)
-    ec:nodes:trimmed             lowest id kept by the last trim of the node stream (string)
-    ec:ctl:node:<node>           control commands for one node (stream)
-    ec:ctl:all                   broadcast control commands (stream)
-    ec:ctl:acks                  control acknowledgements (stream)
+    ec:{n}:nodes                 node event stream
+    ec:{n}:nodes:seen            node -> time of its last sign of life, ms (hash)
+    ec:{n}:nodes:info            node -> its NodeStarted event, while it lives (hash)
+    ec:{n}:nodes:trimmed         lowest id kept by the last trim of the node stream (string)
+    ec:{c}:ctl:node:<node>       control commands for one node (stream)
+    ec:{c}:ctl:all               broadcast control commands (stream)
+    ec:{c}:ctl:acks              control acknowledgements (stream)
     ec:{v}:feed                  view-change feed (capped stream)
-    ec:parked                    entries that did not decode (stream)
-    ec:blob:<sha256>             blobs (string, TTL)
+    ec:{x}:parked                entries that did not decode (stream)
+    ec:blob:{<sha256>}           blobs (string, TTL); each its own tag, so blobs
+                                 spread over the masters of a cluster
+    ec:{w}:web:tokens            API token digests (hash)
+    ec:{w}:web:secret            the key that signs stream tickets (string)
+    ec:{w}:web:model             the IOPaint routes' default model (string)
     ec:{v}:<view-ns>:...         projection views (one slot: a batch of view
                                  changes, its feed entries and the watermark
                                  are written by one script)
@@ -29,8 +33,17 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:{v}:snapshot:<id>         a snapshot: every view and its watermark (hash)
     ec:{v}:snapshot:<id>:partial a snapshot being written (hash, with a TTL)
 
-Every key of one partition carries the same hash tag ``{pN}``, so each Lua
-script touches a single slot and the layout runs unchanged on Redis Cluster.
+Every key carries a hash tag, and the keys one script or one multi-key
+command touches share it: a partition's keys ``{pN}``, the views ``{v}``, the
+node keys ``{n}``, the control streams ``{c}``. So each Lua script touches a
+single slot and the layout runs unchanged on Redis Cluster. Reads over several
+tags (every partition's log, say) are split per slot on a cluster
+(:mod:`eventcore.log.spread`).
+
+Before the node, control, parked and web keys had tags they were named
+``ec:nodes``, ``ec:ctl:...``, ``ec:parked``, ``ec:web:...`` and
+``ec:blob:<sha256>``; :meth:`Keys.legacy_names` maps those names to the new
+ones for the one-time rename (``eventcore.log.migrate``).
 """
 
 from __future__ import annotations
@@ -41,6 +54,12 @@ from eventcore.events import Priority
 from eventcore.ids import partition_of
 
 __all__ = ["NAME_RE", "Keys", "check_name", "escape_part"]
+
+# Hash tags of the keys outside the partitions and the views (see the layout).
+NODE_TAG = "n"
+CONTROL_TAG = "c"
+PARKED_TAG = "x"
+WEB_TAG = "w"
 
 # Queue names, node ids and namespaces: safe inside a key and in Lua splitting.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -134,23 +153,26 @@ class Keys:
 
     # -- global --------------------------------------------------------------
 
+    def _tagged(self, tag: str) -> str:
+        return f"{self.namespace}:{{{tag}}}"
+
     def nodes(self) -> str:
-        return f"{self.namespace}:nodes"
+        return f"{self._tagged(NODE_TAG)}:nodes"
 
     def nodes_seen(self) -> str:
-        return f"{self.namespace}:nodes:seen"
+        return f"{self.nodes()}:seen"
 
     def nodes_info(self) -> str:
-        return f"{self.namespace}:nodes:info"
+        return f"{self.nodes()}:info"
 
     def control(self, node: str) -> str:
-        return f"{self.namespace}:ctl:node:{node}"
+        return f"{self._tagged(CONTROL_TAG)}:ctl:node:{node}"
 
     def control_broadcast(self) -> str:
-        return f"{self.namespace}:ctl:all"
+        return f"{self._tagged(CONTROL_TAG)}:ctl:all"
 
     def control_acks(self) -> str:
-        return f"{self.namespace}:ctl:acks"
+        return f"{self._tagged(CONTROL_TAG)}:ctl:acks"
 
     def control_pattern(self) -> str:
         """SCAN pattern matching every per-node control stream."""
@@ -160,22 +182,22 @@ class Keys:
         return f"{self.namespace}:{{v}}:feed"
 
     def parked(self) -> str:
-        return f"{self.namespace}:parked"
+        return f"{self._tagged(PARKED_TAG)}:parked"
 
     def blob(self, digest: str) -> str:
-        return f"{self.namespace}:blob:{digest}"
+        return f"{self.namespace}:blob:{{{digest}}}"
 
     def api_tokens(self) -> str:
         """Hash: SHA-256 of an API token -> who holds it (tenant, scopes)."""
-        return f"{self.namespace}:web:tokens"
+        return f"{self._tagged(WEB_TAG)}:web:tokens"
 
     def web_secret(self) -> str:
         """The key that signs short-lived stream tickets, shared by every web process."""
-        return f"{self.namespace}:web:secret"
+        return f"{self._tagged(WEB_TAG)}:web:secret"
 
     def web_model(self) -> str:
         """The model the IOPaint-compatible routes use when a request names none."""
-        return f"{self.namespace}:web:model"
+        return f"{self._tagged(WEB_TAG)}:web:model"
 
     def view(self, view_ns: str, *parts: str) -> str:
         """A key of the projections' views under view namespace ``view_ns``."""
@@ -187,8 +209,9 @@ class Keys:
 
     def trim_mark(self, stream: str) -> str:
         """Lowest entry id a trim kept in ``stream`` (one of :meth:`events` or
-        :meth:`nodes`): entries below it may be gone. Same slot as the stream,
-        so the trim script writes both."""
+        :meth:`nodes`): entries below it may be gone. The stream's name with a
+        suffix, so it carries the stream's hash tag and the trim script writes
+        both in one slot."""
         return f"{stream}:trimmed"
 
     def snapshot(self, snap_id: str) -> str:
@@ -202,6 +225,43 @@ class Keys:
     def snapshot_pointer(self) -> str:
         """Which snapshot is the latest (rebuild, verify, as-of and trim start there)."""
         return f"{self.namespace}:{{v}}:snapshot:latest"
+
+    def relative_name(self, key: str) -> str:
+        """``key`` without the namespace, and for node and control keys without
+        their tag: ``{p0}:events``, ``nodes``, ``ctl:all``. The names exports
+        carry, the same as before those keys had tags."""
+        rel = key[len(self.namespace) + 1 :]
+        for tag in (NODE_TAG, CONTROL_TAG):
+            if rel.startswith(f"{{{tag}}}:"):
+                return rel[len(tag) + 3 :]
+        return rel
+
+    def legacy_names(self) -> list[tuple[str, str]]:
+        """(old name, new name) of every fixed key that got a hash tag, for the
+        one-time rename of a deployment's data (``eventcore.log.migrate``).
+        Per-node control streams and blobs have a free part: see
+        :meth:`legacy_control_pattern` and :meth:`legacy_blob_pattern`."""
+        ns = self.namespace
+        return [
+            (f"{ns}:nodes", self.nodes()),
+            (f"{ns}:nodes:seen", self.nodes_seen()),
+            (f"{ns}:nodes:info", self.nodes_info()),
+            (f"{ns}:nodes:trimmed", self.trim_mark(self.nodes())),
+            (f"{ns}:ctl:all", self.control_broadcast()),
+            (f"{ns}:ctl:acks", self.control_acks()),
+            (f"{ns}:parked", self.parked()),
+            (f"{ns}:web:tokens", self.api_tokens()),
+            (f"{ns}:web:secret", self.web_secret()),
+            (f"{ns}:web:model", self.web_model()),
+        ]
+
+    def legacy_control_prefix(self) -> str:
+        """The old name of a node's control stream without the node."""
+        return f"{self.namespace}:ctl:node:"
+
+    def legacy_blob_prefix(self) -> str:
+        """The old name of a blob without its digest."""
+        return f"{self.namespace}:blob:"
 
     def all_keys_pattern(self) -> str:
         """SCAN pattern matching every key of this namespace (for tools and tests)."""

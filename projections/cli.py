@@ -32,6 +32,7 @@ from eventcore.events.task import PRIORITIES_HIGH_FIRST
 from eventcore.ids import is_task_id
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.log.migrate import rename_legacy_keys
 from eventcore.routing import backlog
 from eventcore.server.target import client_options, redis_for
 from projections.asof import task_as_of, views_as_of
@@ -105,7 +106,7 @@ async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
 
 
 def add_tool_commands(sub: Any) -> dict[str, Any]:
-    ev = sub.add_parser("events", help="read the log: history, tail, export, import, trim")
+    ev = sub.add_parser("events", help="read the log: history, tail, export, import, trim, migrate")
     evsub = ev.add_subparsers(dest="events_command", required=True, metavar="WHAT")
     h = evsub.add_parser("history", help="a task's timeline")
     h.add_argument("task")
@@ -139,6 +140,11 @@ def add_tool_commands(sub: Any) -> dict[str, Any]:
         "--keep-done",
         action="store_true",
         help="keep the recorded outcome of tasks whose events are trimmed",
+    )
+    evsub.add_parser(
+        "migrate",
+        help="rename keys from before node, control and web keys had hash tags "
+        "(once, on a single server, with the stack stopped; idempotent)",
     )
     rp = sub.add_parser("replay", help="check, rebuild and snapshot the views")
     rpsub = rp.add_subparsers(dest="replay_command", required=True, metavar="WHAT")
@@ -220,7 +226,19 @@ def cmd_events(args: argparse.Namespace, settings: Settings) -> int:
             return _tool(settings, lambda log: _trim(log, keep_done=args.keep_done, before=before))
         case "history":
             return _tool(settings, lambda log: _history(log, args.task, as_json=args.json))
+        case "migrate":
+            return _tool(settings, _migrate)
     return _tool(settings, lambda log: _tail(log, args))
+
+
+async def _migrate(log: EventLog) -> int:
+    done = await rename_legacy_keys(log.redis, log.keys)
+    for old, new in done.renamed:
+        _say(f"renamed {old} -> {new}")
+    for old, new in done.kept:
+        _say(f"kept {old}: {new} already holds data; move what you need by hand", err=True)
+    _say(f"migrate: {len(done.renamed)} renamed, {len(done.kept)} kept")
+    return 1 if done.kept else 0
 
 
 async def _history(log: EventLog, task_id: str, *, as_json: bool) -> int:

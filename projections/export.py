@@ -90,9 +90,10 @@ _event_json = msgspec.json.Decoder(AnyEvent)
 
 
 def _relative(keys: Keys, key: str) -> str:
-    # Every key of a deployment starts with "<namespace>:" (keys.py); the
-    # export names streams without it so they can be imported elsewhere.
-    return key[len(keys.namespace) + 1 :]
+    # The export names streams without the namespace (and without the node and
+    # control keys' tags, as before they had them), so they can be imported
+    # elsewhere and old exports still import.
+    return keys.relative_name(key)
 
 
 def _fields(kind: StreamKind, event: Any) -> list[tuple[bytes, bytes]]:

@@ -34,7 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from eventcore.codec import Entry
 from eventcore.errors import DecodeError
 from eventcore.ids import stream_id_key
-from eventcore.log import EventLog, groups
+from eventcore.log import EventLog, groups, spread
 from projections.replay import replay
 from projections.store import ViewStore, current_views, drop_views, group_for, is_lost_group
 
@@ -172,14 +172,15 @@ class Projector:
 
     async def _step(self, block_ms: int | None) -> int:
         start = "0" if self._backlog else ">"
-        reply = await self.log.redis.xreadgroup(
+        reply = await spread.xreadgroup(
+            self.log.redis,
             self.group,
             self.consumer,
             dict.fromkeys(self.streams, start),
             count=self.batch,
             block=None if self._backlog else block_ms,
         )
-        raw = [(s.decode(), e) for s, entries in (reply or []) for e in entries]
+        raw = [(s.decode(), e) for s, entries in reply for e in entries]
         if self._backlog and not any(fields for _, (_, fields) in raw):
             self._backlog = False  # own pending entries done: now new ones
             if not raw:

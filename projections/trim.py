@@ -28,7 +28,7 @@ import msgspec
 
 from eventcore.codec import text
 from eventcore.errors import EventcoreError
-from eventcore.log import EventLog
+from eventcore.log import EventLog, spread
 from eventcore.transitions import TERMINAL
 from projections.points import id_lt, log_streams
 from projections.scripts import ViewScripts
@@ -82,7 +82,7 @@ async def trim_log(log: EventLog, *, prune: bool = True, before: str | None = No
 async def trim_marks(log: EventLog) -> dict[str, str]:
     """The lowest id kept, per log stream that has been trimmed."""
     streams = log_streams(log.keys)
-    values = await log.redis.mget([log.keys.trim_mark(s) for s in streams])
+    values = await spread.mget(log.redis, [log.keys.trim_mark(s) for s in streams])
     return {s: text(v) for s, v in zip(streams, values) if v is not None}
 
 

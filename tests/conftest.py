@@ -1,5 +1,10 @@
 """Test fixtures: a real redis-server for the session, a random namespace per
-test, and a local 3-master Redis Cluster for the tests that ask for one."""
+test, and a local 3-master Redis Cluster for the tests that ask for one.
+
+``EVENTCORE_TEST_SERVER=cluster`` runs the tests on the local cluster instead:
+``redis_url`` is its seed URL and ``r`` a ``RedisCluster``. Tests marked
+``single_server`` are skipped then (the marker says why they cannot run on a
+cluster yet)."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from redis.asyncio import Redis
 
-from eventcore.connection import ClientOptions, make_client
+from eventcore.connection import ClientOptions, connect, make_client
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.server.cluster import LocalCluster
@@ -23,6 +28,18 @@ from eventcore.server.process import (
 )
 from tests.partitions import PARTITIONS
 
+ON_CLUSTER = os.environ.get("EVENTCORE_TEST_SERVER") == "cluster"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not ON_CLUSTER:
+        return
+    for item in items:
+        marker = item.get_closest_marker("single_server")
+        if marker is not None:
+            why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"not on a cluster yet: {why}"))
+
 
 def server_binary() -> ServerBinary:
     """The server the suite runs against: ``EVENTCORE_TEST_SERVER=bundled`` picks
@@ -33,6 +50,10 @@ def server_binary() -> ServerBinary:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if ON_CLUSTER:
+        with LocalCluster(tmp_path_factory.mktemp("cluster"), 3, server_binary()) as cluster:
+            yield cluster.url
+        return
     server = ServerProcess(
         server_binary(), ServerConfig(tmp_path_factory.mktemp("redis"), port=free_port())
     )
@@ -41,8 +62,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The seed URL of a local Redis Cluster of 3 masters, started on first use."""
+def cluster_url(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The seed URL of a local Redis Cluster of 3 masters, started on first use
+    (the session's own server when the suite runs on a cluster)."""
+    if ON_CLUSTER:
+        yield request.getfixturevalue("redis_url")
+        return
     with LocalCluster(tmp_path_factory.mktemp("cluster"), 3, server_binary()) as cluster:
         yield cluster.url
 
@@ -54,8 +81,10 @@ def namespace() -> str:
 
 @pytest.fixture
 async def r(redis_url: str) -> AsyncIterator[Redis]:
-    client = make_client(redis_url, ClientOptions(retry_attempts=2))
-    yield client
+    options = ClientOptions(retry_attempts=2)
+    # connect() detects the cluster; the single-server path makes no probe.
+    client = await connect(redis_url, options) if ON_CLUSTER else make_client(redis_url, options)
+    yield client  # type: ignore[misc]
     await client.aclose()
 
 

@@ -156,14 +156,16 @@ async def test_settle_script_refuses_bad_args_and_writes_nothing(
     log: EventLog, r: Redis, keys: Keys
 ) -> None:
     entry = await _claim_one(log)
-    before = await r.xlen(keys.events(0))
+    # the entry's own partition: on a cluster every key of a call shares its slot
+    p = keys.partition(entry.task_id)
+    before = await r.xlen(keys.events(p))
     k = [
-        keys.events(0),
-        keys.done(0),
-        keys.cancels(0),
-        keys.delayed(0),
-        keys.delayed_items(0),
-        keys.dead_letters(0),
+        keys.events(p),
+        keys.done(p),
+        keys.cancels(p),
+        keys.delayed(p),
+        keys.delayed_items(p),
+        keys.dead_letters(p),
         entry.stream,
     ]
     good = [entry.task_id, entry.id, "t", "task.succeeded", 0, "", 1, b"ev"]
@@ -181,7 +183,7 @@ async def test_settle_script_refuses_bad_args_and_writes_nothing(
         keys_ = [*k, entry.stream] if args[2] == 2 else k
         with pytest.raises(ScriptArgumentError):
             await log.scripts.raw("settle", keys_, args)
-    assert await r.xlen(keys.events(0)) == before
+    assert await r.xlen(keys.events(p)) == before
     assert (await groups.pending_summary(r, entry.stream, log.group)).count == 1
 
 
@@ -292,8 +294,9 @@ async def test_append_held_refuses_bad_args_and_writes_nothing(
     log: EventLog, r: Redis, keys: Keys
 ) -> None:
     entry = await _claim_one(log)
-    before = await r.xlen(keys.events(0))
-    k = [keys.events(0), entry.stream]
+    p = keys.partition(entry.task_id)  # one slot on a cluster
+    before = await r.xlen(keys.events(p))
+    k = [keys.events(p), entry.stream]
     bad = [
         ["", "w1", entry.id, entry.task_id, b"ev"],  # no group
         ["workers", "", entry.id, entry.task_id, b"ev"],  # no consumer
@@ -307,4 +310,4 @@ async def test_append_held_refuses_bad_args_and_writes_nothing(
     other = TaskSucceeded(task_id="someone-else", node="w1", attempt=1)
     with pytest.raises(ValueError, match="another task"):
         await log.append_held("w1", entry, (other,))
-    assert await r.xlen(keys.events(0)) == before
+    assert await r.xlen(keys.events(p)) == before

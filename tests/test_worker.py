@@ -283,8 +283,10 @@ async def test_prefetched_entries_keep_their_lease(log, settings) -> None:
     a = make_worker(log, settings, "a", concurrency=1)
     async with running(a):
         first = await log.submit(spec("sleep", seconds=2 * lease, steps=2))
-        second = await log.submit(spec("sleep", seconds=0.1))
+        # Started before the second is submitted: with several partitions the
+        # worker takes them in partition order, not in the order submitted.
         await _wait_for_event(log, first.task_id, "task.started")
+        second = await log.submit(spec("sleep", seconds=0.1))
         await wait_until(  # held, not yet running
             lambda: list(a.slots.waiting) == [second.task_id],
             what="the second task waiting for the child",

@@ -81,6 +81,7 @@ class Control:
         self.target = target
         self.stopping = stopping
         self.positions: dict[str, str] = {}  # control stream -> last id handled
+        self.answering = False  # a command is in hand: its ack is not written yet
 
     async def note_positions(self) -> None:
         """Start the control streams at their newest ids, unless already started.
@@ -102,15 +103,19 @@ class Control:
                 positions[entry.stream] = entry.id
                 if isinstance(entry.event, ControlIssued):
                     cmd = entry.event
-                    ok, detail = await self.handle(cmd)
-                    ack = ControlAcked(
-                        command_id=cmd.command_id, node=self.node, ok=ok, detail=detail
-                    )
-                    await persist(
-                        f"control.acked of command {cmd.command_id} ({cmd.kind.value})",
-                        lambda ack=ack: log.append(ack),
-                        stop=self.stopping,
-                    )
+                    self.answering = True
+                    try:
+                        ok, detail = await self.handle(cmd)
+                        ack = ControlAcked(
+                            command_id=cmd.command_id, node=self.node, ok=ok, detail=detail
+                        )
+                        await persist(
+                            f"control.acked of command {cmd.command_id} ({cmd.kind.value})",
+                            lambda ack=ack: log.append(ack),
+                            stop=self.stopping,
+                        )
+                    finally:
+                        self.answering = False
 
     async def handle(self, cmd: ControlIssued) -> tuple[bool, str]:
         """Carry out one command; returns (ok, detail) for the ack."""

@@ -57,7 +57,7 @@ from eventcore.events import (
     TaskStarted,
     TaskSubmitted,
 )
-from eventcore.log import EventLog, groups
+from eventcore.log import EventLog, groups, spread
 from eventcore.log.groups import WorkEntry
 from eventcore.nodes import append_node_event
 from workers import reroute
@@ -259,6 +259,12 @@ class Worker:
                 len(left),
                 describe(left),
             )
+        # A drain or shutdown command stops the worker while its ack is being
+        # written: let that write land (the issuer waits for it) before the
+        # control loop is cancelled.
+        acked_by = time.monotonic() + 5
+        while self.control.answering and time.monotonic() < acked_by:
+            await asyncio.sleep(0.01)
         self.closing = True
         for task in self._loops:
             task.cancel()
@@ -328,7 +334,7 @@ class Worker:
                     self.dispatch(entry)
                 continue
             # Nothing waiting: sleep until anything newer than what we saw arrives.
-            await redis.xread(newest, count=1, block=self.options.block_ms)
+            await spread.xread(redis, newest, count=1, block=self.options.block_ms)
 
     def dispatch(self, entry: WorkEntry) -> None:
         """Take a claimed entry in hand: settle it at once or start running it."""

@@ -50,6 +50,7 @@ from eventcore.log.records import (
     SubmitResult,
 )
 from eventcore.log.scripts import Call, Scripts, SettleItem, SubmitItem, raise_script_errors
+from eventcore.log.spread import xread
 
 __all__ = [
     "CancelOutcome",
@@ -440,9 +441,9 @@ class EventLog:
         """Entries after the given ids (``{stream: last_id}``; ``"$"`` = only new
         ones), waiting up to ``block_ms`` for the first. Callers advance their
         positions to the last id they got per stream."""
-        reply = await self.redis.xread(dict(positions), count=count, block=block_ms)
+        reply = await xread(self.redis, positions, count=count, block=block_ms)
         out: list[Entry[Any]] = []
-        for stream, raw in reply or ():
+        for stream, raw in reply:
             out += await self._decode(text(stream), raw, park_bad)
         return out
 

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import functools
 import re
+import weakref
 from collections.abc import Callable, Generator, Sequence
 from importlib import resources
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 
 from eventcore.codec import text
@@ -113,6 +115,13 @@ def raise_script_errors(replies: Sequence[Any]) -> None:
             raise reply
 
 
+# Scripts loaded on every master of a cluster (see Call.queue). A master that
+# joins later, or a replica promoted with an empty script cache, answers
+# NOSCRIPT to a pipelined call, raised to the caller like any other error;
+# a call awaited alone reloads its script itself.
+_LOADED_ON_CLUSTER: weakref.WeakSet[AsyncScript] = weakref.WeakSet()
+
+
 class Call(Generic[T]):
     """One prepared script call. Await it to run it alone, pass several to
     :meth:`Scripts.run` for one round trip, or :meth:`queue` it on a pipeline
@@ -135,9 +144,19 @@ class Call(Generic[T]):
         self._decode = decode
         self._translate = translate_errors
 
-    async def queue(self, pipe: Pipeline) -> None:
+    async def queue(self, pipe: Pipeline | ClusterPipeline) -> None:
         """Add the call to ``pipe``; its reply comes from ``pipe.execute()``."""
-        await self._script(keys=self._keys, args=self._args, client=pipe)
+        if not isinstance(pipe, ClusterPipeline):
+            await self._script(keys=self._keys, args=self._args, client=pipe)
+            return
+        # redis-py refuses script calls on a cluster pipeline, because it does
+        # not load the scripts first as its single-server pipeline does. So the
+        # script is loaded on every master once (SCRIPT LOAD goes to all of
+        # them) and queued as a plain EVALSHA, which is routed by its keys.
+        if self._script not in _LOADED_ON_CLUSTER:
+            await self._script.registered_client.script_load(self._script.script)
+            _LOADED_ON_CLUSTER.add(self._script)
+        pipe.execute_command("EVALSHA", self._script.sha, len(self._keys), *self._keys, *self._args)
 
     def decode(self, reply: Any) -> T:
         """The typed result of this call's raw reply."""
