@@ -158,7 +158,9 @@ class ViewStore:
 
     def _queue_load(self, pipe: Any, ids: list[str]) -> None:
         if ids:
-            pipe.mget([self.task_key(t) for t in ids])
+            # As a plain command: redis-py refuses pipe.mget on a cluster
+            # pipeline, though every view key shares the slot of {v}.
+            pipe.execute_command("MGET", *[self.task_key(t) for t in ids])
         pipe.hgetall(self.nodes_key)
         pipe.hgetall(self.queues_key)
         pipe.hgetall(self.stats_key)

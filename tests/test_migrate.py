@@ -1,0 +1,77 @@
+"""The one-time rename of keys from before node, control, parked, web keys
+and blobs had hash tags (eventcore/log/migrate.py, ``eventcore events migrate``)."""
+
+from __future__ import annotations
+
+import pytest
+from redis.asyncio import Redis
+
+from eventcore.errors import EventcoreError
+from eventcore.keys import Keys
+from eventcore.log.migrate import rename_legacy_keys
+from eventcore.log.spread import is_cluster
+from tests.replaykit import cli
+
+
+async def _old_layout(r: Redis, ns: str) -> None:
+    await r.xadd(f"{ns}:nodes", {"node": "w1", "e": b"n"})
+    await r.hset(f"{ns}:nodes:seen", "w1", "5")
+    await r.hset(f"{ns}:nodes:info", "w1", b"i")
+    await r.set(f"{ns}:nodes:trimmed", "1-0")
+    await r.xadd(f"{ns}:ctl:all", {"e": b"a"})
+    await r.xadd(f"{ns}:ctl:acks", {"e": b"k"})
+    await r.xadd(f"{ns}:ctl:node:w1", {"e": b"c"})
+    await r.xadd(f"{ns}:parked", {"e": b"p"})
+    await r.hset(f"{ns}:web:tokens", "d", b"t")
+    await r.set(f"{ns}:web:secret", b"s")
+    await r.set(f"{ns}:web:model", b"lama")
+    await r.set(f"{ns}:blob:ab12", b"blob", ex=600)
+
+
+@pytest.mark.single_server(reason="the old names predate cluster support: no cluster holds them")
+async def test_old_keys_are_renamed_once_and_kept_where_the_new_name_has_data(
+    r: Redis, namespace: str
+) -> None:
+    keys = Keys(namespace)
+    await _old_layout(r, namespace)
+    await r.set(keys.web_model(), b"newer")  # written by the new version already
+    done = await rename_legacy_keys(r, keys)
+    assert done.kept == [(f"{namespace}:web:model", keys.web_model())]
+    assert len(done.renamed) == 11
+    assert [e[1] for e in await r.xrange(keys.nodes())] == [{b"node": b"w1", b"e": b"n"}]
+    assert await r.hget(keys.nodes_seen(), "w1") == b"5"
+    assert await r.hget(keys.nodes_info(), "w1") == b"i"
+    assert await r.get(keys.trim_mark(keys.nodes())) == b"1-0"
+    assert await r.xlen(keys.control("w1")) == 1
+    assert await r.xlen(keys.control_broadcast()) == 1
+    assert await r.xlen(keys.control_acks()) == 1
+    assert await r.xlen(keys.parked()) == 1
+    assert await r.hget(keys.api_tokens(), "d") == b"t"
+    assert await r.get(keys.web_secret()) == b"s"
+    assert await r.get(keys.web_model()) == b"newer"  # not overwritten
+    assert await r.get(keys.blob("ab12")) == b"blob" and 0 < await r.ttl(keys.blob("ab12")) <= 600
+    left = sorted(k.decode() for k in await r.keys(f"{namespace}:*") if b"{" not in k)
+    assert left == [f"{namespace}:web:model"]
+    again = await rename_legacy_keys(r, keys)  # idempotent
+    assert again.renamed == [] and again.kept == done.kept
+
+
+@pytest.mark.single_server(reason="runs the command against the session's single server")
+async def test_the_migrate_command(r: Redis, redis_url: str, namespace: str) -> None:
+    keys = Keys(namespace)
+    await r.xadd(f"{namespace}:nodes", {"node": "w1", "e": b"n"})
+    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": namespace}
+    first = cli("events", "migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert f"renamed {namespace}:nodes -> {keys.nodes()}" in first.stdout
+    assert "1 renamed, 0 kept" in first.stdout
+    second = cli("events", "migrate", env=env)
+    assert second.returncode == 0 and "0 renamed, 0 kept" in second.stdout
+    assert await r.xlen(keys.nodes()) == 1
+
+
+async def test_migrate_refuses_a_cluster(r: Redis, namespace: str) -> None:
+    if not is_cluster(r):
+        pytest.skip("runs on the cluster only (EVENTCORE_TEST_SERVER=cluster)")
+    with pytest.raises(EventcoreError, match="single server"):
+        await rename_legacy_keys(r, Keys(namespace))
