@@ -10,7 +10,7 @@ import os
 import msgspec
 import pytest
 
-from eventcore.connection import make_client
+from eventcore.connection import connect
 from eventcore.errors import EventcoreError
 from eventcore.events import NodeHeartbeat, TaskProgress
 from eventcore.ids import stream_id_key
@@ -156,7 +156,7 @@ def test_as_of_command(redis_url: str) -> None:
     env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": ns}
 
     async def seed() -> tuple[str, str, str]:
-        client = make_client(redis_url)
+        client = await connect(redis_url)
         try:
             log = EventLog(client, Keys(ns))
             (tid,) = await submit(log, 1)

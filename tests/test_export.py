@@ -13,7 +13,7 @@ import msgspec
 import pytest
 
 from eventcore.codec import encode
-from eventcore.connection import make_client
+from eventcore.connection import connect
 from eventcore.errors import EventcoreError
 from eventcore.events import ControlIssued, TaskProgress
 from eventcore.keys import Keys
@@ -224,7 +224,7 @@ def test_export_and_import_commands(redis_url: str, tmp_path: Path) -> None:
     env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": ns}
 
     async def seed() -> None:
-        client = make_client(redis_url)
+        client = await connect(redis_url)
         try:
             log = EventLog(client, Keys(ns))
             await workload(log, 4)
