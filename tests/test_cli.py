@@ -284,7 +284,7 @@ def test_inpaint_from_files_writes_the_png(redis_url: str, tmp_path: Path) -> No
 def test_events_and_replay_commands(redis_url: str) -> None:
     import asyncio
 
-    from eventcore.connection import make_client
+    from eventcore.connection import connect
     from eventcore.events import TaskProgress, TaskSpec
     from eventcore.keys import Keys
     from eventcore.log import EventLog
@@ -293,7 +293,7 @@ def test_events_and_replay_commands(redis_url: str) -> None:
     env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": ns}
 
     async def seed() -> str:
-        client = make_client(redis_url)
+        client = await connect(redis_url)
         try:
             log = EventLog(client, Keys(ns))
             res = await log.submit(TaskSpec(kind="noop", queue="cpu-light", params={"n": 1}))
