@@ -440,7 +440,8 @@ class EventLog:
     ) -> list[Entry[Any]]:
         """Entries after the given ids (``{stream: last_id}``; ``"$"`` = only new
         ones), waiting up to ``block_ms`` for the first. Callers advance their
-        positions to the last id they got per stream."""
+        positions to the last id they got per stream. On Redis Cluster the
+        streams are read per slot (:mod:`eventcore.log.spread`)."""
         reply = await xread(self.redis, positions, count=count, block=block_ms)
         out: list[Entry[Any]] = []
         for stream, raw in reply:
