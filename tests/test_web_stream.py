@@ -41,6 +41,9 @@ async def test_resume_with_last_event_id_misses_nothing_and_repeats_nothing(
     async with projector(log), served(redis_url, settings_for(namespace)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as c:
             async with c.stream("GET", "/v1/stream", params={"entity": "task"}) as resp:
+                # A stream without Last-Event-ID starts where the hub is when it
+                # registers, a moment after its headers: wait for that.
+                await sse_clients_become(c, 1)
                 for _ in range(5):
                     await log.submit(spec)
                 first = await sse_events(resp, limit=3)
