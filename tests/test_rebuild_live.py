@@ -47,8 +47,21 @@ class Writer:
         # A cap, so a rebuild does not chase a log that grows as fast as it folds.
         self.max_rounds = 5000
         self.stop = asyncio.Event()
+        self.stopped = asyncio.Event()  # the last round is written
+
+    async def halt(self) -> None:
+        """Stop writing and wait until the round under way is written, so the
+        log's ends read afterwards are its last ones."""
+        self.stop.set()
+        await asyncio.wait_for(self.stopped.wait(), 30)
 
     async def run(self) -> None:
+        try:
+            await self._rounds()
+        finally:
+            self.stopped.set()
+
+    async def _rounds(self) -> None:
         while not self.stop.is_set() and self.rounds < self.max_rounds:
             await submit(self.log, self.rng.randint(1, 3))
             await append_node_event(
@@ -148,7 +161,7 @@ async def test_a_running_projector_follows_rebuilds_under_traffic(r, namespace, 
             results.append(await rebuild(log, batch=40))
             await writer.rounds_more(10)
             assert not running.done(), running.exception()
-        writer.stop.set()
+        await writer.halt()
         store = await wait_caught_up(log)
     assert store.ns == results[-1].views == projector.store.ns
     assert getattr(projector, "switches", 3) == 3
