@@ -50,7 +50,10 @@ async def _submit_until_killed(url: str, keys: Keys, kill_after: int, pid: int) 
                 return  # no answer: not acknowledged, so not promised
 
     task = asyncio.create_task(writer())
+    deadline = time.monotonic() + 30
     while len(acked) < kill_after:
+        assert not task.done(), "the writer stopped before the kill"
+        assert time.monotonic() < deadline, f"{len(acked)} of {kill_after} submits acknowledged"
         await asyncio.sleep(0.001)
     os.kill(pid, signal.SIGKILL)
     await asyncio.wait_for(task, 10)
