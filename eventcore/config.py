@@ -39,6 +39,7 @@ __all__ = [
     "DEFAULT_QUEUES",
     "BlobSettings",
     "ModelSettings",
+    "ProjectorSettings",
     "QueueConfig",
     "RedisSettings",
     "Settings",
@@ -181,6 +182,18 @@ class BlobSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     max_bytes: Annotated[int, Meta(ge=1)] = 64 * 1024 * 1024
 
 
+class ProjectorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The projector processes (``eventcore project``).
+
+    ``lease_ms``: how long a projector's hold on a view shard lasts without
+    renewal (renewed every third of it). A projector that dies leaves its
+    shards unfolded this long before another takes them over; one that is
+    paused longer loses them and writes nothing when it wakes.
+    """
+
+    lease_ms: Annotated[int, Meta(ge=300)] = 5_000
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything configurable, for every role (web, projector, worker, CLI).
 
@@ -197,6 +210,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     idempotency_ttl: Positive = 86_400.0
     queues: Annotated[tuple[QueueConfig, ...], Meta(min_length=1)] = DEFAULT_QUEUES
     worker: WorkerSettings = WorkerSettings()
+    projector: ProjectorSettings = ProjectorSettings()
     web: WebSettings = WebSettings()
     models: ModelSettings = ModelSettings()
     blobs: BlobSettings = BlobSettings()

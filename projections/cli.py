@@ -91,7 +91,13 @@ async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
                 err=True,
             )
 
-    pool = ProjectorPool(log, views=args.views, batch=args.batch, on_take=seed)
+    pool = ProjectorPool(
+        log,
+        views=args.views,
+        batch=args.batch,
+        lease_ms=settings.projector.lease_ms,
+        on_take=seed,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

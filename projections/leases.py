@@ -19,7 +19,7 @@ from projections.store import LeaseLost
 
 __all__ = ["DEFAULT_LEASE_MS", "ShardLease"]
 
-DEFAULT_LEASE_MS = 10_000
+DEFAULT_LEASE_MS = 5_000
 
 
 class ShardLease:

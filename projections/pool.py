@@ -49,12 +49,19 @@ def fair_share(shards: int, projectors: int) -> int:
 
 
 class _Held:
-    """A shard this process holds: its lease and the task folding it."""
+    """A shard this process holds: its lease and the task folding it.
+    ``leaving``: asked to stop (given back, or its lease lost); the lease is
+    released once the task has ended, so no batch is written after."""
 
     def __init__(self, lease: ShardLease, task: asyncio.Task[None], stop: asyncio.Event) -> None:
         self.lease = lease
         self.task = task
         self.stop = stop
+        self.leaving = False
+
+    def leave(self) -> None:
+        self.leaving = True
+        self.stop.set()
 
 
 class ProjectorPool:
@@ -131,34 +138,38 @@ class ProjectorPool:
         task = asyncio.create_task(fold(), name=f"projector-shard-{lease.shard}")
         return _Held(lease, task, stop)
 
-    async def _let_go(self, shard: str) -> None:
-        held = self.held.pop(shard)
-        held.stop.set()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await held.task
+    async def _ended(self, shard: str, held: _Held) -> None:
+        """A shard's projector ended: give its lease back, say why."""
+        self.held.pop(shard)
+        exc = held.task.exception() if not held.task.cancelled() else None
+        if isinstance(exc, LeaseLost):
+            logger.warning("projector %s: shard %s lost: %s", self.name, shard, exc)
+        elif exc is not None:
+            logger.error("projector %s: shard %s stopped: %r", self.name, shard, exc)
+        else:
+            logger.info("projector %s: let shard %s go", self.name, shard)
         with contextlib.suppress(RedisError):
             await held.lease.release()
-        logger.info("projector %s: let shard %s go", self.name, shard)
+
+    async def renew(self) -> None:
+        """Renew the lease of every shard held (leaving ones too: they may
+        still write until their projector has ended); one that lapsed is
+        left (its next write would be refused anyway)."""
+        for shard, held in list(self.held.items()):
+            if not await held.lease.renew() and not held.leaving:
+                logger.warning("projector %s: lease on shard %s lapsed", self.name, shard)
+                held.leave()
 
     async def balance(self) -> None:
-        """One look: renew what is held, drop what was lost or ended, give
-        back what is over the fair share, take free shards up to it."""
+        """One look: forget shards whose projector ended, give back what is
+        over the fair share, take free shards up to it."""
         share = fair_share(len(self.shards), await self._live_projectors())
         for shard, held in list(self.held.items()):
             if held.task.done():
-                self.held.pop(shard)
-                exc = held.task.exception() if not held.task.cancelled() else None
-                if exc is not None and not isinstance(exc, LeaseLost):
-                    logger.error("projector %s: shard %s stopped: %r", self.name, shard, exc)
-                else:
-                    logger.warning("projector %s: shard %s lost: %s", self.name, shard, exc)
-                with contextlib.suppress(RedisError):
-                    await held.lease.release()
-            elif not await held.lease.renew():
-                logger.warning("projector %s: lease on shard %s lapsed", self.name, shard)
-                held.stop.set()  # its next write is refused anyway
-        while len(self.held) > share:
-            await self._let_go(next(reversed(self.held)))
+                await self._ended(shard, held)
+        staying = [s for s, h in self.held.items() if not h.leaving]
+        for shard in staying[share:]:
+            self.held[shard].leave()
         if len(self.held) >= share:
             return
         ns = await self._views_now()
@@ -175,9 +186,21 @@ class ProjectorPool:
                 self.takeovers += 1
                 self.held[shard] = self._start(lease)
 
+    async def _renewing(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.renew()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.warning("projector %s: renewing: %s; retrying", self.name, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.lease_ms / 3000)
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Balance every third of the lease time until ``stop`` is set, then
-        stop every shard's projector and give the leases back."""
+        """Renew the leases every third of their time and balance as often,
+        until ``stop`` is set; then stop every shard's projector and give the
+        leases back."""
+        closing = asyncio.Event()  # the renewals go on until every projector has ended
+        renewing = asyncio.create_task(self._renewing(closing), name="projector-leases")
         try:
             while not stop.is_set():
                 try:
@@ -187,8 +210,13 @@ class ProjectorPool:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.lease_ms / 3000)
         finally:
-            for shard in list(self.held):
-                await self._let_go(shard)
+            for held in self.held.values():
+                held.leave()
+            await asyncio.gather(*(h.task for h in self.held.values()), return_exceptions=True)
+            closing.set()
+            await renewing
+            for shard, held in list(self.held.items()):
+                await self._ended(shard, held)
             with contextlib.suppress(RedisError):
                 await self.log.redis.hdel(self.log.keys.projectors(), self.name)
 

@@ -113,12 +113,19 @@ class Projector:
         """Make sure the group exists on every stream and take over what it
         left pending. A missing group starts right after the views' watermark
         (the start of the log for empty views): views whose group was lost
-        carry on without applying anything twice or skipping anything."""
+        carry on without applying anything twice or skipping anything. Views
+        that hold nothing of a stream read it from its start, whatever their
+        group read before."""
         self._marks = await self.store.watermark(self.shards)
         for stream in self.streams:
             start = self._marks.get(stream, "0")
             if await groups.ensure_group(self.log.redis, stream, self.group, start_id=start):
                 logger.info("projector: group %s created on %s at %s", self.group, stream, start)
+            elif stream not in self._marks:
+                # Views with nothing of this stream, and a group that may have
+                # read past its start (views dropped or lost, or kept under
+                # another layout before): read it again from the start.
+                await self.log.redis.xgroup_setid(stream, self.group, "0")
             await self._adopt_pending(stream)
         self._ready = True
 

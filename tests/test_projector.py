@@ -228,3 +228,16 @@ async def test_rebuild_announces_only_what_the_views_in_use_have_not(r, namespac
     await rebuild(log, batch=40)
     tail = await feed_rows(log)
     assert any(f[b"id"] == new.task_id.encode() for _, _, f in tail)
+
+
+async def test_views_lost_under_a_group_that_read_on_are_folded_again(r, namespace) -> None:
+    """Views that hold nothing of a stream (dropped by hand, or kept under
+    another key layout before an upgrade) while the group has read the
+    stream to its end: a projector reads it again from the start."""
+    log = await _workload(r, namespace)
+    await _drain(Projector(log))
+    for key in await view_keys(log, "live"):
+        await r.delete(key)
+    await _drain(Projector(log))
+    expected = replay(await _whole_log(log))
+    _same(await _stored(ViewStore(log), expected.tasks), expected)

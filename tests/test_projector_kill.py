@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from redis.exceptions import ResponseError
 
 from eventcore.events import (
     ErrorInfo,
@@ -37,6 +38,7 @@ from eventcore.events import (
 from eventcore.ids import stream_id_key
 from eventcore.keys import Keys
 from eventcore.log import EventLog, Submission
+from projections.pool import lease_holders
 from projections.read import caught_up
 from projections.replay import replay
 from projections.store import FEED_MAXLEN, GLOBAL, ViewStore
@@ -62,6 +64,8 @@ def spawn_projector(redis_url: str, namespace: str, log_path: Path) -> subproces
             "REDIS_URL": redis_url,
             "EVENTCORE_NAMESPACE": namespace,
             "EVENTCORE_PARTITIONS": str(PARTITIONS),
+            # A killed projector's shards are free again this soon.
+            "EVENTCORE_PROJECTOR__LEASE_MS": "600",
         }
     )
     with log_path.open("ab") as err:
@@ -147,11 +151,25 @@ async def write_lifecycles(log: EventLog, stop: asyncio.Event, rng: random.Rando
     return submitted
 
 
+async def _wait_holding(log: EventLog, pid: int, timeout: float = 20) -> None:
+    """Until the projector process ``pid`` holds every view shard: the one it
+    replaced was killed, so its leases lapse first (``LEASE_MS``)."""
+    deadline = time.monotonic() + timeout
+    while not all(h and f"-{pid}:" in h for h in (await lease_holders(log, "live")).values()):
+        assert time.monotonic() < deadline, "the new projector never took the shards"
+        await asyncio.sleep(0.02)
+
+
 async def _pending(log: EventLog, marks: dict[str, str]) -> tuple[int, int]:
     """Entries the projector group holds unacked: (already written, not written)."""
     written = unwritten = 0
     for stream in [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]:
-        rows = await log.redis.xpending_range(stream, "projector", min="-", max="+", count=10_000)
+        try:
+            rows = await log.redis.xpending_range(
+                stream, "projector", min="-", max="+", count=10_000
+            )
+        except ResponseError:  # killed before it made its group on this stream
+            continue
         mark = tuple(map(int, marks.get(stream, "0-0").split("-")))
         for row in rows:
             eid = tuple(map(int, row["message_id"].decode().split("-")))
@@ -200,6 +218,7 @@ async def test_projector_sigkilled_at_random_rebuilds_byte_equal(
     try:
         for kill in range(1, KILLS + 1):
             await _wait_started(log_path, kill)
+            await _wait_holding(log, projector.pid)
             await asyncio.sleep(rng.uniform(0.0, 0.4))
             assert projector.poll() is None, log_path.read_text()
             projector.send_signal(signal.SIGKILL)
