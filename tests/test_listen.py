@@ -258,3 +258,28 @@ def test_tls_with_a_server_without_it_says_so(tmp_path: Path) -> None:
     res = cli("redis", *argv, env=env, cwd=tmp_path, timeout=60)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "no TLS support" in res.stderr and "Traceback" not in res.stderr
+
+
+@pytest.mark.slow
+def test_up_listen_prints_the_line_and_its_roles_use_the_password(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "EVENTCORE_REDIS__DATA_DIR": str(tmp_path / "data"),
+        "EVENTCORE_WEB__PORT": str(free_port()),
+    }
+    proc = start_cli("up", "--listen", f"127.0.0.1:{port}", env=env, cwd=tmp_path)
+    try:
+        lines = read_until(proc, JOIN_RE, 60)
+        url = join_url(lines)
+        password = url.split("@")[0].rsplit(":", 1)[1]
+        up_line = next(line for line in lines if line.startswith("eventcore is up."))
+        assert "unix://" in up_line and password not in up_line
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            assert client.ping()
+        assert refused_for_auth(_refused(f"redis://127.0.0.1:{port}/0"))
+        # The roles reach Redis through the socket, with the password: the web
+        # address is printed once /readyz (which needs Redis and the projector) is 200.
+        read_until(proc, re.compile(r"^\s*web: http://"), 90)
+    finally:
+        code, err = stop(proc, timeout=60)
+    assert code == 0, err

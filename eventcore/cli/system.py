@@ -264,9 +264,10 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
         return run_local_cluster(args.cluster)
     if settings.redis.url:
         if args.listen is not None:
-            listen_options(args)
-            with redis_for(settings, listen=args.listen):
-                pass  # refuses: there is no embedded server to open
+            raise AccessError(
+                "--listen opens the embedded Redis to other machines, but redis.url "
+                "(REDIS_URL) is set: that server is reached as it is; unset it to use --listen"
+            )
         print(f"redis.url is set ({redact(settings.redis.url)}): no embedded server to run")
         return 0
     access = listen_options(args)
