@@ -7,6 +7,7 @@ Needs root and ``ip``; skipped otherwise."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from eventcore.connection import make_client
 from eventcore.events.task import TERMINAL_EVENT_TYPES
 from eventcore.keys import Keys
 from eventcore.log import EventLog
+from eventcore.nodes import last_seen
 from eventcore.server.process import ServerConfig, ServerProcess, free_port
 from projections.replay import replay
 from tests.conftest import server_binary
@@ -173,23 +175,28 @@ async def _stale_of(log: EventLog, task_id: str, node: str) -> bool:
     )
 
 
+@pytest.mark.parametrize("command", ["redis", "up"])
 async def test_worker_joins_a_listening_server_with_the_printed_line(
-    lab: NetLab, tmp_path: Path, namespace: str
+    lab: NetLab, tmp_path: Path, namespace: str, command: str
 ) -> None:
-    """`eventcore redis --listen` on the host side of a namespace's link
-    prints a line; a worker in the namespace run with it does a task.
-    Without the password the namespace gets nothing."""
+    """`eventcore redis --listen` (or `up --listen`) on the host side of a
+    namespace's link prints a line; a worker in the namespace run with it
+    joins: it announces itself and, with no other worker (`redis`), does a
+    task. Without the password the namespace gets nothing."""
     link = lab.add()
     port = free_port()
-    data = tmp_path / "data"
-    env = {"EVENTCORE_REDIS__DATA_DIR": str(data)}
-    server = start_cli("redis", "--listen", f"{link.host_ip}:{port}", env=env, cwd=tmp_path)
+    env = {
+        "EVENTCORE_REDIS__DATA_DIR": str(tmp_path / "data"),
+        "EVENTCORE_NAMESPACE": namespace,
+        "EVENTCORE_WEB__PORT": str(free_port()),
+    }
+    server = start_cli(command, "--listen", f"{link.host_ip}:{port}", env=env, cwd=tmp_path)
     worker = None
     try:
-        lines = read_until(server, JOIN_RE, 30)
+        lines = read_until(server, JOIN_RE, 60)
         url = join_url(lines)
         assert f"@{link.host_ip}:{port}/" in url
-        local = lines[0]  # the unix socket, for tools on this machine
+        local = json.loads((tmp_path / "data" / "server.json").read_text())["url"]
         refused = subprocess.run(
             [*link.prefix, "redis-cli", "-h", link.host_ip, "-p", str(port), "SET", "k", "v"],
             capture_output=True,
@@ -208,16 +215,24 @@ async def test_worker_joins_a_listening_server_with_the_printed_line(
             client = make_client(local)
             log = EventLog(client, Keys(namespace))
             try:
-                res = await log.submit(spec("sleep", seconds=0.1))
-                assert await wait_ended(log, res.task_id, timeout=40) == "task.succeeded"
-                assert await _node_of(log, res.task_id, "task.succeeded", 0) == "remote"
+                await wait_until(
+                    lambda: _is_live(log, "remote"), 40, what="the remote worker never joined"
+                )
+                if command == "redis":  # the only worker: the task is its
+                    res = await log.submit(spec("sleep", seconds=0.1))
+                    assert await wait_ended(log, res.task_id, timeout=40) == "task.succeeded"
+                    assert await _node_of(log, res.task_id, "task.succeeded", 0) == "remote"
             finally:
                 await client.aclose()
     finally:
         if worker is not None:
             _stop(worker)
-        code, err = stop(server)
+        code, err = stop(server, timeout=60)
     assert code == 0, err
+
+
+async def _is_live(log: EventLog, node: str) -> bool:
+    return node in await last_seen(log)
 
 
 def test_netns_helper_cleans_up() -> None:
