@@ -44,7 +44,7 @@ from tests.replaykit import cli
         ("0.0.0.0:1", "0.0.0.0", 1, False),
         ("*:6380", "0.0.0.0", 6380, False),
         ("[::1]:6380", "::1", 6380, True),
-        ("localhost:65535", "localhost", 65535, True),
+        ("localhost:65535", "127.0.0.1", 65535, True),
         ("10.1.2.3:6380", "10.1.2.3", 6380, False),
     ],
 )
@@ -282,4 +282,24 @@ def test_up_listen_prints_the_line_and_its_roles_use_the_password(tmp_path: Path
         read_until(proc, re.compile(r"^\s*web: http://"), 90)
     finally:
         code, err = stop(proc, timeout=60)
+    assert code == 0, err
+
+
+@pytest.mark.slow
+def test_no_password_on_loopback_listens_without_one(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"EVENTCORE_REDIS__DATA_DIR": str(tmp_path / "data")}
+    argv = ["--listen", f"127.0.0.1:{port}", "--no-password"]
+    proc = start_cli("redis", *argv, env=env, cwd=tmp_path)
+    try:
+        url = join_url(read_until(proc, JOIN_RE, 30))
+        assert url == f"redis://127.0.0.1:{port}/0"
+        with redis.Redis.from_url(url, socket_timeout=5) as client:
+            assert client.ping()
+        assert not (tmp_path / "data" / "redis.password").exists()
+        # The same directory asked for a password now: the running server has none.
+        res = cli("redis", "--listen", f"127.0.0.1:{port}", env=env, cwd=tmp_path)
+        assert res.returncode == 1 and "without a password" in res.stderr, res.stderr
+    finally:
+        code, err = stop(proc)
     assert code == 0, err

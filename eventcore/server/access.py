@@ -60,7 +60,7 @@ class AccessError(EventcoreError):
 
 @dataclass(frozen=True)
 class Listen:
-    """A TCP address to listen on; ``host`` is an IP address, ``localhost`` or ``*``."""
+    """A TCP address to listen on; ``host`` is an IP address."""
 
     host: str
     port: int
@@ -68,8 +68,6 @@ class Listen:
     @property
     def loopback(self) -> bool:
         """Whether only this machine can reach the address."""
-        if self.host == "localhost":
-            return True
         try:
             return ipaddress.ip_address(self.host).is_loopback
         except ValueError:
@@ -93,19 +91,20 @@ def parse_listen(text: str) -> Listen:
         host = host[1:-1]
     if host == "*":
         host = "0.0.0.0"
+    elif host == "localhost":
+        host = "127.0.0.1"  # the server binds addresses; a name could resolve to ::1 alone
     try:
         port = int(port_text)
     except ValueError:
         port = -1
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be a number from 1 to 65535, got {port_text!r}")
-    if host != "localhost":
-        try:
-            host = str(ipaddress.ip_address(host))
-        except ValueError:
-            raise ValueError(
-                f"host must be an IP address of this machine, 'localhost' or '*', got {host!r}"
-            ) from None
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ValueError(
+            f"host must be an IP address of this machine, 'localhost' or '*', got {host!r}"
+        ) from None
     return Listen(host, port)
 
 

@@ -322,6 +322,7 @@ class EmbeddedRedis:
             "durability": self.durability,
             "listen": None if self.listen is None else str(self.listen),
             "tls": self.tls is not None,
+            "password": self.listen is not None and self.password,
             "remote_url": self.remote_url,
             "started_at": time.time(),
         }
@@ -365,10 +366,17 @@ class EmbeddedRedis:
         if self.listen is None:
             return
         running = info.get("listen")
-        if running == str(self.listen) and bool(info.get("tls")) == (self.tls is not None):
+        same = (
+            running == str(self.listen)
+            and bool(info.get("tls")) == (self.tls is not None)
+            and bool(info.get("password")) == self.password
+        )
+        if same:
             return
         how = f"on {running}" if running else "on its unix socket only"
         tls = " with TLS" if info.get("tls") else ""
+        if running and not info.get("password"):
+            tls += " without a password"
         raise AccessError(
             f"a server already runs in {self.data_dir} (pid {info.get('server_pid')}), "
             f"listening {how}{tls}; stop it (and the `eventcore up` or `eventcore redis` "
