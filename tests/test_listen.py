@@ -303,3 +303,25 @@ def test_no_password_on_loopback_listens_without_one(tmp_path: Path) -> None:
     finally:
         code, err = stop(proc)
     assert code == 0, err
+
+
+@pytest.mark.slow
+def test_a_second_redis_command_reuses_the_listening_server_and_prints_its_line(
+    tmp_path: Path,
+) -> None:
+    port = free_port()
+    env = {"EVENTCORE_REDIS__DATA_DIR": str(tmp_path / "data")}
+    first = start_cli("redis", "--listen", f"127.0.0.1:{port}", env=env, cwd=tmp_path)
+    try:
+        url = join_url(read_until(first, JOIN_RE, 30))
+        second = start_cli("redis", env=env, cwd=tmp_path)
+        try:
+            lines = read_until(second, JOIN_RE, 30)
+            assert join_url(lines) == url
+            assert f"listens on 127.0.0.1:{port}." in lines[1]
+        finally:
+            code, err = stop(second)
+        assert code == 0, err
+    finally:
+        code, err = stop(first)
+    assert code == 0, err

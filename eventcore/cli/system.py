@@ -131,7 +131,7 @@ def join_lines(embedded: EmbeddedRedis | None) -> list[str]:
     if embedded is None or embedded.remote_url is None:
         return []
     lines = [
-        f"Redis also listens on {embedded.listen}. On another machine, run:",
+        f"Redis also listens on {embedded.listening}. On another machine, run:",
         f"  {join_line(embedded.remote_url)}",
     ]
     if embedded.tls is not None and embedded.tls.ca is not None:

@@ -172,6 +172,13 @@ class EmbeddedRedis:
         return self._info.get("server_pid") if self.url else None
 
     @property
+    def listening(self) -> str | None:
+        """The TCP address the server listens on besides its socket (also when
+        reused), or None."""
+        value = self._info.get("listen") if self.url else None
+        return value if isinstance(value, str) else None
+
+    @property
     def running(self) -> bool:
         """Whether the server is up: for an owned one, whether its process lives."""
         if self._server is not None:
