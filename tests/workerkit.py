@@ -122,10 +122,13 @@ def spawn_worker(
     env: dict | None = None,
     partitions: int = 1,
     stderr: Any = subprocess.PIPE,
+    prefix: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     """A real worker process on queue q with short leases. Its log goes to
     ``stderr`` (a pipe by default: a test that lets it log for long should
-    pass a file, or the pipe fills and the worker blocks)."""
+    pass a file, or the pipe fills and the worker blocks). ``prefix`` runs it
+    through another command, e.g. ``ip netns exec NS`` (which execs it, so
+    the pid is still the worker's)."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
     full_env.update(
         {
@@ -145,6 +148,7 @@ def spawn_worker(
     )
     return subprocess.Popen(
         [
+            *prefix,
             sys.executable,
             "-m",
             "eventcore.cli",

