@@ -18,6 +18,9 @@ it is a cluster node (``cluster_enabled`` in ``INFO cluster``), unless
 ``ClientOptions.cluster`` says so already, and then returns redis-py's
 ``RedisCluster`` with the same timeouts and retries, after checking that
 every slot is served, the cluster state is ok and every master answers.
+:func:`is_cluster` only asks whether the server is a cluster node (the web
+app, which starts before Redis need answer), and :func:`sync_client` gives a
+blocking client of the right kind (a worker's child processes).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import (
@@ -46,6 +50,7 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
+from redis.retry import Retry as SyncRetry
 
 try:
     import hiredis
@@ -65,8 +70,10 @@ __all__ = [
     "check_url",
     "cluster_facts",
     "connect",
+    "is_cluster",
     "make_client",
     "redact",
+    "sync_client",
 ]
 
 # Both speak the same commands; a cluster client routes each to its slot's node.
@@ -269,7 +276,7 @@ async def connect(url: str, options: ClientOptions | None = None) -> Client:
     probe = make_client(url, _quick(options))
     try:
         info = await probe.info("server")
-        enabled = str((await probe.info("cluster")).get("cluster_enabled", 0)) == "1"
+        enabled = await _cluster_enabled(probe)
         policy = await _maxmemory_policy(probe)
     except (RedisError, OSError) as exc:
         raise _unavailable(url, exc) from exc
@@ -303,6 +310,57 @@ async def connect(url: str, options: ClientOptions | None = None) -> Client:
     if cluster:
         await cluster_facts(url, opts)
     return make_client(url, replace(opts, cluster=cluster))
+
+
+async def is_cluster(url: str, options: ClientOptions | None = None) -> bool:
+    """Whether the server at ``url`` is a Redis Cluster node (``cluster_enabled``
+    in ``INFO cluster``): ``options.cluster`` when it is set, else one quick
+    question to the server, with ``options``' connect and socket timeouts.
+    Raises :class:`RedisUnavailable` (one line) when the server does not answer.
+    """
+    opts = options or ClientOptions()
+    if opts.cluster is not None:
+        return opts.cluster
+    probe = make_client(
+        url,
+        ClientOptions(
+            connect_timeout=opts.connect_timeout,
+            socket_timeout=opts.socket_timeout,
+            retry_attempts=0,
+            cluster=False,
+        ),
+    )
+    try:
+        return await _cluster_enabled(probe)
+    except (RedisError, OSError) as exc:
+        raise _unavailable(url, exc) from exc
+    finally:
+        await probe.aclose()
+
+
+def sync_client(url: str, cluster: bool | None = None) -> redis.Redis | redis.RedisCluster:
+    """A blocking client, for code that runs outside an event loop (a worker's
+    child processes): a ``RedisCluster`` when ``cluster`` is True, or when it
+    is None and the server says it is a cluster node; else a plain one.
+    Transient errors are retried as the asyncio clients do."""
+    check_url(url)
+    if cluster is None:
+        with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10) as probe:
+            try:
+                info = probe.info("cluster")
+            except (RedisError, OSError) as exc:
+                raise _unavailable(url, exc) from exc
+        cluster = str(info.get("cluster_enabled", 0)) == "1"
+    retry = SyncRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), 6)
+    common: dict[str, Any] = {
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": 10.0,
+        "retry": retry,
+        "retry_on_error": [ConnectionError, TimeoutError, BusyLoadingError],
+    }
+    if cluster:
+        return redis.RedisCluster.from_url(url, require_full_coverage=True, **common)
+    return redis.Redis.from_url(url, **common)
 
 
 async def cluster_facts(url: str, options: ClientOptions | None = None) -> ClusterFacts:
@@ -376,6 +434,10 @@ async def _node_info(url: str, address: str, options: ClientOptions | None) -> d
         ) from exc
     finally:
         await client.aclose()
+
+
+async def _cluster_enabled(client: Client) -> bool:
+    return str((await client.info("cluster")).get("cluster_enabled", 0)) == "1"
 
 
 async def _maxmemory_policy(client: Client) -> str | None:

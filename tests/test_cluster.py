@@ -15,13 +15,17 @@ import redis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from eventcore.config import load_settings
-from eventcore.connection import ClientOptions, cluster_facts, connect, make_client
+from eventcore.config import Settings, load_settings
+from eventcore.connection import ClientOptions, cluster_facts, connect, make_client, sync_client
 from eventcore.errors import ConfigError, RedisUnavailable
+from eventcore.keys import Keys
 from eventcore.server.cluster import SLOTS, LocalCluster, parse_cluster_info, slot_ranges
+from eventcore.server.process import free_port
 from eventcore.server.target import client_options
-from tests.conftest import server_binary
+from tests.conftest import ON_CLUSTER, server_binary
 from tests.replaykit import cli
+from tests.webkit import j, settings_for, web_client
+from workers.resources import ResourceConfig, Resources
 
 # -- pure parts ------------------------------------------------------------------
 
@@ -136,6 +140,64 @@ def test_check_prints_the_cluster_facts(cluster_url: str) -> None:
     assert facts["cluster_masters"].startswith("3 (127.0.0.1:")
     text = cli("check", env={"REDIS_URL": cluster_url})
     assert text.returncode == 0 and "cluster_state: ok" in text.stdout
+
+
+# -- what builds its own clients ----------------------------------------------------
+
+
+async def test_the_web_app_asks_the_server_and_serves_a_cluster(
+    cluster_url: str, namespace: str
+) -> None:
+    """``redis.cluster`` unset: the app finds the cluster at start-up; its
+    submits reach the partitions on every master."""
+    settings = Settings(namespace=namespace, partitions=3)
+    async with web_client(cluster_url, settings) as c:
+        web = c.app.state.web  # type: ignore[attr-defined]
+        assert isinstance(web.redis, RedisCluster) and isinstance(web.blocking, RedisCluster)
+        ids = []
+        for _ in range(12):
+            res = await c.post("/v1/tasks", json={"kind": "noop"})
+            assert res.status_code == 202, res.text
+            ids.append(j(res)["task_id"])
+        keys = Keys(namespace, 3)
+        streams = {keys.events(keys.partition(i)) for i in ids}
+        owners = {
+            web.redis.nodes_manager.get_node_from_slot(web.redis.keyslot(s)).name for s in streams
+        }
+        assert len(streams) == 3 and len(owners) > 1
+        assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_the_web_app_on_a_single_server_keeps_the_plain_client(
+    redis_url: str, namespace: str
+) -> None:
+    async with web_client(redis_url, settings_for(namespace)) as c:
+        web = c.app.state.web  # type: ignore[attr-defined]
+        assert isinstance(web.redis, RedisCluster) is ON_CLUSTER
+        assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
+
+
+def test_a_child_process_reads_and_writes_blobs_on_a_cluster(
+    cluster_url: str, namespace: str
+) -> None:
+    """A worker's child process builds its own blocking client: a cluster one
+    when the server is a cluster node (each blob has its own slot)."""
+    resources = Resources(ResourceConfig(redis_url=cluster_url, namespace=namespace))
+    blobs = [bytes([i]) * 64 for i in range(24)]
+    refs = [resources.blobs.put(b).ref for b in blobs]
+    assert [resources.blobs.get(ref) for ref in refs] == blobs
+    assert isinstance(resources.blobs.redis, redis.RedisCluster)
+
+
+def test_the_blocking_client_takes_the_cluster_option(cluster_url: str, redis_url: str) -> None:
+    plain = sync_client(cluster_url, cluster=False)
+    assert type(plain) is redis.Redis and plain.ping()
+    plain.close()
+    with pytest.raises(RedisUnavailable, match="cannot reach Redis"):
+        sync_client(f"redis://127.0.0.1:{free_port()}")
+    detected = sync_client(redis_url)
+    assert isinstance(detected, redis.RedisCluster) is ON_CLUSTER
+    detected.close()
 
 
 # -- broken clusters -----------------------------------------------------------------

@@ -37,7 +37,7 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         # the collector's full passes, which otherwise pause every SSE client.
         gc.collect()
         gc.freeze()
-        await state.hub.start()
+        await state.start()
         watch = (
             asyncio.create_task(state.auth.watch_streams(state.hub), name="token-watch")
             if state.auth.enabled

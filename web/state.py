@@ -5,14 +5,15 @@ makes it and owns its lifetime."""
 
 from __future__ import annotations
 
+import logging
 import time
 
-from redis.asyncio import Redis
 from starlette.requests import Request
 
 from eventcore.blobs import RedisBlobStore
 from eventcore.config import Settings
-from eventcore.connection import ClientOptions, make_client
+from eventcore.connection import Client, ClientOptions, is_cluster, make_client
+from eventcore.errors import RedisUnavailable
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.submit import NodeFacts, read_node_facts
@@ -22,6 +23,8 @@ from web.feed import FeedHub
 from web.metrics import Metrics
 
 __all__ = ["WebState", "state_of"]
+
+logger = logging.getLogger(__name__)
 
 # How long what the nodes offer (``WebState.nodes``) is kept before it is read again.
 NODE_FACTS_TTL = 1.0
@@ -34,15 +37,31 @@ class WebState:
     that does not answer turns into a 503 within a second); ``blocking`` is
     for reads that wait on purpose (the feed, control acks, task results).
     Each has its own pool of ``redis.max_connections``; a request that finds
-    its pool busy waits up to ``redis.pool_timeout`` for a connection.
+    its pool busy waits up to ``redis.pool_timeout`` for a connection. Both
+    are Redis Cluster clients when ``redis.cluster`` is true or, unset, when
+    the server says it is a cluster node (asked once, by :meth:`start`).
     """
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
         self.settings = settings
+        self.redis_url = redis_url
+        # Until start() has asked the server, a single-server client unless
+        # redis.cluster says otherwise.
+        self._build(bool(settings.redis.cluster))
+        self.metrics = Metrics()
+        # What the nodes offer, as last read (None: read it on next use).
+        self.node_facts: NodeFacts | None = None
+        self._store: ViewStore | None = None
+        self._store_checked = 0.0
+
+    def _build(self, cluster: bool) -> None:
+        """The clients (Redis Cluster ones when ``cluster``) and all that uses them."""
+        settings = self.settings
         r, w = settings.redis, settings.web
         keys = Keys(settings.namespace, settings.partitions)
-        self.redis: Redis = make_client(
-            redis_url,
+        self.cluster = cluster
+        self.redis: Client = make_client(
+            self.redis_url,
             ClientOptions(
                 # Not web.redis_timeout: a connection is made once and kept, and
                 # under a burst the event loop alone can take longer than that to
@@ -52,10 +71,11 @@ class WebState:
                 retry_attempts=0,
                 max_connections=r.max_connections,
                 pool_timeout=r.pool_timeout,
+                cluster=cluster,
             ),
         )
-        self.blocking: Redis = make_client(
-            redis_url,
+        self.blocking: Client = make_client(
+            self.redis_url,
             ClientOptions(
                 connect_timeout=r.connect_timeout,
                 socket_timeout=max(r.socket_timeout, 5.0),
@@ -64,6 +84,7 @@ class WebState:
                 retry_backoff_cap=r.retry_backoff_cap,
                 max_connections=r.max_connections,
                 pool_timeout=r.pool_timeout,
+                cluster=cluster,
             ),
         )
         self.log = EventLog(
@@ -75,11 +96,31 @@ class WebState:
         )
         self.auth = Auth(self.log, w)
         self.hub = FeedHub(self.waiting_log, buffer=w.sse_buffer)
-        self.metrics = Metrics()
-        # What the nodes offer, as last read (None: read it on next use).
-        self.node_facts: NodeFacts | None = None
-        self._store: ViewStore | None = None
-        self._store_checked = 0.0
+
+    async def start(self) -> None:
+        """Before the first request: with ``redis.cluster`` unset, ask the
+        server whether it is a Redis Cluster node and, if so, switch to
+        cluster clients. A server that does not answer yet leaves the
+        single-server clients in place (requests answer 503 until it is back);
+        a cluster that comes up only later needs ``redis.cluster = true``."""
+        if self.settings.redis.cluster is None:
+            options = ClientOptions(
+                connect_timeout=self.settings.redis.connect_timeout,
+                socket_timeout=self.settings.web.redis_timeout,
+            )
+            try:
+                cluster = await is_cluster(self.redis_url, options)
+            except RedisUnavailable as exc:
+                logger.warning(
+                    "%s; assuming a single server (set redis.cluster = true for a Redis Cluster)",
+                    exc,
+                )
+                cluster = False
+            if cluster != self.cluster:
+                await self.redis.aclose()
+                await self.blocking.aclose()
+                self._build(cluster)
+        await self.hub.start()
 
     async def nodes(self) -> NodeFacts:
         """What the announced nodes offer, read from their records and kept
