@@ -25,14 +25,19 @@ blocking client of the right kind (a worker's child processes).
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import contextlib
+import contextvars
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import (
     BlockingConnectionPool,
     Connection,
@@ -215,13 +220,12 @@ def _cluster_client(url: str, opts: ClientOptions, retry: Retry) -> RedisCluster
             f"Redis URL {where!r} names database {parts.path.strip('/')}; "
             "Redis Cluster has only database 0"
         )
-    # RedisCluster keeps one pool per node of at most max_connections, and
-    # refuses (MaxConnectionsError) rather than waits when it is full: it has
-    # no blocking pool, so pool_timeout does not apply. Its retry object only
-    # sets the number of attempts; MOVED/ASK redirections are followed apart
-    # from it.
-    return RedisCluster.from_url(
+    # Its retry object only sets the number of attempts; MOVED/ASK
+    # redirections are followed apart from it.
+    return _WaitingCluster.from_url(
         url,
+        places=opts.max_connections,
+        place_timeout=opts.pool_timeout,
         max_connections=opts.max_connections,
         socket_connect_timeout=opts.connect_timeout,
         socket_timeout=opts.socket_timeout,
@@ -230,6 +234,66 @@ def _cluster_client(url: str, opts: ClientOptions, retry: Retry) -> RedisCluster
         health_check_interval=30,
         require_full_coverage=True,
     )
+
+
+# Set while a task runs a command of a _WaitingCluster: a command it starts
+# from inside that one (a pipeline retrying a redirected command alone) takes
+# no second place, so a full client cannot wait on itself.
+_holding: contextvars.ContextVar[bool] = contextvars.ContextVar("holding", default=False)
+
+
+class _WaitingCluster(RedisCluster):
+    """redis-py's ``RedisCluster`` keeps a pool of at most ``max_connections``
+    per node and refuses a command when that pool is full
+    (``MaxConnectionsError``). This one waits instead, as the single-server
+    client's blocking pool does: at most ``places`` commands or pipelines are
+    under way at once (each holds at most one connection per node), and one
+    more waits up to ``place_timeout`` seconds for a place, then fails with a
+    ``ConnectionError`` like an unreachable Redis."""
+
+    def __init__(self, *args: Any, places: int, place_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.places = asyncio.Semaphore(places)
+        self.place_timeout = place_timeout
+
+    @contextlib.asynccontextmanager
+    async def place(self) -> AsyncIterator[None]:
+        if _holding.get():
+            yield
+            return
+        try:
+            async with asyncio.timeout(self.place_timeout):
+                await self.places.acquire()
+        except builtins.TimeoutError:  # asyncio's, not redis-py's of the same name
+            raise ConnectionError(
+                f"no free Redis connection within {self.place_timeout:g}s "
+                "(redis.pool_timeout); every one of redis.max_connections is busy"
+            ) from None
+        token = _holding.set(True)
+        try:
+            yield
+        finally:
+            _holding.reset(token)
+            self.places.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.place():
+            return await super().execute_command(*args, **kwargs)
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refuses it
+        return _WaitingPipeline(self, transaction)
+
+
+class _WaitingPipeline(ClusterPipeline):
+    """A pipeline of a :class:`_WaitingCluster`: its execution takes one place."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        client = self.cluster_client
+        assert isinstance(client, _WaitingCluster)
+        async with client.place():
+            return await super().execute(raise_on_error, allow_redirections)
 
 
 def _quick(options: ClientOptions | None) -> ClientOptions:

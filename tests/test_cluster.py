@@ -3,10 +3,12 @@ check`` says about it, healthy or not."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from eventcore.keys import Keys
 from eventcore.server.cluster import SLOTS, LocalCluster, parse_cluster_info, slot_ranges
 from eventcore.server.process import free_port
 from eventcore.server.target import client_options
-from tests.conftest import ON_CLUSTER, server_binary
+from tests.conftest import server_binary
 from tests.replaykit import cli
 from tests.webkit import j, settings_for, web_client
 from workers.resources import ResourceConfig, Resources
@@ -63,20 +65,20 @@ def test_cluster_key_defaults_to_detection_and_refuses_other_words(tmp_path: Pat
     assert load_settings(path, env={}).redis.cluster is True
 
 
-# -- single server -----------------------------------------------------------------
+# -- a single server -----------------------------------------------------------------
 
 
-async def test_auto_detection_on_a_single_server_gives_the_plain_client(redis_url: str) -> None:
-    client = await connect(redis_url)
+async def test_auto_detection_on_a_single_server_gives_the_plain_client(single_url: str) -> None:
+    client = await connect(single_url)
     try:
         assert type(client) is Redis and await client.ping()
     finally:
         await client.aclose()
 
 
-async def test_cluster_true_on_a_single_server_is_one_clear_line(redis_url: str) -> None:
+async def test_cluster_true_on_a_single_server_is_one_clear_line(single_url: str) -> None:
     with pytest.raises(RedisUnavailable, match="not a cluster node") as err:
-        await connect(redis_url, ClientOptions(cluster=True))
+        await connect(single_url, ClientOptions(cluster=True))
     assert "\n" not in str(err.value)
 
 
@@ -142,6 +144,59 @@ def test_check_prints_the_cluster_facts(cluster_url: str) -> None:
     assert text.returncode == 0 and "cluster_state: ok" in text.stdout
 
 
+# -- the cluster client's pool ------------------------------------------------------
+
+
+async def test_a_burst_on_a_cluster_waits_for_a_connection(
+    cluster_url: str, namespace: str
+) -> None:
+    """Regression: past ``max_connections`` on a node redis-py's cluster client
+    refused a command at once (MaxConnectionsError); now it waits its turn,
+    pipelines too."""
+    client = make_client(
+        cluster_url, ClientOptions(cluster=True, max_connections=2, pool_timeout=10)
+    )
+    try:
+        # Each BLPOP holds its connection for its whole timeout.
+        key = f"{namespace}:empty"
+
+        async def piped() -> list[object]:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.blpop([key], timeout=0.05)
+                pipe.get(key)
+                return await pipe.execute()
+
+        got = await asyncio.gather(
+            *(client.blpop([key], timeout=0.05) for _ in range(10)), *(piped() for _ in range(4))
+        )
+        assert got == [None] * 10 + [[None, None]] * 4
+        node = client.get_node_from_key(key)
+        assert len(node._connections) <= 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_wait_on_a_cluster_that_runs_out_is_a_connection_error(
+    cluster_url: str, namespace: str
+) -> None:
+    client = make_client(
+        cluster_url,
+        ClientOptions(cluster=True, max_connections=1, pool_timeout=0.2, retry_attempts=0),
+    )
+    try:
+        holder = asyncio.create_task(client.blpop([f"{namespace}:held"], timeout=1))
+        while not client.places.locked():
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError, match=r"redis\.pool_timeout"):
+            await client.ping()
+        assert time.monotonic() - started < 2
+        await holder
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
 # -- what builds its own clients ----------------------------------------------------
 
 
@@ -169,11 +224,11 @@ async def test_the_web_app_asks_the_server_and_serves_a_cluster(
 
 
 async def test_the_web_app_on_a_single_server_keeps_the_plain_client(
-    redis_url: str, namespace: str
+    single_url: str, namespace: str
 ) -> None:
-    async with web_client(redis_url, settings_for(namespace)) as c:
+    async with web_client(single_url, settings_for(namespace)) as c:
         web = c.app.state.web  # type: ignore[attr-defined]
-        assert isinstance(web.redis, RedisCluster) is ON_CLUSTER
+        assert type(web.redis) is Redis and type(web.blocking) is Redis
         assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
 
 
@@ -189,14 +244,14 @@ def test_a_child_process_reads_and_writes_blobs_on_a_cluster(
     assert isinstance(resources.blobs.redis, redis.RedisCluster)
 
 
-def test_the_blocking_client_takes_the_cluster_option(cluster_url: str, redis_url: str) -> None:
+def test_the_blocking_client_takes_the_cluster_option(cluster_url: str, single_url: str) -> None:
     plain = sync_client(cluster_url, cluster=False)
     assert type(plain) is redis.Redis and plain.ping()
     plain.close()
     with pytest.raises(RedisUnavailable, match="cannot reach Redis"):
         sync_client(f"redis://127.0.0.1:{free_port()}")
-    detected = sync_client(redis_url)
-    assert isinstance(detected, redis.RedisCluster) is ON_CLUSTER
+    detected = sync_client(single_url)
+    assert type(detected) is redis.Redis and detected.ping()
     detected.close()
 
 
