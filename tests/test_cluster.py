@@ -301,6 +301,48 @@ def test_an_unreachable_cluster_url_is_one_clear_line(own_cluster: LocalCluster)
     assert_one_error_line(res, "cannot reach Redis at", url)
 
 
+@pytest.mark.slow
+async def test_the_web_app_answers_503_while_a_master_is_down(
+    own_cluster: LocalCluster, namespace: str
+) -> None:
+    """Whatever the cluster client raises while a master is gone (refused
+    connections, CLUSTERDOWN, slots no node serves), the app answers 503 with
+    Retry-After, never a 500, and serves again once the master is back."""
+    settings = Settings(namespace=namespace, partitions=3)
+    async with web_client(own_cluster.url, settings) as c:
+        assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
+        node = own_cluster.nodes[2]
+        node.process.stop()
+        statuses: set[int] = set()
+        deadline = time.monotonic() + 20
+        # Before the others mark it failed, and after (cluster_state:fail).
+        with redis.Redis(port=own_cluster.nodes[0].port) as other:
+            failed = False
+            while not failed:
+                assert time.monotonic() < deadline, "the cluster did not notice"
+                failed = (
+                    parse_cluster_info(other.execute_command("CLUSTER INFO")).get("cluster_state")
+                    == "fail"
+                )
+                for _ in range(6):
+                    res = await c.post("/v1/tasks", json={"kind": "noop"})
+                    assert res.status_code in (202, 503), res.text
+                    if res.status_code == 503:
+                        assert res.headers["retry-after"] == "1"
+                        assert j(res)["error"] == "unavailable"
+                    statuses.add(res.status_code)
+                    res = await c.get("/v1/queues")
+                    assert res.status_code in (200, 503), res.text
+                    assert (await c.get("/healthz")).status_code in (200, 503)
+                await asyncio.sleep(0.2)
+        assert 503 in statuses
+        node.process.start()
+        deadline = time.monotonic() + 30
+        while (await c.post("/v1/tasks", json={"kind": "noop"})).status_code != 202:
+            assert time.monotonic() < deadline, "the app did not serve again"
+            await asyncio.sleep(0.2)
+
+
 def test_local_cluster_stops_every_node(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path, 3, server_binary())
     cluster.start()
