@@ -18,7 +18,7 @@ it is a cluster node (``cluster_enabled`` in ``INFO cluster``), unless
 ``ClientOptions.cluster`` says so already, and then returns redis-py's
 ``RedisCluster`` with the same timeouts and retries, after checking that
 every slot is served, the cluster state is ok and every master answers.
-:func:`is_cluster` only asks whether the server is a cluster node (the web
+:func:`detect_cluster` only asks whether the server is a cluster node (the web
 app, which starts before Redis need answer), and :func:`sync_client` gives a
 blocking client of the right kind (a worker's child processes).
 """
@@ -75,7 +75,7 @@ __all__ = [
     "check_url",
     "cluster_facts",
     "connect",
-    "is_cluster",
+    "detect_cluster",
     "make_client",
     "redact",
     "sync_client",
@@ -376,7 +376,7 @@ async def connect(url: str, options: ClientOptions | None = None) -> Client:
     return make_client(url, replace(opts, cluster=cluster))
 
 
-async def is_cluster(url: str, options: ClientOptions | None = None) -> bool:
+async def detect_cluster(url: str, options: ClientOptions | None = None) -> bool:
     """Whether the server at ``url`` is a Redis Cluster node (``cluster_enabled``
     in ``INFO cluster``): ``options.cluster`` when it is set, else one quick
     question to the server, with ``options``' connect and socket timeouts.

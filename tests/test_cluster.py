@@ -18,7 +18,14 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from eventcore.config import Settings, load_settings
-from eventcore.connection import ClientOptions, cluster_facts, connect, make_client, sync_client
+from eventcore.connection import (
+    ClientOptions,
+    cluster_facts,
+    connect,
+    detect_cluster,
+    make_client,
+    sync_client,
+)
 from eventcore.errors import ConfigError, RedisUnavailable
 from eventcore.keys import Keys
 from eventcore.server.cluster import SLOTS, LocalCluster, parse_cluster_info, slot_ranges
@@ -198,6 +205,17 @@ async def test_a_wait_on_a_cluster_that_runs_out_is_a_connection_error(
 
 
 # -- what builds its own clients ----------------------------------------------------
+
+
+async def test_detect_cluster_asks_the_server_unless_told(
+    cluster_url: str, single_url: str
+) -> None:
+    assert await detect_cluster(cluster_url) is True
+    assert await detect_cluster(single_url) is False
+    assert await detect_cluster(single_url, ClientOptions(cluster=True)) is True  # not asked
+    with pytest.raises(RedisUnavailable, match="cannot reach Redis") as err:
+        await detect_cluster(f"redis://127.0.0.1:{free_port()}")
+    assert "\n" not in str(err.value)
 
 
 async def test_the_web_app_asks_the_server_and_serves_a_cluster(

@@ -12,7 +12,7 @@ from starlette.requests import Request
 
 from eventcore.blobs import RedisBlobStore
 from eventcore.config import Settings
-from eventcore.connection import Client, ClientOptions, is_cluster, make_client
+from eventcore.connection import Client, ClientOptions, detect_cluster, make_client
 from eventcore.errors import RedisUnavailable
 from eventcore.keys import Keys
 from eventcore.log import EventLog
@@ -109,7 +109,7 @@ class WebState:
                 socket_timeout=self.settings.web.redis_timeout,
             )
             try:
-                cluster = await is_cluster(self.redis_url, options)
+                cluster = await detect_cluster(self.redis_url, options)
             except RedisUnavailable as exc:
                 logger.warning(
                     "%s; assuming a single server (set redis.cluster = true for a Redis Cluster)",
