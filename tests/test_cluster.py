@@ -361,6 +361,40 @@ async def test_the_web_app_answers_503_while_a_master_is_down(
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.slow
+async def test_a_web_app_started_before_its_cluster_switches_once_it_answers(
+    own_cluster: LocalCluster, namespace: str
+) -> None:
+    """``redis.cluster`` unset and no node answering at start-up: the app
+    starts (503 meanwhile), keeps asking, and serves with cluster clients
+    once the cluster is back."""
+    for node in own_cluster.nodes:
+        node.process.stop()
+    settings = Settings(namespace=namespace, partitions=3)
+    async with web_client(own_cluster.url, settings) as c:
+        web = c.app.state.web  # type: ignore[attr-defined]
+        res = await c.post("/v1/tasks", json={"kind": "noop"})
+        assert res.status_code == 503 and j(res)["error"] == "unavailable"
+        for node in own_cluster.nodes:
+            node.process.start()
+        deadline = time.monotonic() + 30
+        while not isinstance(web.redis, RedisCluster):
+            assert time.monotonic() < deadline, "the app did not find the cluster"
+            await asyncio.sleep(0.1)
+        ids = []
+        while len(ids) < 12:
+            res = await c.post("/v1/tasks", json={"kind": "noop"})
+            if res.status_code == 503:  # the cluster settles (cluster_state:ok again)
+                assert time.monotonic() < deadline, res.text
+                await asyncio.sleep(0.2)
+                continue
+            assert res.status_code == 202, res.text
+            ids.append(j(res)["task_id"])
+        keys = Keys(namespace, 3)
+        assert {keys.partition(i) for i in ids} == {0, 1, 2}
+        assert isinstance(web.hub.log.redis, RedisCluster)  # the feed reads the cluster too
+
+
 def test_local_cluster_stops_every_node(tmp_path: Path) -> None:
     cluster = LocalCluster(tmp_path, 3, server_binary())
     cluster.start()

@@ -5,6 +5,8 @@ makes it and owns its lifetime."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
@@ -12,7 +14,7 @@ from starlette.requests import Request
 
 from eventcore.blobs import RedisBlobStore
 from eventcore.config import Settings
-from eventcore.connection import Client, ClientOptions, detect_cluster, make_client
+from eventcore.connection import Client, ClientOptions, detect_cluster, make_client, redact
 from eventcore.errors import RedisUnavailable
 from eventcore.keys import Keys
 from eventcore.log import EventLog
@@ -28,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 # How long what the nodes offer (``WebState.nodes``) is kept before it is read again.
 NODE_FACTS_TTL = 1.0
+# How often a server that did not answer at start-up is asked whether it is a cluster.
+DETECT_EVERY = 1.0
 
 
 class WebState:
@@ -53,6 +57,9 @@ class WebState:
         self.node_facts: NodeFacts | None = None
         self._store: ViewStore | None = None
         self._store_checked = 0.0
+        self._detecting: asyncio.Task[None] | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._hub_started = False
 
     def _build(self, cluster: bool) -> None:
         """The clients (Redis Cluster ones when ``cluster``) and all that uses them."""
@@ -100,27 +107,63 @@ class WebState:
     async def start(self) -> None:
         """Before the first request: with ``redis.cluster`` unset, ask the
         server whether it is a Redis Cluster node and, if so, switch to
-        cluster clients. A server that does not answer yet leaves the
-        single-server clients in place (requests answer 503 until it is back);
-        a cluster that comes up only later needs ``redis.cluster = true``."""
-        if self.settings.redis.cluster is None:
-            options = ClientOptions(
-                connect_timeout=self.settings.redis.connect_timeout,
-                socket_timeout=self.settings.web.redis_timeout,
+        cluster clients. A server that does not answer yet is asked again
+        every second in the background (requests answer 503 meanwhile), and
+        the clients are switched once it answers as a cluster node."""
+        if self.settings.redis.cluster is None and not await self._detect():
+            logger.warning(
+                "Redis at %s does not answer yet; whether it is a Redis Cluster is "
+                "asked again every second (redis.cluster set saves asking)",
+                redact(self.redis_url),
             )
-            try:
-                cluster = await detect_cluster(self.redis_url, options)
-            except RedisUnavailable as exc:
-                logger.warning(
-                    "%s; assuming a single server (set redis.cluster = true for a Redis Cluster)",
-                    exc,
-                )
-                cluster = False
-            if cluster != self.cluster:
-                await self.redis.aclose()
-                await self.blocking.aclose()
-                self._build(cluster)
+            self._detecting = asyncio.create_task(self._detect_until_answered(), name="detect")
+        await self._start_parts()
+
+    async def _detect(self) -> bool:
+        """Ask the server and switch the clients if it is not what they are
+        made for; False when it did not answer."""
+        options = ClientOptions(
+            connect_timeout=self.settings.redis.connect_timeout,
+            socket_timeout=self.settings.web.redis_timeout,
+        )
+        try:
+            cluster = await detect_cluster(self.redis_url, options)
+        except RedisUnavailable:
+            return False
+        if cluster != self.cluster:
+            logger.info("Redis at %s is a Redis Cluster node", redact(self.redis_url))
+            old = (self.redis, self.blocking)
+            started = self._hub_started
+            if started:
+                await self._stop_parts()
+            self._build(cluster)
+            self._store = None
+            if started:
+                await self._start_parts()
+            for client in old:
+                await client.aclose()
+        return True
+
+    async def _detect_until_answered(self) -> None:
+        while not await self._detect():
+            await asyncio.sleep(DETECT_EVERY)
+
+    async def _start_parts(self) -> None:
+        """The feed reader and, with auth on, the watch on open streams' tokens."""
         await self.hub.start()
+        self._hub_started = True
+        if self.auth.enabled:
+            self._watch = asyncio.create_task(self.auth.watch_streams(self.hub), name="token-watch")
+
+    async def _stop_parts(self) -> None:
+        for task in (self._watch,):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._watch = None
+        await self.hub.stop()
+        self._hub_started = False
 
     async def nodes(self) -> NodeFacts:
         """What the announced nodes offer, read from their records and kept
@@ -144,7 +187,11 @@ class WebState:
         return self._store
 
     async def close(self) -> None:
-        await self.hub.stop()
+        if self._detecting is not None:
+            self._detecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._detecting
+        await self._stop_parts()
         await self.redis.aclose()
         await self.blocking.aclose()
 
