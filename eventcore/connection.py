@@ -27,12 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -85,6 +84,8 @@ __all__ = [
 Client: TypeAlias = Redis | RedisCluster
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -256,11 +257,14 @@ class _WaitingCluster(RedisCluster):
         self.places = asyncio.Semaphore(places)
         self.place_timeout = place_timeout
 
-    @contextlib.asynccontextmanager
-    async def place(self) -> AsyncIterator[None]:
+    async def take_place(self) -> bool:
+        """Wait for a place; False when this task holds one already (a
+        command started from inside another), which it then goes on using."""
         if _holding.get():
-            yield
-            return
+            return False
+        if not self.places.locked():  # the usual case: no timer, no wait
+            await self.places.acquire()
+            return True
         try:
             async with asyncio.timeout(self.place_timeout):
                 await self.places.acquire()
@@ -269,16 +273,28 @@ class _WaitingCluster(RedisCluster):
                 f"no free Redis connection within {self.place_timeout:g}s "
                 "(redis.pool_timeout); every one of redis.max_connections is busy"
             ) from None
+        return True
+
+    async def in_place(self, run: Callable[[], Awaitable[T]]) -> T:
+        """``run()`` holding a place."""
+        if not await self.take_place():
+            return await run()
         token = _holding.set(True)
         try:
-            yield
+            return await run()
         finally:
             _holding.reset(token)
             self.places.release()
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        async with self.place():
+        if not await self.take_place():
             return await super().execute_command(*args, **kwargs)
+        token = _holding.set(True)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            _holding.reset(token)
+            self.places.release()
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
         if shard_hint:
@@ -292,8 +308,8 @@ class _WaitingPipeline(ClusterPipeline):
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
         client = self.cluster_client
         assert isinstance(client, _WaitingCluster)
-        async with client.place():
-            return await super().execute(raise_on_error, allow_redirections)
+        run = super().execute
+        return await client.in_place(lambda: run(raise_on_error, allow_redirections))
 
 
 def _quick(options: ClientOptions | None) -> ClientOptions:
