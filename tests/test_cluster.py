@@ -200,6 +200,10 @@ async def test_a_wait_on_a_cluster_that_runs_out_is_a_connection_error(
         assert time.monotonic() - started < 2
         await holder
         assert await client.ping()
+        # A command started while its task holds the one place (a pipeline
+        # retrying a redirected command alone) uses that place, not a second.
+        got = await client.in_place(lambda: client.get(f"{namespace}:k"))
+        assert got is None and not client.places.locked()
     finally:
         await client.aclose()
 
