@@ -43,7 +43,7 @@ class WebState:
     Each has its own pool of ``redis.max_connections``; a request that finds
     its pool busy waits up to ``redis.pool_timeout`` for a connection. Both
     are Redis Cluster clients when ``redis.cluster`` is true or, unset, when
-    the server says it is a cluster node (asked once, by :meth:`start`).
+    the server says it is a cluster node (see :meth:`start`).
     """
 
     def __init__(self, settings: Settings, redis_url: str) -> None:
@@ -156,12 +156,11 @@ class WebState:
             self._watch = asyncio.create_task(self.auth.watch_streams(self.hub), name="token-watch")
 
     async def _stop_parts(self) -> None:
-        for task in (self._watch,):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-        self._watch = None
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+            self._watch = None
         await self.hub.stop()
         self._hub_started = False
 
