@@ -231,13 +231,14 @@ async def test_the_web_app_asks_the_server_and_serves_a_cluster(
     async with web_client(cluster_url, settings) as c:
         web = c.app.state.web  # type: ignore[attr-defined]
         assert isinstance(web.redis, RedisCluster) and isinstance(web.blocking, RedisCluster)
-        ids = []
-        for _ in range(12):
+        keys = Keys(namespace, 3)
+        streams: set[str] = set()
+        for _ in range(200):  # a task's partition is random: until each has one
+            if len(streams) == 3:
+                break
             res = await c.post("/v1/tasks", json={"kind": "noop"})
             assert res.status_code == 202, res.text
-            ids.append(j(res)["task_id"])
-        keys = Keys(namespace, 3)
-        streams = {keys.events(keys.partition(i)) for i in ids}
+            streams.add(keys.events(keys.partition(j(res)["task_id"])))
         owners = {
             web.redis.nodes_manager.get_node_from_slot(web.redis.keyslot(s)).name for s in streams
         }
@@ -385,17 +386,16 @@ async def test_a_web_app_started_before_its_cluster_switches_once_it_answers(
         while not isinstance(web.redis, RedisCluster):
             assert time.monotonic() < deadline, "the app did not find the cluster"
             await asyncio.sleep(0.1)
-        ids = []
-        while len(ids) < 12:
+        keys = Keys(namespace, 3)
+        partitions: set[int] = set()
+        while len(partitions) < 3:  # a task's partition is random: until each has one
             res = await c.post("/v1/tasks", json={"kind": "noop"})
             if res.status_code == 503:  # the cluster settles (cluster_state:ok again)
                 assert time.monotonic() < deadline, res.text
                 await asyncio.sleep(0.2)
                 continue
             assert res.status_code == 202, res.text
-            ids.append(j(res)["task_id"])
-        keys = Keys(namespace, 3)
-        assert {keys.partition(i) for i in ids} == {0, 1, 2}
+            partitions.add(keys.partition(j(res)["task_id"]))
         assert isinstance(web.hub.log.redis, RedisCluster)  # the feed reads the cluster too
 
 
