@@ -19,22 +19,32 @@ Layout (namespace ``ec`` by default, ``P`` partitions)::
     ec:{c}:ctl:node:<node>       control commands for one node (stream)
     ec:{c}:ctl:all               broadcast control commands (stream)
     ec:{c}:ctl:acks              control acknowledgements (stream)
-    ec:{v}:feed                  view-change feed (capped stream)
     ec:{x}:parked                entries that did not decode (stream)
     ec:blob:{<sha256>}           blobs (string, TTL); each its own tag, so blobs
                                  spread over the masters of a cluster
     ec:{w}:web:tokens            API token digests (hash)
     ec:{w}:web:secret            the key that signs stream tickets (string)
     ec:{w}:web:model             the IOPaint routes' default model (string)
-    ec:{v}:<view-ns>:...         projection views (one slot: a batch of view
-                                 changes, its feed entries and the watermark
-                                 are written by one script)
+    ec:{v0}:<view-ns>:...        views of view shard 0: the task views of
+                                 partition 0, and its parts of the queue, stats
+                                 and node views, their indexes, the watermark
+                                 of its stream and the lease of the projector
+                                 writing it (one slot: a batch of view changes,
+                                 its feed entries and the watermark are
+                                 written by one script)
+    ec:{vn}:<view-ns>:...        views of the node shard: node views as the
+                                 node stream tells them
+    ec:{v0}:feed                 view-change feed of shard 0 (capped stream);
+                                 ec:{vn}:feed that of the node shard
+    ec:{v}:current               the view namespace in use (string)
+    ec:{v}:projectors            live projector processes (hash: name -> expiry ms)
     ec:{v}:snapshot:latest       id of the latest snapshot of the views (string)
     ec:{v}:snapshot:<id>         a snapshot: every view and its watermark (hash)
     ec:{v}:snapshot:<id>:partial a snapshot being written (hash, with a TTL)
 
 Every key carries a hash tag, and the keys one script or one multi-key
-command touches share it: a partition's keys ``{pN}``, the views ``{v}``, the
+command touches share it: a partition's keys ``{pN}``, the views of its
+shard ``{vN}``, the node shard's views ``{vn}``, the
 node keys ``{n}``, the control streams ``{c}``. So each Lua script touches a
 single slot and the layout runs unchanged on Redis Cluster. Reads over several
 tags (every partition's log, say) are split per slot on a cluster
@@ -57,6 +67,9 @@ __all__ = ["NAME_RE", "Keys", "check_name", "escape_part"]
 
 # Hash tags of the keys outside the partitions and the views (see the layout).
 NODE_TAG = "n"
+# The view shard that holds what the node stream tells (the others are
+# partitions, named by their number).
+NODE_SHARD = "n"
 CONTROL_TAG = "c"
 PARKED_TAG = "x"
 WEB_TAG = "w"
@@ -178,8 +191,41 @@ class Keys:
         """SCAN pattern matching every per-node control stream."""
         return f"{self.control('')}*"
 
-    def feed(self) -> str:
-        return f"{self.namespace}:{{v}}:feed"
+    # -- view shards ---------------------------------------------------------
+
+    def view_shards(self) -> list[str]:
+        """The view shards: one per partition (``"0"``, ``"1"``, ...) and the
+        node shard (``"n"``). Each is one slot, folded by one projector at a
+        time, from the streams :meth:`shard_streams` names."""
+        return [*(str(p) for p in self.all_partitions()), NODE_SHARD]
+
+    def shard_streams(self, shard: str) -> list[str]:
+        """The streams whose events shard ``shard`` folds."""
+        if shard == NODE_SHARD:
+            return [self.nodes()]
+        return [self.events(int(shard))]
+
+    def shard_of_stream(self, stream: str) -> str:
+        """The view shard that folds ``stream`` (a partition's log or the node stream)."""
+        if stream == self.nodes():
+            return NODE_SHARD
+        for p in self.all_partitions():
+            if stream == self.events(p):
+                return str(p)
+        raise ValueError(f"{stream!r} is not a stream the views fold")
+
+    def shard_of_task(self, task_id: str) -> str:
+        """The view shard that holds ``task_id``'s view."""
+        return str(self.partition(task_id))
+
+    def _v(self, shard: str) -> str:
+        if shard != NODE_SHARD and not (shard.isdigit() and int(shard) < self.partitions):
+            raise ValueError(f"view shard {shard!r} out of range")
+        return f"{self.namespace}:{{v{shard}}}"
+
+    def feed(self, shard: str) -> str:
+        """The feed of view changes of one shard (capped stream)."""
+        return f"{self._v(shard)}:feed"
 
     def parked(self) -> str:
         return f"{self._tagged(PARKED_TAG)}:parked"
@@ -199,9 +245,24 @@ class Keys:
         """The model the IOPaint-compatible routes use when a request names none."""
         return f"{self._tagged(WEB_TAG)}:web:model"
 
-    def view(self, view_ns: str, *parts: str) -> str:
-        """A key of the projections' views under view namespace ``view_ns``."""
-        return ":".join((f"{self.namespace}:{{v}}", view_ns, *parts))
+    def view(self, shard: str, view_ns: str, *parts: str) -> str:
+        """A key of view shard ``shard``'s views under view namespace ``view_ns``."""
+        return ":".join((self._v(shard), view_ns, *parts))
+
+    def view_lease(self, shard: str, view_ns: str) -> str:
+        """Who folds shard ``shard`` of ``view_ns`` now (string, with a TTL);
+        the script writing a batch checks it, in the same slot."""
+        return self.view(shard, view_ns, "lease")
+
+    def projectors(self) -> str:
+        """The live projector processes (hash: name -> expiry, ms); each takes
+        its share of the shards."""
+        return f"{self.namespace}:{{v}}:projectors"
+
+    def legacy_views(self, view_ns: str) -> str:
+        """SCAN pattern of a view namespace as kept before views had shards
+        (``ec:{v}:<ns>:...``, dropped by ``eventcore events migrate``)."""
+        return f"{self.namespace}:{{v}}:{view_ns}:*"
 
     def view_pointer(self) -> str:
         """Which view namespace readers and the projector use (a rebuild switches it)."""

@@ -38,17 +38,18 @@ from eventcore.server.target import client_options, redis_for
 from projections.asof import task_as_of, views_as_of
 from projections.export import export_log, export_streams, import_log
 from projections.points import parse_point
+from projections.pool import ProjectorPool
 from projections.progress import Progress
 from projections.read import read_queue_health
 from projections.replay import Views
-from projections.runner import Projector, tune_gc
+from projections.runner import tune_gc
 from projections.snapshot import take_snapshot
-from projections.store import ViewStore, current_views
+from projections.store import ShardStore, ViewStore, current_views
 from projections.tools import (
     ViewsMoved,
     describe,
     rebuild,
-    seed_from_snapshot,
+    seed_shard,
     starting_snapshot,
     tail,
     verify_at,
@@ -77,31 +78,38 @@ async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
     tune_gc()
     redis = await connect(url, client_options(settings))
     log = EventLog(redis, Keys(settings.namespace, settings.partitions), group=settings.group)
-    views = args.views or await current_views(log)
-    store = ViewStore(log, views)
-    if not await store.watermark() and (head := await starting_snapshot(log)) is not None:
+    head = await starting_snapshot(log)
+
+    async def seed(store: ShardStore) -> None:
         # Empty views over a log trimmed behind a snapshot: start from the
         # snapshot, or the views would silently lack the trimmed tasks.
-        seeded = await seed_from_snapshot(log, store, head)
-        print(
-            f"views {views!r} seeded from the latest snapshot ({seeded} tasks)",
-            file=sys.stderr,
-            flush=True,
-        )
-    projector = Projector(log, store, batch=args.batch, follow_pointer=args.views is None)
+        if head is not None and not await store.watermark():
+            seeded = await seed_shard(log, store, head)
+            _say(
+                f"views {store.ns!r} shard {store.shard} seeded from the latest snapshot "
+                f"({seeded} tasks)",
+                err=True,
+            )
+
+    pool = ProjectorPool(log, views=args.views, batch=args.batch, on_take=seed)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    print(f"projector {projector.consumer}: views {views!r}", file=sys.stderr, flush=True)
+    views = args.views or await current_views(log)
+    following = "" if args.views else " (following rebuilds)"
+    _say(
+        f"projector {pool.name}: views {views!r}{following}, "
+        f"{len(pool.shards)} shards shared with any other projector",
+        err=True,
+    )
     try:
-        await projector.run(stop)
+        await pool.run(stop)
     finally:
         await redis.aclose()
-        print(
-            f"projector stopped: {projector.applied} entries applied, {projector.parked} parked",
-            file=sys.stderr,
-            flush=True,
+        _say(
+            f"projector stopped: {pool.applied} entries applied, {pool.parked} parked",
+            err=True,
         )
 
 

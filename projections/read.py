@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 
 import msgspec
 
 from eventcore.ids import stream_id_key
+from eventcore.keys import NODE_SHARD
 from eventcore.log import EventLog
 from eventcore.nodes import read_queue_consumers
 from eventcore.routing import backlog
-from projections.store import ViewStore
+from projections.store import ShardStore, ViewStore
 from projections.views import TaskView
 
 __all__ = [
@@ -61,23 +63,42 @@ def _cursor(score: float, task_id: str) -> str:
     return f"{int(score)}:{task_id}"
 
 
+class _Index:
+    """One shard's index of a filter, read newest first a chunk at a time."""
+
+    def __init__(self, store: ShardStore, key: str) -> None:
+        self.store = store
+        self.key = key
+        self.rows: deque[tuple[int, str]] = deque()
+        self.offset = 0
+        self.done = False
+
+    async def fill(self, high: float | str, low: float | str, chunk: int) -> None:
+        rows = await self.store.log.redis.zrevrangebyscore(
+            self.key, high, low, start=self.offset, num=chunk, withscores=True
+        )
+        self.offset += len(rows)
+        self.done = len(rows) < chunk
+        self.rows.extend((int(score), member.decode()) for member, score in rows)
+
+
 async def list_tasks(
     store: ViewStore, flt: TaskFilter, *, limit: int = 50, cursor: str | None = None
 ) -> TaskPage:
     """Tasks matching ``flt``, newest first, ``limit`` at most per page.
 
-    Reads the index of the most selective filter given and checks the other
-    filters on the views; a page scans at most ``20 * limit`` index entries, so
-    a rare combination returns a short page with a cursor rather than a slow
-    one.
+    Reads the index of the most selective filter given in every shard,
+    merged newest first (submission time, then task id, both descending),
+    and checks the other filters on the views; a page scans at most
+    ``20 * limit`` index entries, so a rare combination returns a short page
+    with a cursor rather than a slow one. The cursor is the last entry's
+    (time, id): stable whatever the number of shards.
     """
     limit = max(1, min(limit, 500))
     field = next((f for f in INDEXED if getattr(flt, f) is not None), "all")
-    key = (
-        store.index_key(field, getattr(flt, field) or "")
-        if field != "all"
-        else (store.index_key("all"))
-    )
+    value = getattr(flt, field) or "" if field != "all" else ""
+    shards = [s for n, s in store.shards.items() if n != NODE_SHARD]
+    indexes = [_Index(s, s.index_key(field, value)) for s in shards]
     high: float | str = "+inf" if flt.until is None else f"({int(flt.until * 1000)}"
     low: float | str = "-inf" if flt.since is None else int(flt.since * 1000)
     after: tuple[int, str] | None = None
@@ -89,38 +110,42 @@ async def list_tasks(
             raise ValueError(f"cursor {cursor!r} is not one this API gave out") from None
         high = after[0]
     out: list[TaskView] = []
-    scanned, offset, chunk = 0, 0, max(limit * 2, 50)
-    last: tuple[float, str] | None = None
+    scanned, chunk = 0, max(limit * 2, 50)
+    last: tuple[int, str] | None = None
     while len(out) < limit and scanned < 20 * limit:
-        rows = await store.log.redis.zrevrangebyscore(
-            key, high, low, start=offset, num=chunk, withscores=True
-        )
-        if not rows:
-            return TaskPage(out, None)
-        offset += len(rows)
-        scanned += len(rows)
-        ids = []
-        for member, score in rows:
-            tid = member.decode()
-            if after and int(score) == after[0] and tid >= after[1]:
+        picked: list[tuple[int, str]] = []
+        while len(picked) < chunk:
+            for index in indexes:
+                if not index.rows and not index.done:
+                    await index.fill(high, low, chunk)
+            ready = [index for index in indexes if index.rows]
+            if not ready:
+                break
+            top = max(ready, key=lambda index: index.rows[0])
+            row = top.rows.popleft()
+            scanned += 1
+            if after and row[0] == after[0] and row[1] >= after[1]:
                 continue  # on or before the cursor (same millisecond, larger id)
-            ids.append((score, tid))
-        views = (await store.load(t for _, t in ids)).tasks
-        for score, tid in ids:
-            last = (score, tid)
-            view = views.get(tid)
+            picked.append(row)
+        if not picked:
+            return TaskPage(out, None)
+        views = (await store.load(t for _, t in picked)).tasks
+        for row in picked:
+            last = row
+            view = views.get(row[1])
             if view is not None and flt.matches(view):
                 out.append(view)
                 if len(out) == limit:
                     break
-        if len(rows) < chunk and len(out) < limit:
+        if len(picked) < chunk and len(out) < limit:
             return TaskPage(out, None)
     return TaskPage(out, _cursor(*last) if last else None)
 
 
 async def caught_up(store: ViewStore, stream: str, entry_id: str) -> bool:
-    """Whether the views include entry ``entry_id`` of ``stream``."""
-    mark = (await store.watermark()).get(stream)
+    """Whether the views include entry ``entry_id`` of ``stream`` (asks the
+    one shard that folds ``stream``)."""
+    mark = await store.mark_of(stream)
     if mark is None:
         return False
     return stream_id_key(mark) >= stream_id_key(entry_id)

@@ -1,11 +1,14 @@
 """The projector: reads the log through a consumer group, folds each batch
 into the views, writes them, then acks.
 
-One batch: XREADGROUP over every partition's event stream and the node
-stream; decode (an entry that does not decode is parked with its stream and
-id, counted, and acked); load the views the batch touches; fold with
-:func:`projections.replay.replay` (the same code ``replay verify`` trusts);
-write what changed, the feed entries and the watermark in one script; XACK.
+A projector folds some view shards (all by default; see
+:mod:`projections.store`): each shard takes its own streams. One batch:
+XREADGROUP over the shards' streams; decode (an entry that does not decode
+is parked with its stream and id, counted, and acked); per shard, load the
+views the batch touches; fold with :func:`projections.replay.replay` (the
+same code ``replay verify`` trusts); write what changed, the feed entries and
+the watermark in one script (which checks the shard's lease when the
+projector holds one: :mod:`projections.leases`); XACK.
 A crash between the write and the ack redelivers the batch, and the folds
 skip what they already applied: nothing changes twice. A restarted projector
 (a new consumer name) first takes over whatever its group left pending.
@@ -35,6 +38,7 @@ from eventcore.codec import Entry
 from eventcore.errors import DecodeError
 from eventcore.ids import stream_id_key
 from eventcore.log import EventLog, groups, spread
+from projections.leases import ShardLease
 from projections.replay import replay
 from projections.store import ViewStore, current_views, drop_views, group_for, is_lost_group
 
@@ -73,6 +77,8 @@ class Projector:
         batch: int = 1000,
         follow_pointer: bool = False,
         feed_after: ViewStore | None = None,
+        shards: list[str] | None = None,
+        lease: ShardLease | None = None,
     ) -> None:
         self.log = log
         self.store = store or ViewStore(log)
@@ -88,7 +94,11 @@ class Projector:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch = batch
         k = log.keys
-        self.streams = [k.events(p) for p in k.all_partitions()] + [k.nodes()]
+        # The shards this projector folds: every one, or the one it holds
+        # ``lease`` on (written only while it holds it).
+        self.lease = lease
+        self.shards = [lease.shard] if lease is not None else (shards or k.view_shards())
+        self.streams = [s for shard in self.shards for s in k.shard_streams(shard)]
         self.parked = 0
         self.applied = 0
         self.switches = 0
@@ -104,7 +114,7 @@ class Projector:
         left pending. A missing group starts right after the views' watermark
         (the start of the log for empty views): views whose group was lost
         carry on without applying anything twice or skipping anything."""
-        self._marks = await self.store.watermark()
+        self._marks = await self.store.watermark(self.shards)
         for stream in self.streams:
             start = self._marks.get(stream, "0")
             if await groups.ensure_group(self.log.redis, stream, self.group, start_id=start):
@@ -117,8 +127,9 @@ class Projector:
         acked. A projector killed after reading a batch leaves it pending under
         its own name, and a restarted one has a new name (``host-pid``): without
         this the batch, if it was never written, would be skipped for good. One
-        projector runs per view namespace, so whatever is pending is ours; the
-        backlog pass applies it before anything newer, keeping stream order."""
+        projector folds a shard at a time (the one holding its lease, or the
+        only one), so whatever is pending on its streams is ours; the backlog
+        pass applies it before anything newer, keeping stream order."""
         start = "0-0"
         while True:
             got = await groups.autoclaim(
@@ -164,6 +175,8 @@ class Projector:
         # have landed after that. Nobody writes the old views once their
         # projector has left them, so this drop is the last.
         await drop_views(self.log, old)
+        if self.lease is not None:
+            await self.lease.move(ns)  # LeaseLost if another projector has it there
         self.store = ViewStore(self.log, ns, self.store.feed_maxlen)
         self.group = group_for(ns)
         self.switches += 1
@@ -204,21 +217,39 @@ class Projector:
         if raw and self._backlog:
             # A redelivered batch may be older than what was written before the
             # crash (a smaller batch, or part of one): never move the watermark back.
-            mark = await self.store.watermark()
+            mark = await self.store.watermark(self.shards)
             marks = {
                 s: i
                 for s, i in marks.items()
                 if s not in mark or stream_id_key(i) > stream_id_key(mark[s])
             }
         if raw:
-            task_ids = [e.event.task_id for e in entries if hasattr(e.event, "task_id")]
-            before = await self.store.load(task_ids)
-            after = replay(entries, start=before)
-            await self.store.write(before, after, marks, feed=await self._announces(marks))
+            await self._write(entries, marks)
             self._marks = {**self._marks, **marks}
             await self._ack(acks)
             self.applied += len(entries)
         return len(raw)
+
+    async def _write(self, entries: list[Entry[Any]], marks: dict[str, str]) -> None:
+        """Fold and write the batch shard by shard: each shard's views, feed
+        entries and watermark in one script call."""
+        keys = self.log.keys
+        for shard in self.shards:
+            store = self.store.shard(shard)
+            mine = [e for e in entries if keys.shard_of_stream(e.stream) == shard]
+            shard_marks = {s: i for s, i in marks.items() if s in store.streams}
+            if not mine and not shard_marks:
+                continue
+            task_ids = [e.event.task_id for e in mine if hasattr(e.event, "task_id")]
+            before = await store.load(task_ids)
+            after = replay(mine, start=before)
+            await store.write(
+                before,
+                after,
+                shard_marks,
+                feed=await self._announces(shard_marks),
+                lease=self.lease.token if self.lease is not None else "",
+            )
 
     async def _announces(self, marks: dict[str, str]) -> bool:
         """Whether this batch's view changes go on the feed: always, unless

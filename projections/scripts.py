@@ -10,6 +10,7 @@ decodes its answer; it returns an :class:`eventcore.log.scripts.Call`, awaited
 alone or queued on a pipeline. A script's refusal of its arguments is raised
 as the ``ResponseError`` Redis answered (callers such as the snapshot writer
 catch it). The callers: :mod:`projections.store` (write_views),
+:mod:`projections.leases` (renew_lease, release_lease),
 :mod:`projections.snapshot` (publish_snapshot), :mod:`projections.trim`
 (trim_stream, prune_done) and :mod:`projections.export` (import_entries).
 Nothing else calls a projection script.
@@ -43,6 +44,8 @@ VIEW_SCRIPT_NAMES = (
     "trim_stream",
     "prune_done",
     "import_entries",
+    "renew_lease",
+    "release_lease",
 )
 
 
@@ -120,6 +123,8 @@ class ViewScripts:
         self,
         *,
         feed: str,
+        lease_key: str,
+        lease: str,
         watermark: str,
         nodes: str,
         queues: str,
@@ -136,9 +141,11 @@ class ViewScripts:
         """Write one batch of view changes at once: task views (``(key,
         view)``), node, queue and stats hash fields (``(field, view)``), feed
         entries, watermark marks (``{stream: last id}``) and index changes.
-        The number of marks written."""
-        keys = [feed, watermark, nodes, queues, stats, *(key for key, _ in tasks)]
-        args: list[Any] = [feed_maxlen, len(tasks), *(view for _, view in tasks)]
+        The number of marks written. With a ``lease`` token, refused with
+        ``LEASE`` (nothing written) unless ``lease_key`` holds that token.
+        """
+        keys = [feed, watermark, nodes, queues, stats, lease_key, *(key for key, _ in tasks)]
+        args: list[Any] = [feed_maxlen, lease, len(tasks), *(view for _, view in tasks)]
         for section in (node_views, queue_views, stat_views):
             args.append(len(section))
             for name, view in section:
@@ -208,3 +215,11 @@ class ViewScripts:
 
         keys = [stream, trim_mark, done if done is not None else stream]
         return self._call("import_entries", keys, args, decode)
+
+    def renew_lease(self, *, lease_key: str, token: str, ttl_ms: int) -> Call[bool]:
+        """Extend the lease held with ``token``; False if it is not held with it."""
+        return self._call("renew_lease", [lease_key], [token, ttl_ms], lambda r: bool(int(r)))
+
+    def release_lease(self, *, lease_key: str, token: str) -> Call[bool]:
+        """Drop the lease held with ``token``; False if it is not held with it."""
+        return self._call("release_lease", [lease_key], [token], lambda r: bool(int(r)))

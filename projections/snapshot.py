@@ -31,7 +31,9 @@ from redis.exceptions import ResponseError
 
 from eventcore.codec import Entry, text
 from eventcore.errors import DecodeError, EventcoreError
+from eventcore.keys import NODE_SHARD
 from eventcore.log import EventLog
+from projections.merge import merge_views
 from projections.points import id_lt, log_streams
 from projections.replay import Views, replay
 from projections.scripts import ViewScripts
@@ -39,6 +41,7 @@ from projections.views import NodeView, QueueView, StatsView, TaskView
 
 __all__ = [
     "SnapshotHead",
+    "SnapshotPart",
     "decode_batch",
     "latest_head",
     "load_snapshot",
@@ -57,8 +60,29 @@ _enc = msgspec.msgpack.Encoder()
 _task = msgspec.msgpack.Decoder(TaskView)
 
 
+class SnapshotPart(msgspec.Struct, frozen=True, kw_only=True):
+    """One view shard's node, queue and stats views in a snapshot: what a
+    rebuild or a new projector seeds that shard with."""
+
+    nodes: dict[str, NodeView] = {}
+    queues: dict[str, QueueView] = {}
+    stats: StatsView = StatsView()
+    stats_by: list[tuple[str, str, StatsView]] = []
+
+    def views(self, tasks: dict[str, TaskView] | None = None) -> Views:
+        return Views(
+            tasks=tasks or {},
+            nodes=self.nodes,
+            queues=self.queues,
+            stats=self.stats,
+            stats_by={(q, k): v for q, k, v in self.stats_by},
+        )
+
+
 class SnapshotHead(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything in a snapshot but the task views."""
+    """Everything in a snapshot but the task views. The node, queue and stats
+    views are there merged (the views of the whole log) and per view shard
+    (``parts``; empty in snapshots taken before views had shards)."""
 
     id: str
     created_at: float
@@ -70,6 +94,7 @@ class SnapshotHead(msgspec.Struct, frozen=True, kw_only=True):
     queues: dict[str, QueueView] = {}
     stats: StatsView = StatsView()
     stats_by: list[tuple[str, str, StatsView]] = []
+    parts: dict[str, SnapshotPart] = {}
 
     def views(self, tasks: dict[str, TaskView] | None = None) -> Views:
         """The snapshot's views, with the given task views."""
@@ -86,7 +111,7 @@ _head = msgspec.msgpack.Decoder(SnapshotHead)
 
 
 def _head_views(views: Views) -> dict[str, Any]:
-    """The head's fields for the views other than tasks."""
+    """The head's (or a part's) fields for the views other than tasks."""
     return {
         "nodes": views.nodes,
         "queues": views.queues,
@@ -179,15 +204,28 @@ async def take_snapshot(
     redis = log.redis
     keys = log.keys
     previous = await latest_head(log)
+    replaced = previous
+    if previous is not None and previous.entries and not previous.parts:
+        # Taken before views had shards: its merged views cannot be split
+        # into the shards' parts, so start again from the whole log.
+        if await _trimmed(log):
+            raise EventcoreError(
+                f"snapshot {previous.id} predates view shards and the log was trimmed "
+                "behind it: it cannot seed sharded views (rebuild from an export instead)"
+            )
+        previous = None
     snap_id = str(int(time.time() * 1000))
-    if previous is not None and not id_lt(previous.id, snap_id):
-        snap_id = str(int(previous.id) + 1)
+    if replaced is not None and not id_lt(replaced.id, snap_id):
+        snap_id = str(int(replaced.id) + 1)
     staging = keys.snapshot_partial(snap_id)
     await redis.delete(staging)
     if previous is not None:
         await redis.copy(keys.snapshot(previous.id), staging)
     marks = dict(previous.watermark) if previous is not None else {}
-    small = previous.views() if previous is not None else Views()
+    parts = previous.parts if previous is not None else {}
+    small = {
+        shard: parts[shard].views() if shard in parts else Views() for shard in keys.view_shards()
+    }
     tasks = previous.tasks if previous is not None else 0
     folded = previous.entries if previous is not None else 0
     undecodable = previous.undecodable if previous is not None else 0
@@ -211,7 +249,8 @@ async def take_snapshot(
                 dict.fromkeys(e.event.task_id for e in entries if hasattr(e.event, "task_id"))
             )
             before = await task_views(log, staging, touched)
-            after = replay(entries, start=msgspec.structs.replace(small, tasks=before))
+            shard = keys.shard_of_stream(stream)
+            after = replay(entries, start=msgspec.structs.replace(small[shard], tasks=before))
             changed = {
                 TASK + t: _enc.encode(v) for t, v in after.tasks.items() if before.get(t) != v
             }
@@ -222,7 +261,7 @@ async def take_snapshot(
                 replies = await pipe.execute()
             if changed:
                 tasks += int(replies[0])  # fields that are new: tasks not seen before
-            small = msgspec.structs.replace(after, tasks={})
+            small[shard] = msgspec.structs.replace(after, tasks={})
             marks[stream] = text(raw[-1][0])
             start = "(" + marks[stream]
             folded += len(entries)
@@ -230,6 +269,7 @@ async def take_snapshot(
             done += len(raw)
             if progress is not None:
                 progress(done)
+    told = small.pop(NODE_SHARD)
     head = SnapshotHead(
         id=snap_id,
         created_at=time.time(),
@@ -237,10 +277,14 @@ async def take_snapshot(
         tasks=tasks,
         entries=folded,
         undecodable=undecodable,
-        **_head_views(small),
+        parts={
+            shard: SnapshotPart(**_head_views(views))
+            for shard, views in {**small, NODE_SHARD: told}.items()
+        },
+        **_head_views(merge_views(told, list(small.values()))),
     )
     await redis.hset(staging, HEAD, _enc.encode(head))
-    prev_id = previous.id if previous is not None else ""
+    prev_id = replaced.id if replaced is not None else ""
     try:
         await ViewScripts(redis).publish_snapshot(
             pointer=keys.snapshot_pointer(),
@@ -255,3 +299,11 @@ async def take_snapshot(
         await redis.delete(staging)
         raise EventcoreError(f"snapshot {snap_id} not published: {exc}") from None
     return head
+
+
+async def _trimmed(log: EventLog) -> bool:
+    """Whether any log stream has been trimmed."""
+    async with log.redis.pipeline(transaction=False) as pipe:
+        for stream in log_streams(log.keys):
+            pipe.exists(log.keys.trim_mark(stream))
+        return any(await pipe.execute())

@@ -47,6 +47,7 @@ __all__ = [
     "histogram_merge",
     "minute_of",
     "percentile",
+    "percentiles",
     "scope_of",
     "scopes_of",
     "tally_of",
@@ -117,6 +118,12 @@ def histogram_merge(a: DurationHistogram, b: DurationHistogram) -> DurationHisto
 def percentile(h: DurationHistogram, q: float) -> float | None:
     """The ``q``-quantile (0 < q <= 1) in seconds, ``None`` for an empty histogram."""
     return _percentiles(h, (q,))[0]
+
+
+def percentiles(h: DurationHistogram) -> tuple[float | None, float | None, float | None]:
+    """The 50th, 95th and 99th percentiles a stats view shows."""
+    p50, p95, p99 = _percentiles(h, _QUANTILES)
+    return p50, p95, p99
 
 
 def _percentiles(h: DurationHistogram, qs: tuple[float, ...]) -> list[float | None]:

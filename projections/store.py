@@ -1,18 +1,26 @@
 """Views in Redis: where they live, how a batch of changes is written, and
 how they are read back.
 
-Under one view namespace (``live`` by default; a rebuild writes another and
-switches):
+The views are kept in shards (:meth:`eventcore.keys.Keys.view_shards`): one
+per partition, holding the views of its tasks and its parts of the queue,
+stats and node views, and the node shard, holding the node views as the node
+stream tells them. Under one view namespace (``live`` by default; a rebuild
+writes another and switches), each shard has:
 
 - ``task:<id>``: one key per task view (MessagePack);
 - ``nodes``, ``queues``, ``stats``: hashes of node, queue and stats views
   (stats fields: ``*`` for the global view, ``<queue>\\x1f<kind>`` per scope);
-- ``watermark``: stream -> last entry id applied;
+- ``watermark``: stream -> last entry id applied (its own streams only);
 - ``idx:all``, ``idx:<field>:<value>`` (status, queue, kind, node, tenant):
-  sorted sets of task ids by submission time, for listing.
+  sorted sets of its task ids by submission time, for listing;
+- ``lease``: the projector folding it now.
 
-Every key carries the ``{v}`` hash tag, so one script writes a whole batch of
-changes, their feed entries and the watermark together.
+Every key of a shard carries the shard's hash tag (``{v0}``, ``{vn}``), so
+one script writes a batch of its changes, their feed entries (the shard's
+feed) and its watermark together, and checks the lease in the same call.
+
+:class:`ShardStore` is one shard; :class:`ViewStore` reads all of them as
+the views of the whole log (:mod:`projections.merge`).
 """
 
 from __future__ import annotations
@@ -25,7 +33,10 @@ import msgspec
 from redis.exceptions import ResponseError
 
 from eventcore.codec import text
+from eventcore.errors import EventcoreError
+from eventcore.keys import NODE_SHARD
 from eventcore.log import EventLog
+from projections.merge import merge_views
 from projections.replay import Views
 from projections.scripts import FeedEntry, IndexOp, ViewScripts
 from projections.views import NodeView, QueueView, StatsView, TaskView
@@ -33,6 +44,8 @@ from projections.views import NodeView, QueueView, StatsView, TaskView
 __all__ = [
     "DEFAULT_VIEWS",
     "GLOBAL",
+    "LeaseLost",
+    "ShardStore",
     "ViewStore",
     "current_views",
     "drop_views",
@@ -65,18 +78,33 @@ async def drop_views(log: EventLog, view_ns: str) -> int:
     """Delete a view namespace's keys and its projector group; returns keys deleted."""
     deleted = 0
     batch: list[bytes] = []
-    async for key in log.redis.scan_iter(match=log.keys.view(view_ns, "*"), count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += await log.redis.unlink(*batch)
-            batch = []
+    for shard in log.keys.view_shards():
+        async for key in scan(log.redis, log.keys.view(shard, view_ns, "*")):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += await _unlink(log, batch)
+                batch = []
     if batch:
-        deleted += await log.redis.unlink(*batch)
+        deleted += await _unlink(log, batch)
     group = group_for(view_ns)
     for stream in [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]:
         with contextlib.suppress(ResponseError):  # no such group or stream: nothing to drop
             await log.redis.xgroup_destroy(stream, group)
     return deleted
+
+
+def scan(redis: Any, pattern: str) -> Any:
+    """The keys matching ``pattern`` (every master's, on a cluster)."""
+    return redis.scan_iter(match=pattern, count=1000)
+
+
+async def _unlink(log: EventLog, keys: list[bytes]) -> int:
+    """Unlink keys of any slots: one UNLINK per key on a pipeline (a cluster
+    refuses one over several slots)."""
+    async with log.redis.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.execute_command("UNLINK", key)  # a cluster pipeline has no plain unlink
+        return sum(await pipe.execute())
 
 
 SEP = "\x1f"
@@ -89,32 +117,48 @@ _queue = msgspec.msgpack.Decoder(QueueView)
 _stats = msgspec.msgpack.Decoder(StatsView)
 
 
-class ViewStore:
-    """The views of one view namespace."""
+class LeaseLost(EventcoreError):
+    """A batch was not written: the shard's lease names another projector
+    (this one's lapsed and was taken over)."""
 
-    def __init__(self, log: EventLog, view_ns: str = "live", feed_maxlen: int = FEED_MAXLEN):
+
+class ShardStore:
+    """The views of one shard of one view namespace."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        view_ns: str,
+        shard: str,
+        feed_maxlen: int = FEED_MAXLEN,
+        scripts: ViewScripts | None = None,
+    ):
         self.log = log
-        self.scripts = ViewScripts(log.redis)
+        self.scripts = scripts or ViewScripts(log.redis)
         self.ns = view_ns
+        self.shard = shard
         self.feed_maxlen = feed_maxlen
         k = log.keys
-        self.nodes_key = k.view(view_ns, "nodes")
-        self.queues_key = k.view(view_ns, "queues")
-        self.stats_key = k.view(view_ns, "stats")
-        self.watermark_key = k.view(view_ns, "watermark")
+        self.streams = k.shard_streams(shard)
+        self.nodes_key = k.view(shard, view_ns, "nodes")
+        self.queues_key = k.view(shard, view_ns, "queues")
+        self.stats_key = k.view(shard, view_ns, "stats")
+        self.watermark_key = k.view(shard, view_ns, "watermark")
+        self.lease_key = k.view_lease(shard, view_ns)
+        self.feed_key = k.feed(shard)
         self._index_keys: dict[tuple[str, str], str] = {}
 
     def task_key(self, task_id: str) -> str:
-        return self.log.keys.view(self.ns, "task", task_id)
+        return self.log.keys.view(self.shard, self.ns, "task", task_id)
 
     def index_key(self, field: str, value: str = "") -> str:
         """The sorted set (score: submission time, ms) of tasks with ``field`` = ``value``."""
         key = self._index_keys.get((field, value))
         if key is None:
             key = (
-                self.log.keys.view(self.ns, "idx", field, value)
+                self.log.keys.view(self.shard, self.ns, "idx", field, value)
                 if field != "all"
-                else self.log.keys.view(self.ns, "idx", "all")
+                else self.log.keys.view(self.shard, self.ns, "idx", "all")
             )
             if len(self._index_keys) < 10_000:  # statuses, queues, kinds, nodes, tenants
                 self._index_keys[field, value] = key
@@ -135,12 +179,13 @@ class ViewStore:
     # -- reading -------------------------------------------------------------------
 
     async def load(self, task_ids: Iterable[str]) -> Views:
-        """The views a batch can touch: the given tasks, every node, queue and
-        stats view (there are few of those), in one round trip."""
+        """The shard's views a batch can touch: the given tasks (of this
+        shard), every node, queue and stats view part (there are few of
+        those), in one round trip."""
         ids = list(dict.fromkeys(task_ids))
         async with self.log.redis.pipeline(transaction=False) as pipe:
-            self._queue_load(pipe, ids)
-            return self._decode_load(ids, await pipe.execute())
+            self.queue_load(pipe, ids)
+            return self.decode_load(ids, await pipe.execute())
 
     async def read_at(self, task_ids: Iterable[str]) -> tuple[dict[str, str], Views]:
         """The watermark and the views :meth:`load` reads, in one transaction:
@@ -151,23 +196,27 @@ class ViewStore:
         ids = list(dict.fromkeys(task_ids))
         async with self.log.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(self.watermark_key)
-            self._queue_load(pipe, ids)
+            self.queue_load(pipe, ids)
             replies = await pipe.execute()
         marks = {text(k): text(v) for k, v in replies.pop(0).items()}
-        return marks, self._decode_load(ids, replies)
+        return marks, self.decode_load(ids, replies)
 
-    def _queue_load(self, pipe: Any, ids: list[str]) -> None:
+    def queue_load(self, pipe: Any, ids: list[str]) -> None:
+        """Queue on ``pipe`` the reads :meth:`load` makes (see :meth:`decode_load`)."""
         if ids:
             # As a plain command: redis-py refuses pipe.mget on a cluster
-            # pipeline, though every view key shares the slot of {v}.
+            # pipeline, though every key of a shard shares its slot.
             pipe.execute_command("MGET", *[self.task_key(t) for t in ids])
         pipe.hgetall(self.nodes_key)
         pipe.hgetall(self.queues_key)
         pipe.hgetall(self.stats_key)
 
-    def _decode_load(self, ids: list[str], replies: list[Any]) -> Views:
+    def decode_load(self, ids: list[str], replies: list[Any]) -> Views:
+        """The views from the replies to what :meth:`queue_load` queued (it
+        takes them off the front of ``replies``)."""
         raw_tasks = replies.pop(0) if ids else []
-        nodes, queues, stats = replies
+        nodes, queues, stats = replies[:3]
+        del replies[:3]
         stats_all = {text(k): _stats.decode(v) for k, v in stats.items()}
         return Views(
             tasks={t: _task.decode(v) for t, v in zip(ids, raw_tasks) if v is not None},
@@ -180,23 +229,8 @@ class ViewStore:
     async def task_ids(self) -> list[str]:
         """The id of every stored task view (a scan: the set may change meanwhile)."""
         return [
-            k.decode().rsplit(":", 1)[1]
-            async for k in self.log.redis.scan_iter(match=self.task_key("*"), count=1000)
+            k.decode().rsplit(":", 1)[1] async for k in scan(self.log.redis, self.task_key("*"))
         ]
-
-    async def task(self, task_id: str) -> TaskView | None:
-        raw = await self.log.redis.get(self.task_key(task_id))
-        return None if raw is None else _task.decode(raw)
-
-    async def nodes(self) -> dict[str, NodeView]:
-        return (await self.load(())).nodes
-
-    async def queues(self) -> dict[str, QueueView]:
-        return (await self.load(())).queues
-
-    async def stats(self) -> tuple[StatsView, dict[tuple[str, str], StatsView]]:
-        views = await self.load(())
-        return views.stats, views.stats_by
 
     async def watermark(self) -> dict[str, str]:
         """The last entry id applied, per stream (read-your-writes waits on this)."""
@@ -206,14 +240,24 @@ class ViewStore:
     # -- writing -------------------------------------------------------------------
 
     async def write(
-        self, before: Views, after: Views, marks: Mapping[str, str], *, feed: bool = True
+        self,
+        before: Views,
+        after: Views,
+        marks: Mapping[str, str],
+        *,
+        feed: bool = True,
+        lease: str = "",
     ) -> int:
         """Write what changed from ``before`` to ``after``, a feed entry per
         changed view, and the new watermark, in one script call. Returns the
         number of views written.
 
         ``feed=False`` writes no feed entries: a rebuild seeding fresh views
-        from a snapshot changes nothing a feed reader has not seen already."""
+        from a snapshot changes nothing a feed reader has not seen already.
+        ``lease``: the token this writer holds the shard's lease with; the
+        script writes nothing, and :class:`LeaseLost` is raised, when the
+        lease names another. ``""``: no lease (a rebuild writing views no one
+        else writes yet)."""
         tasks = [(t, v) for t, v in after.tasks.items() if before.tasks.get(t) != v]
         nodes = [(n, v) for n, v in after.nodes.items() if before.nodes.get(n) != v]
         queues = [(q, v) for q, v in after.queues.items() if before.queues.get(q) != v]
@@ -254,8 +298,32 @@ class ViewStore:
             score = int((v.submitted_at or 0) * 1000)
             ops += [IndexOp(False, key, 0, t) for key in old - new]
             ops += [IndexOp(True, key, score, t) for key in new - old]
+        try:
+            await self._write(
+                changes if feed else [], tasks, nodes, queues, stats, marks, ops, enc, lease
+            )
+        except ResponseError as exc:
+            if "LEASE" in str(exc):
+                raise LeaseLost(f"views {self.ns!r} shard {self.shard}: {exc}") from None
+            raise
+        return len(changes)
+
+    async def _write(
+        self,
+        changes: list[FeedEntry],
+        tasks: Any,
+        nodes: Any,
+        queues: Any,
+        stats: Any,
+        marks: Mapping[str, str],
+        ops: list[IndexOp],
+        enc: Any,
+        lease: str,
+    ) -> None:
         await self.scripts.write_views(
-            feed=self.log.keys.feed(),
+            feed=self.feed_key,
+            lease_key=self.lease_key,
+            lease=lease,
             watermark=self.watermark_key,
             nodes=self.nodes_key,
             queues=self.queues_key,
@@ -265,8 +333,85 @@ class ViewStore:
             node_views=[(n, enc(v)) for n, v in nodes],
             queue_views=[(q, enc(v)) for q, v in queues],
             stat_views=[(name, enc(v)) for name, v in stats],
-            feed_entries=changes if feed else [],
+            feed_entries=changes,
             marks=marks,
             index_ops=ops,
         )
-        return len(changes)
+
+
+class ViewStore:
+    """The views of one view namespace, every shard of it: reads give the
+    views of the whole log (the shards' parts merged); a projector writes
+    through :meth:`shard`."""
+
+    def __init__(self, log: EventLog, view_ns: str = DEFAULT_VIEWS, feed_maxlen: int = FEED_MAXLEN):
+        self.log = log
+        self.ns = view_ns
+        self.feed_maxlen = feed_maxlen
+        scripts = ViewScripts(log.redis)
+        self.shards = {
+            s: ShardStore(log, view_ns, s, feed_maxlen, scripts) for s in log.keys.view_shards()
+        }
+
+    def shard(self, shard: str) -> ShardStore:
+        return self.shards[shard]
+
+    def shard_of(self, task_id: str) -> ShardStore:
+        """The shard holding ``task_id``'s view."""
+        return self.shards[self.log.keys.shard_of_task(task_id)]
+
+    def task_key(self, task_id: str) -> str:
+        return self.shard_of(task_id).task_key(task_id)
+
+    async def load(self, task_ids: Iterable[str]) -> Views:
+        """The given tasks' views and every node, queue and stats view (each
+        merged from its parts), in one round trip."""
+        by_shard: dict[str, list[str]] = {s: [] for s in self.shards}
+        for t in dict.fromkeys(task_ids):
+            by_shard[self.log.keys.shard_of_task(t)].append(t)
+        async with self.log.redis.pipeline(transaction=False) as pipe:
+            for name, shard in self.shards.items():
+                shard.queue_load(pipe, by_shard[name])
+            replies = await pipe.execute()
+        parts = {
+            name: shard.decode_load(by_shard[name], replies) for name, shard in self.shards.items()
+        }
+        told = parts.pop(NODE_SHARD)
+        return merge_views(told, list(parts.values()))
+
+    async def task(self, task_id: str) -> TaskView | None:
+        raw = await self.log.redis.get(self.task_key(task_id))
+        return None if raw is None else _task.decode(raw)
+
+    async def task_ids(self) -> list[str]:
+        """The id of every stored task view (a scan: the set may change meanwhile)."""
+        out: list[str] = []
+        for shard in self.shards.values():
+            out += await shard.task_ids()
+        return out
+
+    async def nodes(self) -> dict[str, NodeView]:
+        return (await self.load(())).nodes
+
+    async def queues(self) -> dict[str, QueueView]:
+        return (await self.load(())).queues
+
+    async def stats(self) -> tuple[StatsView, dict[tuple[str, str], StatsView]]:
+        views = await self.load(())
+        return views.stats, views.stats_by
+
+    async def watermark(self, shards: Iterable[str] | None = None) -> dict[str, str]:
+        """The last entry id applied, per stream, over every shard (or the
+        ones named): read-your-writes waits on this."""
+        names = list(self.shards) if shards is None else list(shards)
+        async with self.log.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self.shards[name].watermark_key)
+            replies = await pipe.execute()
+        return {text(k): text(v) for raw in replies for k, v in raw.items()}
+
+    async def mark_of(self, stream: str) -> str | None:
+        """The last entry id of ``stream`` the views include (None: none)."""
+        shard = self.shards[self.log.keys.shard_of_stream(stream)]
+        raw = await self.log.redis.hget(shard.watermark_key, stream)
+        return None if raw is None else text(raw)

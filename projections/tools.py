@@ -27,7 +27,7 @@ from projections.snapshot import (
     latest_head,
     snapshot_tasks,
 )
-from projections.store import ViewStore, current_views, drop_views, group_for
+from projections.store import ShardStore, ViewStore, current_views, drop_views, group_for
 from projections.trim import trim_marks
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "log_after",
     "rebuild",
     "seed_from_snapshot",
+    "seed_shard",
     "starting_snapshot",
     "tail",
     "verify",
@@ -216,11 +217,14 @@ async def verify_at(
     were read with, so a running projector and new traffic make no false
     differences, and views behind the log are not wrong, only behind.
 
-    The views and their watermark are read in one transaction (every batch
-    the projector writes is one script: a transaction sees all of it or
-    none). Task views are found by a scan before that; a task the fold
-    expects that the scan missed (created meanwhile) is read again with the
-    watermark of that second read, and compared with the log folded that far.
+    Each view shard is compared on its own with the fold of its own streams
+    (:mod:`projections.merge` is how the shards add up to the whole log's
+    views). A shard's views and its watermark are read in one transaction
+    (every batch the projector writes is one script: a transaction sees all
+    of it or none). Task views are found by a scan before that; a task the
+    fold expects that the scan missed (created meanwhile) is read again with
+    the watermark of that second read, and compared with the log folded that
+    far.
 
     Views behind the latest snapshot's watermark cannot be compared (the
     fold starts there): this waits up to ``wait`` seconds for the projector
@@ -228,18 +232,40 @@ async def verify_at(
     drops the views while they are read raises :class:`ViewsMoved`.
     """
     head = await starting_snapshot(log)
+    if head is not None and head.entries and not head.parts:
+        raise EventcoreError(
+            f"snapshot {head.id} predates view shards: take a new one "
+            "(eventcore replay snapshot) to verify from"
+        )
+    problems: list[str] = []
+    all_marks: dict[str, str] = {}
+    for shard in store.shards.values():
+        marks, shard_problems = await _verify_shard(log, shard, head, progress, wait)
+        problems += shard_problems
+        all_marks.update(marks)
+    return VerifyResult(problems, all_marks, await _count_after(log, all_marks))
+
+
+async def _verify_shard(
+    log: EventLog,
+    store: ShardStore,
+    head: SnapshotHead | None,
+    progress: Callable[[int], None] | None,
+    wait: float,
+) -> tuple[dict[str, str], list[str]]:
     ids = await store.task_ids()
     marks, live = await store.read_at(ids)
     deadline = time.monotonic() + wait
-    while head is not None and (late := _behind(marks, head.watermark)):
+    start = {s: i for s, i in head.watermark.items() if s in store.streams} if head else {}
+    while late := _behind(marks, start):
         if time.monotonic() >= deadline:
             raise EventcoreError(
-                f"views {store.ns!r} are behind snapshot {head.id} on {', '.join(late)}: "
+                f"views {store.ns!r} are behind snapshot {head.id} on {', '.join(late)}: "  # type: ignore[union-attr]
                 "verify compares them from there; is the projector running?"
             )
         await asyncio.sleep(0.05)
         marks, live = await store.read_at(ids)
-    expected = await _expected(log, head, marks, progress)
+    expected = await _expected_shard(log, store, head, marks, progress)
     known = set(ids)
     unseen = [t for t in expected.tasks if t not in known]
     tasks = dict(expected.tasks)
@@ -250,8 +276,28 @@ async def verify_at(
         folded = replay(await log_after(log, marks, upto=later), start=expected)
         tasks.update((t, folded.tasks[t]) for t in unseen)
         live = msgspec.structs.replace(live, tasks={**live.tasks, **more.tasks})
-    problems = diff_views(live, msgspec.structs.replace(expected, tasks=tasks))
-    return VerifyResult(problems, marks, await _count_after(log, marks))
+    return marks, diff_views(live, msgspec.structs.replace(expected, tasks=tasks))
+
+
+async def _expected_shard(
+    log: EventLog,
+    store: ShardStore,
+    head: SnapshotHead | None,
+    upto: Mapping[str, str],
+    progress: Callable[[int], None] | None,
+) -> Views:
+    """What one shard's views must be: its part of the snapshot (or nothing)
+    with its streams' entries after the snapshot folded on top, up to ``upto``."""
+    upto = {s: i for s, i in upto.items() if s in store.streams}
+    if head is None:
+        return replay(await log_after(log, {}, upto=upto, progress=progress))
+    part = head.parts.get(store.shard)
+    tasks: dict[str, Any] = {}
+    async for chunk in snapshot_tasks(log, head):
+        tasks.update((t, v) for t, v in chunk.items() if log.keys.shard_of_task(t) == store.shard)
+    entries = await log_after(log, head.watermark, upto=upto, progress=progress)
+    start = part.views(tasks) if part is not None else Views(tasks=tasks)
+    return replay(entries, start=start)
 
 
 async def _count_after(log: EventLog, marks: Mapping[str, str], cap: int = 10_001) -> int:
@@ -335,25 +381,44 @@ async def seed_from_snapshot(
     *,
     progress: Callable[[int], None] | None = None,
 ) -> int:
-    """Start the store's projector group right after a snapshot's watermark,
-    then write the snapshot's views into ``store`` (no feed entries: nothing
-    changed) with its watermark. Returns the number of task views written.
+    """Seed every shard of ``store`` from a snapshot (:func:`seed_shard`).
+    Returns the number of task views written."""
+    written = 0
+    for shard in store.shards.values():
+        written += await seed_shard(log, shard, head)
+        if progress is not None:
+            progress(written)
+    return written
+
+
+async def seed_shard(log: EventLog, store: ShardStore, head: SnapshotHead) -> int:
+    """Start the projector group of the shard's streams right after a
+    snapshot's watermark, then write the shard's part of the snapshot into
+    ``store`` (no feed entries: nothing changed) with its watermark. Returns
+    the number of task views written.
 
     The group comes first: from then on a trim keeps every entry after the
     watermark, however long the views take to write."""
+    if head.entries and not head.parts:
+        raise EventcoreError(
+            f"snapshot {head.id} predates view shards: take a new one "
+            "(eventcore replay snapshot) before seeding views from it"
+        )
     group = group_for(store.ns)
-    for stream in log_streams(log.keys):
+    for stream in store.streams:
         start = head.watermark.get(stream, "0")
         if not await groups.ensure_group(log.redis, stream, group, start_id=start):
             await log.redis.xgroup_setid(stream, group, start)
     await _check_not_trimmed_past(log, head)
     written = 0
     async for chunk in snapshot_tasks(log, head):
-        await store.write(Views(), Views(tasks=chunk), {}, feed=False)
-        written += len(chunk)
-        if progress is not None:
-            progress(written)
-    await store.write(Views(), head.views(), head.watermark, feed=False)
+        mine = {t: v for t, v in chunk.items() if log.keys.shard_of_task(t) == store.shard}
+        if mine:
+            await store.write(Views(), Views(tasks=mine), {}, feed=False)
+            written += len(mine)
+    part = head.parts.get(store.shard)
+    marks = {s: i for s, i in head.watermark.items() if s in store.streams}
+    await store.write(Views(), part.views() if part else Views(), marks, feed=False)
     return written
 
 

@@ -12,6 +12,7 @@ from eventcore.nodes import append_node_event
 from projections.replay import Views, replay
 from projections.runner import Projector
 from projections.store import ViewStore
+from tests.viewkit import feed_rows, view_keys
 from tests.workerkit import fast_settings, make_worker, running, spec, wait_ended
 
 
@@ -64,7 +65,7 @@ async def test_views_equal_a_replay_of_the_log(r, namespace) -> None:
     assert stored.nodes["w1"].processed == 48
     marks = await projector.store.watermark()
     assert marks[log.keys.nodes()] == entries[-1].id
-    feed = await r.xlen(log.keys.feed())
+    feed = len(await feed_rows(log))
     assert feed > 48  # one entry per changed view per batch
 
 
@@ -107,10 +108,10 @@ async def test_crash_between_write_and_ack_changes_nothing(r, namespace) -> None
     _same(await _stored(ViewStore(log), expected.tasks), expected)
 
 
-class DiesBeforeWrite(ViewStore):
-    """A store whose process is killed after reading a batch, before writing it."""
+class DiesBeforeWrite(Projector):
+    """A projector whose process is killed after reading a batch, before writing it."""
 
-    async def write(self, before, after, marks, *, feed=True) -> int:
+    async def _write(self, entries, marks) -> None:
         raise SystemExit("killed before writing")
 
 
@@ -124,7 +125,7 @@ async def test_batch_read_by_a_killed_projector_is_applied_by_a_new_one(r, names
     for _ in range(3):
         await log.submit(TaskSpec(kind="noop", queue="q"))
     try:
-        await Projector(log, DiesBeforeWrite(log), consumer="host-100").step()
+        await DiesBeforeWrite(log, consumer="host-100").step()
     except SystemExit:
         pass
     await log.submit(TaskSpec(kind="noop", queue="q"))
@@ -199,7 +200,7 @@ async def test_rebuild_switches_views_while_the_live_projector_goes_on(r, namesp
     result = await rebuild(log, batch=37)
     assert result.previous == "live" and result.entries > 0
     assert await current_views(log) == result.views
-    assert await r.keys(log.keys.view("live", "*")) == []  # the old views are gone
+    assert await view_keys(log, "live") == []  # the old views are gone
     # new traffic after the switch reaches the new views through the live projector
     res = await log.submit(TaskSpec(kind="noop", queue="q"))
     await _drain(live)
@@ -218,12 +219,12 @@ async def test_rebuild_announces_only_what_the_views_in_use_have_not(r, namespac
     log = await _workload(r, namespace)
     live = Projector(log, batch=50)
     await _drain(live)
-    feed_before = await r.xlen(log.keys.feed())
+    feed_before = len(await feed_rows(log))
     result = await rebuild(log, batch=40)
     assert result.entries > 0
-    assert await r.xlen(log.keys.feed()) == feed_before  # nothing announced twice
+    assert len(await feed_rows(log)) == feed_before  # nothing announced twice
     # Entries the live views have not reached are announced by the rebuild.
     new = await log.submit(TaskSpec(kind="noop", queue="q"))
     await rebuild(log, batch=40)
-    tail = await r.xrevrange(log.keys.feed(), count=500)
-    assert any(f[b"id"] == new.task_id.encode() for _, f in tail)
+    tail = await feed_rows(log)
+    assert any(f[b"id"] == new.task_id.encode() for _, _, f in tail)

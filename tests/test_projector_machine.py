@@ -98,26 +98,15 @@ class MortalProjector(Projector):
 
     crash_at: str | None = None
 
-    async def _setup(self) -> None:
-        # The runner makes a plain ViewStore when it follows a rebuild.
-        self.store = _MortalStore(self, self.store.ns)
-        await super()._setup()
+    async def _write(self, entries: Any, marks: dict[str, str]) -> None:
+        if self.crash_at == "before_write":
+            raise Crash("killed before writing")
+        await super()._write(entries, marks)
 
     async def _ack(self, acks: dict[str, list[str]]) -> None:
         if self.crash_at == "before_ack":
             raise Crash("killed after writing, before acking")
         await super()._ack(acks)
-
-
-class _MortalStore(ViewStore):
-    def __init__(self, owner: MortalProjector, view_ns: str) -> None:
-        super().__init__(owner.log, view_ns)
-        self.owner = owner
-
-    async def write(self, before: Views, after: Views, marks: Any, *, feed: bool = True) -> int:
-        if self.owner.crash_at == "before_write":
-            raise Crash("killed before writing")
-        return await super().write(before, after, marks, feed=feed)
 
 
 @dataclass

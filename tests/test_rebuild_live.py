@@ -31,7 +31,7 @@ from projections.store import ViewStore, current_views, group_for
 from projections.tools import diff_views, rebuild, verify, whole_log
 from tests.replaykit import NODE, claim, cli, finish, submit, workload
 from tests.test_projector_kill import PARTITIONS, spawn_projector
-from tests.viewkit import canonical, stored_views
+from tests.viewkit import canonical, feed_rows, stored_views
 
 pytestmark = [pytest.mark.timeout(180)]
 
@@ -137,12 +137,12 @@ async def assert_equal_to_replay(log: EventLog, store: ViewStore) -> None:
 async def assert_only(log: EventLog, view_ns: str) -> None:
     """Only ``view_ns`` is left: no key of another view namespace, and only
     its projector group on the log streams."""
-    prefix = log.keys.view("")
-    names = {
-        k.decode().removeprefix(prefix).split(":", 1)[0]
-        async for k in log.redis.scan_iter(match=log.keys.view("*"), count=1000)
-    }
-    assert names <= {view_ns, "current", "feed"}, names
+    names = set()
+    for shard in log.keys.view_shards():
+        prefix = log.keys.feed(shard).removesuffix("feed")
+        async for k in log.redis.scan_iter(match=f"{prefix}*", count=1000):
+            names.add(k.decode().removeprefix(prefix).split(":", 1)[0])
+    assert names <= {view_ns, "feed"}, names
     for stream in [*(log.keys.events(p) for p in log.keys.all_partitions()), log.keys.nodes()]:
         found = {g["name"].decode() for g in await log.redis.xinfo_groups(stream)}
         assert found == {group_for(view_ns)}, (stream, found)
@@ -242,10 +242,10 @@ async def test_a_lost_group_is_recreated_at_the_views_watermark(r, namespace) ->
     projector = Projector(log, batch=20)
     while await projector.step(block_ms=None):
         pass
-    feed = await r.xlen(log.keys.feed())
+    feed = len(await feed_rows(log))
     await _destroy(log, "projector")
     assert await projector.step(block_ms=None) == 0
-    assert await r.xlen(log.keys.feed()) == feed  # nothing applied again
+    assert len(await feed_rows(log)) == feed  # nothing applied again
     await submit(log, 2)
     await append_node_event(log, NodeHeartbeat(node=NODE, free_slots=1))
     while await projector.step(block_ms=None):

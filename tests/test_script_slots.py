@@ -21,6 +21,7 @@ from eventcore.log import EventLog, groups
 from eventcore.log.scripts import Call, load_sources
 from eventcore.nodes import append_node_event, mark_lost
 from projections.export import export_log, import_log
+from projections.leases import ShardLease
 from projections.runner import Projector
 from projections.scripts import load_view_sources
 from projections.snapshot import take_snapshot
@@ -72,6 +73,13 @@ async def test_every_script_call_touches_one_slot(
     stranded = await _stranded(log)
     [w] = await waiting_entries(log, ["gpu"])
     await log.reroute([_move(log, stranded, w.entry_id, w.submitted)])
+    # write_views with a lease, renew_lease, release_lease
+    lease = ShardLease(log, "0", "live", holder="t")
+    assert await lease.take()
+    leased = Projector(log, lease=lease)
+    while await leased.step():
+        pass
+    assert await lease.renew() and await lease.release()
     # write_views, publish_snapshot, trim_stream, prune_done
     projector = Projector(log)
     while await projector.step():

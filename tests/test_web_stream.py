@@ -10,11 +10,17 @@ import httpx
 
 from eventcore.events import TaskSpec
 from eventcore.log import EventLog
+from tests.viewkit import feed_rows
 from tests.webkit import folded, projector, served, settings_for, sse_clients_become, sse_events
+from web.position import decode_position, mark_text
 
 
-async def _feed_ids(log: EventLog) -> list[str]:
-    return [i.decode() for i, _ in await log.redis.xrange(log.keys.feed())]
+def _entry_of(log: EventLog, event: dict) -> tuple[str, str]:
+    """The feed entry an SSE event of a task view stands for: its shard and
+    that shard's part of the event's position."""
+    shard = log.keys.shard_of_task(json.loads(event["data"])["id"])
+    marks = decode_position(event["id"])
+    return shard, mark_text(marks[log.keys.view_shards().index(shard)])
 
 
 async def test_stream_sends_view_changes_with_feed_ids(
@@ -31,7 +37,7 @@ async def test_stream_sends_view_changes_with_feed_ids(
     assert event["event"] == "task"
     data = json.loads(event["data"])
     assert data["id"] == task_id and data["view"]["status"] == "queued"
-    assert event["id"] in await _feed_ids(log)
+    assert _entry_of(log, event) in {(s, i) for s, i, _ in await feed_rows(log)}
 
 
 async def test_resume_with_last_event_id_misses_nothing_and_repeats_nothing(
@@ -61,12 +67,12 @@ async def test_resume_with_last_event_id_misses_nothing_and_repeats_nothing(
                 live = await sse_events(resp, limit=3)
     ids = [e["id"] for e in first + rest + live]
     assert len(ids) == len(set(ids)) == 28
-    feed = [i for i in await _feed_ids(log)]
-    task_feed = [
-        i.decode() for i, f in await log.redis.xrange(log.keys.feed()) if f[b"entity"] == b"task"
-    ]
-    assert ids == task_feed, (len(ids), len(task_feed))
-    assert set(ids) <= set(feed)
+    got = [_entry_of(log, e) for e in first + rest + live]
+    task_feed = [(s, i) for s, i, f in await feed_rows(log) if f[b"entity"] == b"task"]
+    # Every task change once; each shard's in its feed's order.
+    assert sorted(got) == sorted(task_feed), (len(got), len(task_feed))
+    for shard in log.keys.view_shards():
+        assert [i for s, i in got if s == shard] == [i for s, i in task_feed if s == shard]
 
 
 async def test_filters_by_task_and_status(redis_url: str, log: EventLog, namespace: str) -> None:

@@ -10,19 +10,34 @@ import msgspec
 from eventcore.codec import Entry
 from eventcore.log import EventLog
 from projections.replay import Views
-from projections.store import SEP, ViewStore
+from projections.store import SEP, ShardStore, ViewStore
 from projections.tools import whole_log
 
 _enc = msgspec.msgpack.Encoder()
 
 
-async def stored_views(store: ViewStore) -> Views:
-    """Every view in ``store``, task views found by scanning for their keys."""
-    ids = [
-        k.decode().rsplit(":", 1)[1]
-        async for k in store.log.redis.scan_iter(match=store.task_key("*"), count=1000)
+async def stored_views(store: ViewStore | ShardStore) -> Views:
+    """Every view in ``store`` (merged over its shards), or in one shard,
+    task views found by scanning for their keys."""
+    return await store.load(await store.task_ids())
+
+
+async def feed_rows(log: EventLog) -> list[tuple[str, str, dict[bytes, bytes]]]:
+    """Every entry of every shard's feed: (shard, entry id, fields), shard by shard."""
+    out = []
+    for shard in log.keys.view_shards():
+        for raw_id, fields in await log.redis.xrange(log.keys.feed(shard)):
+            out.append((shard, raw_id.decode(), fields))
+    return out
+
+
+async def view_keys(log: EventLog, view_ns: str) -> list[str]:
+    """Every key of a view namespace, over its shards."""
+    return [
+        k.decode()
+        for shard in log.keys.view_shards()
+        async for k in log.redis.scan_iter(match=log.keys.view(shard, view_ns, "*"), count=1000)
     ]
-    return await store.load(ids)
 
 
 def canonical(views: Views) -> dict[str, bytes]:
@@ -41,10 +56,12 @@ async def dump_namespace(log: EventLog, view_ns: str) -> dict[str, Any]:
     strings as bytes, hashes as sorted (field, value) pairs, sorted sets as
     (member, score) pairs in order."""
     redis = log.redis
-    prefix = log.keys.view(view_ns, "")
     out: dict[str, Any] = {}
-    async for raw in redis.scan_iter(match=log.keys.view(view_ns, "*"), count=1000):
-        key = raw.decode()
+    for key in await view_keys(log, view_ns):
+        shard = next(
+            s for s in log.keys.view_shards() if key.startswith(log.keys.view(s, view_ns, ""))
+        )
+        prefix = log.keys.view(shard, view_ns, "")
         kind = (await redis.type(key)).decode()
         if kind == "string":
             value: Any = await redis.get(key)
@@ -54,7 +71,7 @@ async def dump_namespace(log: EventLog, view_ns: str) -> dict[str, Any]:
             value = await redis.zrange(key, 0, -1, withscores=True)
         else:
             raise AssertionError(f"unexpected {kind} key {key} in the views")
-        out[key.removeprefix(prefix)] = value
+        out[f"{shard}/{key.removeprefix(prefix)}"] = value
     return dict(sorted(out.items()))
 
 

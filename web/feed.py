@@ -1,5 +1,7 @@
-"""The live feed: one reader per web process follows the projections' feed
-stream and fans each view change out to the SSE clients whose filters match.
+"""The live feed: one reader per web process follows the feeds of every
+view shard (one stream each, read per slot on a cluster) and fans each view
+change out to the SSE clients whose filters match. Every SSE id is the
+position over all the shards' feeds after that change (:mod:`web.position`).
 
 Every client has a bounded queue. A client that falls ``buffer`` messages
 behind is cut off with a ``resync`` event rather than letting its queue grow:
@@ -27,8 +29,10 @@ from redis.exceptions import ResponseError
 
 from eventcore.codec import text
 from eventcore.ids import stream_id_key
-from eventcore.log import EventLog
+from eventcore.log import EventLog, spread
 from projections.store import FEED_MAXLEN
+from web.feedparts import MERGED, FeedParts
+from web.position import Mark, PositionError, decode_position, encode_position, mark_text
 
 __all__ = ["FILTERS", "FeedFilter", "FeedHub", "FeedItem", "Resync", "Revoked"]
 
@@ -39,10 +43,14 @@ _json = msgspec.json.Encoder()
 
 
 class FeedItem(msgspec.Struct, frozen=True):
-    """One view change as the feed stream holds it: the fields filters match
-    on, and the SSE message (the view as JSON) ready to send."""
+    """One view change as a shard's feed holds it: the fields filters match
+    on, where it is (``shard`` index, its entry id ``mark``, and the position
+    ``marks`` over every shard after it), and the SSE message (the view as
+    JSON) ready to send."""
 
-    id: str
+    shard: int
+    mark: Mark
+    marks: tuple[Mark, ...]
     entity: str
     key: str
     queue: str
@@ -50,21 +58,42 @@ class FeedItem(msgspec.Struct, frozen=True):
     status: str
     node: str
     tenant: str
+    data: str
     frame: bytes  # the whole SSE message, encoded once for every client
 
     @classmethod
-    def from_entry(cls, entry_id: str, fields: Mapping[bytes, bytes]) -> FeedItem:
+    def from_entry(
+        cls,
+        shard: int,
+        entry_id: str,
+        marks: tuple[Mark, ...],
+        fields: Mapping[bytes, bytes],
+        parts: FeedParts | None = None,
+        *,
+        live: bool = True,
+    ) -> FeedItem:
+        """The item of one feed entry; with ``parts``, a queue, stats or node
+        view is sent whole (merged with the other shards' latest parts;
+        ``live``: this entry is the newest of its shard)."""
+
         def f(name: bytes) -> str:
             return fields.get(name, b"").decode()
 
-        view = _any.decode(fields[b"view"]) if b"view" in fields else None
         entity = f(b"entity")
+        raw = fields.get(b"view")
+        if raw is None:
+            view = None
+        elif parts is not None and entity in MERGED:
+            view = parts.merged(entity, f(b"id"), shard, raw, keep=live)
+        else:
+            view = _any.decode(raw)
         data = _json.encode(
             {"entity": entity, "id": f(b"id"), "status": f(b"status") or None, "view": view}
         ).decode()
-        frame = f"id: {entry_id}\nevent: {entity}\ndata: {data}\n\n".encode()
         return cls(
-            entry_id,
+            shard,
+            stream_id_key(entry_id),
+            marks,
             entity,
             f(b"id"),
             f(b"queue"),
@@ -72,8 +101,21 @@ class FeedItem(msgspec.Struct, frozen=True):
             f(b"status"),
             f(b"node"),
             f(b"tenant"),
-            frame,
+            data,
+            _frame(marks, entity, data),
         )
+
+    def at(self, marks: tuple[Mark, ...]) -> FeedItem:
+        """This change with the position ``marks`` as its SSE id."""
+        if marks == self.marks:
+            return self
+        return msgspec.structs.replace(
+            self, marks=marks, frame=_frame(marks, self.entity, self.data)
+        )
+
+
+def _frame(marks: tuple[Mark, ...], entity: str, data: str) -> bytes:
+    return f"id: {encode_position(marks)}\nevent: {entity}\ndata: {data}\n\n".encode()
 
 
 class FeedFilter(msgspec.Struct, frozen=True, kw_only=True):
@@ -143,13 +185,16 @@ class FeedHub:
         stale_after: float = 2.0,
     ) -> None:
         self.log = log
-        self.key = log.keys.feed()
+        self.shards = log.keys.view_shards()
+        self.keys = [log.keys.feed(shard) for shard in self.shards]
+        self._index = {key: i for i, key in enumerate(self.keys)}
+        self.parts = FeedParts(log)
         self.buffer = buffer
         self.block_ms = block_ms
         self.clients: set[_Client] = set()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.position: str | None = None
+        self.marks: list[Mark] | None = None  # how far the reader has read each feed
         self.ready = asyncio.Event()
         self.stale_after = stale_after
         self._read_at: float | None = None  # when a read last succeeded; None: failing
@@ -172,13 +217,13 @@ class FeedHub:
         backoff = 0.1
         while not self._closing:
             try:
-                if self.position is None:
-                    newest = await self.log.redis.xrevrange(self.key, count=1)
-                    self.position = newest[0][0].decode() if newest else "0-0"
+                if self.marks is None:
+                    self.marks = await self._ends()
                     self.ready.set()
                     self._heard()  # clients need not wait for the first blocking read
-                reply = await self.log.redis.xread(
-                    {self.key: self.position}, count=1000, block=self.block_ms
+                positions = {k: mark_text(m) for k, m in zip(self.keys, self.marks)}
+                reply = await spread.xread(
+                    self.log.redis, positions, count=1000, block=self.block_ms
                 )
                 backoff = 0.1
                 self._heard()
@@ -190,10 +235,38 @@ class FeedHub:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
-            for _, entries in reply or ():
+            for key, entries in reply or ():
+                i = self._index[text(key)]
                 for raw_id, fields in entries:
-                    self.position = raw_id.decode()
-                    self.publish(self.position, fields)
+                    await self._know(fields)
+                    entry_id = raw_id.decode()
+                    self.marks[i] = stream_id_key(entry_id)
+                    if self.clients:
+                        self.publish(i, entry_id, fields)
+                    elif b"view" in fields and fields.get(b"entity", b"").decode() in MERGED:
+                        self.parts.note(
+                            fields[b"entity"].decode(), fields[b"id"].decode(), i, fields[b"view"]
+                        )
+
+    async def _know(self, fields: Mapping[bytes, bytes]) -> None:
+        """Have every shard's part of the view an entry names (read once)."""
+        entity = fields.get(b"entity", b"").decode()
+        if entity in MERGED:
+            key = fields.get(b"id", b"").decode()
+            if not self.parts.known(entity, key):
+                await self.parts.load(entity, key)
+
+    async def _ends(self) -> list[Mark]:
+        """The newest entry of every shard's feed."""
+        async with self.log.redis.pipeline(transaction=False) as pipe:
+            for key in self.keys:
+                pipe.xrevrange(key, count=1)
+            newest = await pipe.execute()
+        return [stream_id_key(n[0][0].decode()) if n else (0, 0) for n in newest]
+
+    def position(self) -> str | None:
+        """The reader's position, as an SSE id (None before its first read)."""
+        return None if self.marks is None else encode_position(tuple(self.marks))
 
     def _heard(self) -> None:
         self._read_at = time.monotonic()
@@ -216,11 +289,12 @@ class FeedHub:
             return False
         return True
 
-    def publish(self, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
+    def publish(self, shard: int, entry_id: str, fields: Mapping[bytes, bytes]) -> None:
         item: FeedItem | None = None
         for client in list(self.clients):
             if item is None:
-                item = FeedItem.from_entry(entry_id, fields)
+                assert self.marks is not None
+                item = FeedItem.from_entry(shard, entry_id, tuple(self.marks), fields, self.parts)
             if not client.filter.matches(item):
                 continue
             try:
@@ -252,26 +326,57 @@ class FeedHub:
                 ended += 1
         return ended
 
-    async def _history(self, after: str, count: int = 500) -> list[FeedItem]:
-        rows = await self.log.redis.xrange(self.key, f"({after}", "+", count=count)
-        return [FeedItem.from_entry(raw_id.decode(), fields) for raw_id, fields in rows]
+    async def _history(self, shard: int, marks: list[Mark], count: int = 500) -> list[FeedItem]:
+        """Up to ``count`` entries of one shard's feed after ``marks``, each
+        with the position after it (``marks`` moves along)."""
+        after = mark_text(marks[shard])
+        rows = await self.log.redis.xrange(self.keys[shard], f"({after}", "+", count=count)
+        out = []
+        for raw_id, fields in rows:
+            await self._know(fields)
+            entry_id = raw_id.decode()
+            marks[shard] = stream_id_key(entry_id)
+            out.append(
+                FeedItem.from_entry(shard, entry_id, tuple(marks), fields, self.parts, live=False)
+            )
+        return out
+
+    def marks_of(self, last_id: str) -> list[Mark] | None:
+        """The marks of an SSE id this feed gave out; None when it has another
+        number of shards (given out before the layout changed: the client
+        must resync). :class:`~web.position.PositionError` if it is no position."""
+        marks = decode_position(last_id)
+        if marks == ((0, 0),):  # "0" or "0-0": from the start of every feed
+            return [(0, 0)] * len(self.keys)
+        return list(marks) if len(marks) == len(self.keys) else None
 
     async def dropped_after(self, last_id: str, redis: Redis | None = None) -> bool:
-        """Whether the capped feed has dropped entries newer than ``last_id``
-        (asked with ``redis``, else the reader's client)."""
+        """Whether the capped feeds have dropped entries after the position
+        ``last_id`` (asked with ``redis``, else the reader's client), or it is
+        a position of another layout."""
         try:
-            info = await (redis or self.log.redis).xinfo_stream(self.key)
+            marks = self.marks_of(last_id)
+        except PositionError:
+            return True
+        if marks is None:
+            return True
+        for key, mark in zip(self.keys, marks):
+            if await self._dropped(key, mark, redis or self.log.redis):
+                return True
+        return False
+
+    async def _dropped(self, key: str, mark: Mark, redis: Redis) -> bool:
+        try:
+            info = await redis.xinfo_stream(key)
         except ResponseError:  # no feed yet
             return False
         deleted = info.get("max-deleted-entry-id")
         if deleted is not None:  # Redis 7+: exact
-            deleted = text(deleted)
-            return stream_id_key(deleted) > stream_id_key(last_id)
+            return stream_id_key(text(deleted)) > mark
         first = info.get("first-entry")
         if not first or int(info.get("length", 0)) < FEED_MAXLEN * 9 // 10:
             return False  # Redis 6.2: never trimmed while below the cap
-        first_id = text(first[0])
-        return stream_id_key(first_id) > stream_id_key(last_id)
+        return stream_id_key(text(first[0])) > mark
 
     async def follow(
         self,
@@ -281,37 +386,40 @@ class FeedHub:
         checked: bool = False,
         token: str = "",
     ) -> AsyncIterator[list[FeedItem]]:
-        """The matching view changes after ``last_id`` (from the stream), then
-        live ones, in batches of whatever is ready (one write to the socket
-        each). Raises :class:`Resync` when the client must re-read the views,
-        :class:`Revoked` once :meth:`revoke` names ``token`` (the digest of the
-        API token the client streams with; "" when auth is off).
+        """The matching view changes after the position ``last_id`` (from the
+        feeds), then live ones, in batches of whatever is ready (one write to
+        the socket each). Raises :class:`Resync` when the client must re-read
+        the views, :class:`Revoked` once :meth:`revoke` names ``token`` (the
+        digest of the API token the client streams with; "" when auth is off).
         ``checked``: the caller has found :meth:`dropped_after` false already."""
         client = _Client(flt, self.buffer, token)
         self.clients.add(client)
         try:
-            sent = (0, 0)
+            sent = [(0, 0)] * len(self.keys)
             if last_id is not None:
                 client.catching_up = True
                 if not checked and await self.dropped_after(last_id):
                     # The capped feed dropped entries this client never saw.
                     raise Resync()
-                cursor = last_id
+                marks = self.marks_of(last_id)
+                if marks is None:
+                    raise Resync()
                 while True:
-                    if client.revoked:
-                        raise Revoked()
-                    batch = await self._history(cursor)
-                    if batch:
-                        cursor = batch[-1].id
-                        if wanted := [item for item in batch if flt.matches(item)]:
-                            yield wanted
-                    sent = stream_id_key(cursor)
-                    if len(batch) < 500:
-                        if not client.overflowed:
-                            break
-                        client.overflowed = False  # the stream has what the queue dropped
-                        while not client.queue.empty():
-                            client.queue.get_nowait()
+                    for shard in range(len(self.keys)):
+                        while True:
+                            if client.revoked:
+                                raise Revoked()
+                            batch = await self._history(shard, marks)
+                            if wanted := [item for item in batch if flt.matches(item)]:
+                                yield wanted
+                            if len(batch) < 500:
+                                break
+                    sent = list(marks)
+                    if not client.overflowed:
+                        break
+                    client.overflowed = False  # the feeds have what the queue dropped
+                    while not client.queue.empty():
+                        client.queue.get_nowait()
                 client.catching_up = False
             while True:
                 if client.overflowed and client not in self.clients:
@@ -325,12 +433,15 @@ class FeedHub:
                     raise Resync()
                 fresh = []
                 for item in ready:
-                    if item is None:
+                    if item is None or item.mark <= sent[item.shard]:
                         continue
-                    here = stream_id_key(item.id)
-                    if here > sent:
-                        sent = here
-                        fresh.append(item)
+                    if all(m >= s for m, s in zip(item.marks, sent)):
+                        sent = list(item.marks)
+                    else:  # this client read further on another shard's feed
+                        sent[item.shard] = item.mark
+                        item = item.at(tuple(max(m, s) for m, s in zip(item.marks, sent)))
+                        sent = list(item.marks)
+                    fresh.append(item)
                 if fresh:
                     yield fresh
         finally:

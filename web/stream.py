@@ -1,6 +1,7 @@
 """``GET /v1/stream``: view changes as Server-Sent Events.
 
-Each event's ``id`` is the feed stream's entry id, its ``event`` the entity
+Each event's ``id`` is the position in the feeds after it (compact and
+opaque: :mod:`web.position`), its ``event`` the entity
 (``task``, ``node``, ``queue``, ``stats``) and its data the view as JSON. A
 client reconnecting with ``Last-Event-ID`` (the header ``EventSource`` sends,
 or ``?last_event_id=``) gets every change it missed, in order, then live ones.
@@ -20,9 +21,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from eventcore.ids import parse_stream_id
 from web.errors import ApiError
 from web.feed import FILTERS, FeedFilter, Resync, Revoked
+from web.position import PositionError, decode_position
 from web.state import state_of
 
 __all__ = ["routes"]
@@ -40,10 +41,10 @@ async def stream(request: Request) -> Response:
     last_id = request.headers.get("last-event-id") or params.get("last_event_id") or None
     if last_id is not None:
         try:
-            parse_stream_id(last_id)
-        except ValueError:
+            decode_position(last_id)
+        except PositionError:
             raise ApiError(
-                422, "invalid", f"Last-Event-ID {last_id!r} is not a stream id"
+                422, "invalid", f"Last-Event-ID {last_id!r} is not a position this feed gave out"
             ) from None
     tenant = who.tenant if web.auth.enabled and not who.has("admin") else None
     flt = FeedFilter(tenant=tenant, **{f: params[f] for f in FILTERS if f in params})

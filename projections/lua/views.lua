@@ -10,17 +10,20 @@
 -- Writes one batch of view changes, their feed entries and the watermark at
 -- once, so views never disagree with each other after a crash: the runner
 -- acks the batch's entries only after this returns.
--- KEYS: feed, watermark, nodes hash, queues hash, stats hash, then one key per task view
--- ARGV: feed_maxlen, n_tasks, task views..., n_nodes, (field, view)..., n_queues,
+-- A writer that holds the shard's lease passes its token: when the lease key
+-- holds anything else (the lease lapsed and another projector took it), the
+-- call writes nothing and answers LEASE. An empty token checks no lease.
+-- KEYS: feed, watermark, nodes hash, queues hash, stats hash, lease, then one key per task view
+-- ARGV: feed_maxlen, lease token, n_tasks, task views..., n_nodes, (field, view)..., n_queues,
 --       (field, view)..., n_stats, (field, view)..., n_feed, 8 fields per feed
 --       entry (entity, id, queue, kind, status, node, tenant, view),
 --       n_marks, (stream, id)..., n_index, 4 fields per index op (a|r, key, score, member)
 -- Index keys come in ARGV: which indexes a task enters or leaves (its status,
 -- queue, node...) is known only from its views; keys.py builds them, all
--- under the same {v} tag as KEYS.
+-- under the same shard tag as KEYS.
 local maxlen = tonumber(ARGV[1])
 if not maxlen or maxlen < 1 then return redis.error_reply('ERR eventcore write_views: bad maxlen') end
-local a = 2
+local a = 3
 local sections = {}
 for _, width in ipairs({1, 2, 2, 2, 8, 2, 4}) do
   local n = tonumber(ARGV[a])
@@ -37,9 +40,15 @@ for i = 0, sections[7][2] - 1 do
     return redis.error_reply('ERR eventcore write_views: bad index op')
   end
 end
-if #KEYS ~= 5 + sections[1][2] then return redis.error_reply('ERR eventcore write_views: one key per task view') end
+if #KEYS ~= 6 + sections[1][2] then return redis.error_reply('ERR eventcore write_views: one key per task view') end
+if ARGV[2] ~= '' then
+  local holder = redis.call('GET', KEYS[6])
+  if holder ~= ARGV[2] then
+    return redis.error_reply('LEASE eventcore write_views: the lease is held by ' .. (holder or 'nobody'))
+  end
+end
 local s = sections[1]
-for i = 0, s[2] - 1 do redis.call('SET', KEYS[6 + i], ARGV[s[1] + i]) end
+for i = 0, s[2] - 1 do redis.call('SET', KEYS[7 + i], ARGV[s[1] + i]) end
 for h = 2, 4 do
   s = sections[h]
   for i = 0, s[2] - 1 do redis.call('HSET', KEYS[1 + h], ARGV[s[1] + 2 * i], ARGV[s[1] + 2 * i + 1]) end
@@ -214,3 +223,23 @@ for i = 1, n do
 end
 return {added, present, trimmed, 0, '', newest}
 
+
+--- script: renew_lease
+-- Extends a projector's lease on a view shard, if it still holds it.
+-- KEYS: lease
+-- ARGV: token, ttl (ms)
+-- Returns 1 if renewed, 0 if the lease names another holder or none.
+local ttl = tonumber(ARGV[2])
+if not ttl or ttl < 1 then return redis.error_reply('ERR eventcore renew_lease: bad ttl') end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return 1
+
+--- script: release_lease
+-- Gives up a projector's lease on a view shard, if it still holds it.
+-- KEYS: lease
+-- ARGV: token
+-- Returns 1 if released, 0 if it was not held with that token.
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1

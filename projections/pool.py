@@ -1,0 +1,209 @@
+"""Many projector processes sharing the view shards.
+
+Every ``eventcore project`` process runs a :class:`ProjectorPool`. Each
+registers itself in ``keys.projectors()`` (name -> expiry, renewed every
+third of the lease time), counts the live ones, and holds its fair share of
+the shards: ``ceil(shards / live projectors)``. It takes free shards with
+their lease (:class:`~projections.leases.ShardLease`) up to that share, runs
+a :class:`~projections.runner.Projector` for each shard it holds, renews
+their leases, and gives shards back (after the batch in hand) when more
+projectors join. A shard whose holder dies is free once its lease lapses, and
+the next look of any projector with room takes it over, adopting what the
+dead one left pending; a holder that was only paused writes nothing when it
+wakes (the write checks the lease) and lets the shard go.
+
+So each shard is folded by exactly one projector at a time, and adding a
+process adds folding capacity (up to one process per shard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+import zlib
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from eventcore.codec import text
+from eventcore.log import EventLog
+from projections.leases import DEFAULT_LEASE_MS, ShardLease
+from projections.runner import Projector
+from projections.scripts import ViewScripts
+from projections.store import LeaseLost, ViewStore, current_views
+
+__all__ = ["ProjectorPool", "fair_share", "lease_holders"]
+
+logger = logging.getLogger(__name__)
+
+
+def fair_share(shards: int, projectors: int) -> int:
+    """How many shards one of ``projectors`` live projectors holds at most."""
+    return math.ceil(shards / max(1, projectors))
+
+
+class _Held:
+    """A shard this process holds: its lease and the task folding it."""
+
+    def __init__(self, lease: ShardLease, task: asyncio.Task[None], stop: asyncio.Event) -> None:
+        self.lease = lease
+        self.task = task
+        self.stop = stop
+
+
+class ProjectorPool:
+    """This process's part of the projectors: see the module's notes.
+
+    ``views``: the view namespace to fold (None: the one in use, following
+    rebuilds). ``on_take`` is awaited with a shard's store before its
+    projector starts (the CLI seeds empty views from a snapshot there)."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        *,
+        views: str | None = None,
+        name: str | None = None,
+        batch: int = 1000,
+        lease_ms: int = DEFAULT_LEASE_MS,
+        block_ms: int = 1000,
+        on_take: object = None,
+    ) -> None:
+        self.log = log
+        self.views = views
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.batch = batch
+        self.lease_ms = lease_ms
+        self.block_ms = block_ms
+        self.on_take = on_take
+        self.scripts = ViewScripts(log.redis)
+        self.held: dict[str, _Held] = {}
+        self.shards = log.keys.view_shards()
+        # Where this process starts looking for free shards: spread, so that
+        # projectors starting together do not all race for the first one.
+        start = zlib.crc32(self.name.encode()) % len(self.shards)
+        self._order = self.shards[start:] + self.shards[:start]
+        self.applied = 0
+        self.parked = 0
+        self.takeovers = 0
+
+    async def _live_projectors(self) -> int:
+        """Register this process (until now + the lease time) and count the
+        live ones, forgetting the expired."""
+        key = self.log.keys.projectors()
+        now = int(time.time() * 1000)
+        await self.log.redis.hset(key, self.name, now + self.lease_ms)
+        seen = await self.log.redis.hgetall(key)
+        gone = [k for k, v in seen.items() if int(v) < now]
+        if gone:
+            await self.log.redis.hdel(key, *gone)
+        return len(seen) - len(gone)
+
+    async def _views_now(self) -> str:
+        return self.views if self.views is not None else await current_views(self.log)
+
+    def _start(self, lease: ShardLease) -> _Held:
+        stop = asyncio.Event()
+        projector = Projector(
+            self.log,
+            ViewStore(self.log, lease.ns),
+            batch=self.batch,
+            consumer=self.name,
+            follow_pointer=self.views is None,
+            lease=lease,
+        )
+
+        async def fold() -> None:
+            try:
+                if self.on_take is not None:
+                    await self.on_take(projector.store.shard(lease.shard))  # type: ignore[operator]
+                await projector.run(stop, block_ms=self.block_ms)
+            finally:
+                self.applied += projector.applied
+                self.parked += projector.parked
+
+        task = asyncio.create_task(fold(), name=f"projector-shard-{lease.shard}")
+        return _Held(lease, task, stop)
+
+    async def _let_go(self, shard: str) -> None:
+        held = self.held.pop(shard)
+        held.stop.set()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await held.task
+        with contextlib.suppress(RedisError):
+            await held.lease.release()
+        logger.info("projector %s: let shard %s go", self.name, shard)
+
+    async def balance(self) -> None:
+        """One look: renew what is held, drop what was lost or ended, give
+        back what is over the fair share, take free shards up to it."""
+        share = fair_share(len(self.shards), await self._live_projectors())
+        for shard, held in list(self.held.items()):
+            if held.task.done():
+                self.held.pop(shard)
+                exc = held.task.exception() if not held.task.cancelled() else None
+                if exc is not None and not isinstance(exc, LeaseLost):
+                    logger.error("projector %s: shard %s stopped: %r", self.name, shard, exc)
+                else:
+                    logger.warning("projector %s: shard %s lost: %s", self.name, shard, exc)
+                with contextlib.suppress(RedisError):
+                    await held.lease.release()
+            elif not await held.lease.renew():
+                logger.warning("projector %s: lease on shard %s lapsed", self.name, shard)
+                held.stop.set()  # its next write is refused anyway
+        while len(self.held) > share:
+            await self._let_go(next(reversed(self.held)))
+        if len(self.held) >= share:
+            return
+        ns = await self._views_now()
+        for shard in self._order:
+            if len(self.held) >= share:
+                break
+            if shard in self.held:
+                continue
+            lease = ShardLease(
+                self.log, shard, ns, holder=self.name, ttl_ms=self.lease_ms, scripts=self.scripts
+            )
+            if await lease.take():
+                logger.info("projector %s: took shard %s of views %r", self.name, shard, ns)
+                self.takeovers += 1
+                self.held[shard] = self._start(lease)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Balance every third of the lease time until ``stop`` is set, then
+        stop every shard's projector and give the leases back."""
+        try:
+            while not stop.is_set():
+                try:
+                    await self.balance()
+                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                    logger.warning("projector %s: %s; retrying", self.name, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.lease_ms / 3000)
+        finally:
+            for shard in list(self.held):
+                await self._let_go(shard)
+            with contextlib.suppress(RedisError):
+                await self.log.redis.hdel(self.log.keys.projectors(), self.name)
+
+    def holding(self) -> list[str]:
+        """The shards held now, in order."""
+        return sorted(self.held)
+
+
+async def lease_holders(log: EventLog, view_ns: str) -> dict[str, str | None]:
+    """Who holds each shard of ``view_ns`` now (None: nobody)."""
+    async with log.redis.pipeline(transaction=False) as pipe:
+        for shard in log.keys.view_shards():
+            pipe.get(log.keys.view_lease(shard, view_ns))
+        replies = await pipe.execute()
+    return {
+        shard: None if raw is None else text(raw)
+        for shard, raw in zip(log.keys.view_shards(), replies)
+    }
