@@ -114,7 +114,9 @@ class RedisBlobStore:
 class SyncRedisBlobStore:
     """The same store for blocking code (handlers in child processes)."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, ttl: float, max_bytes: int) -> None:
+    def __init__(
+        self, client: redis.Redis | redis.RedisCluster, keys: Keys, *, ttl: float, max_bytes: int
+    ) -> None:
         self.redis = client
         self.rules = _Rules(keys, ttl, max_bytes)
 

@@ -18,17 +18,25 @@ it is a cluster node (``cluster_enabled`` in ``INFO cluster``), unless
 ``ClientOptions.cluster`` says so already, and then returns redis-py's
 ``RedisCluster`` with the same timeouts and retries, after checking that
 every slot is served, the cluster state is ok and every master answers.
+:func:`detect_cluster` only asks whether the server is a cluster node (the web
+app, which starts before Redis need answer), and :func:`sync_client` gives a
+blocking client of the right kind (a worker's child processes).
 """
 
 from __future__ import annotations
 
+import asyncio
+import builtins
+import contextvars
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
+import redis
 from redis.asyncio import Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.asyncio.connection import (
     BlockingConnectionPool,
     Connection,
@@ -46,6 +54,7 @@ from redis.exceptions import (
     ResponseError,
     TimeoutError,
 )
+from redis.retry import Retry as SyncRetry
 
 try:
     import hiredis
@@ -65,14 +74,18 @@ __all__ = [
     "check_url",
     "cluster_facts",
     "connect",
+    "detect_cluster",
     "make_client",
     "redact",
+    "sync_client",
 ]
 
 # Both speak the same commands; a cluster client routes each to its slot's node.
 Client: TypeAlias = Redis | RedisCluster
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEMES = ("redis", "rediss", "unix")
 
@@ -208,13 +221,12 @@ def _cluster_client(url: str, opts: ClientOptions, retry: Retry) -> RedisCluster
             f"Redis URL {where!r} names database {parts.path.strip('/')}; "
             "Redis Cluster has only database 0"
         )
-    # RedisCluster keeps one pool per node of at most max_connections, and
-    # refuses (MaxConnectionsError) rather than waits when it is full: it has
-    # no blocking pool, so pool_timeout does not apply. Its retry object only
-    # sets the number of attempts; MOVED/ASK redirections are followed apart
-    # from it.
-    return RedisCluster.from_url(
+    # Its retry object only sets the number of attempts; MOVED/ASK
+    # redirections are followed apart from it.
+    return _WaitingCluster.from_url(
         url,
+        places=opts.max_connections,
+        place_timeout=opts.pool_timeout,
         max_connections=opts.max_connections,
         socket_connect_timeout=opts.connect_timeout,
         socket_timeout=opts.socket_timeout,
@@ -223,6 +235,81 @@ def _cluster_client(url: str, opts: ClientOptions, retry: Retry) -> RedisCluster
         health_check_interval=30,
         require_full_coverage=True,
     )
+
+
+# Set while a task runs a command of a _WaitingCluster: a command it starts
+# from inside that one (a pipeline retrying a redirected command alone) takes
+# no second place, so a full client cannot wait on itself.
+_holding: contextvars.ContextVar[bool] = contextvars.ContextVar("holding", default=False)
+
+
+class _WaitingCluster(RedisCluster):
+    """redis-py's ``RedisCluster`` keeps a pool of at most ``max_connections``
+    per node and refuses a command when that pool is full
+    (``MaxConnectionsError``). This one waits instead, as the single-server
+    client's blocking pool does: at most ``places`` commands or pipelines are
+    under way at once (each holds at most one connection per node), and one
+    more waits up to ``place_timeout`` seconds for a place, then fails with a
+    ``ConnectionError`` like an unreachable Redis."""
+
+    def __init__(self, *args: Any, places: int, place_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.places = asyncio.Semaphore(places)
+        self.place_timeout = place_timeout
+
+    async def take_place(self) -> bool:
+        """Wait for a place; False when this task holds one already (a
+        command started from inside another), which it then goes on using."""
+        if _holding.get():
+            return False
+        if not self.places.locked():  # the usual case: no timer, no wait
+            await self.places.acquire()
+            return True
+        try:
+            async with asyncio.timeout(self.place_timeout):
+                await self.places.acquire()
+        except builtins.TimeoutError:  # asyncio's, not redis-py's of the same name
+            raise ConnectionError(
+                f"no free Redis connection within {self.place_timeout:g}s "
+                "(redis.pool_timeout); every one of redis.max_connections is busy"
+            ) from None
+        return True
+
+    async def in_place(self, run: Callable[[], Awaitable[T]]) -> T:
+        """``run()`` holding a place."""
+        if not await self.take_place():
+            return await run()
+        token = _holding.set(True)
+        try:
+            return await run()
+        finally:
+            _holding.reset(token)
+            self.places.release()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if not await self.take_place():
+            return await super().execute_command(*args, **kwargs)
+        token = _holding.set(True)
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            _holding.reset(token)
+            self.places.release()
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> ClusterPipeline:
+        if shard_hint:
+            return super().pipeline(transaction, shard_hint)  # refuses it
+        return _WaitingPipeline(self, transaction)
+
+
+class _WaitingPipeline(ClusterPipeline):
+    """A pipeline of a :class:`_WaitingCluster`: its execution takes one place."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        client = self.cluster_client
+        assert isinstance(client, _WaitingCluster)
+        run = super().execute
+        return await client.in_place(lambda: run(raise_on_error, allow_redirections))
 
 
 def _quick(options: ClientOptions | None) -> ClientOptions:
@@ -269,7 +356,7 @@ async def connect(url: str, options: ClientOptions | None = None) -> Client:
     probe = make_client(url, _quick(options))
     try:
         info = await probe.info("server")
-        enabled = str((await probe.info("cluster")).get("cluster_enabled", 0)) == "1"
+        enabled = await _cluster_enabled(probe)
         policy = await _maxmemory_policy(probe)
     except (RedisError, OSError) as exc:
         raise _unavailable(url, exc) from exc
@@ -303,6 +390,57 @@ async def connect(url: str, options: ClientOptions | None = None) -> Client:
     if cluster:
         await cluster_facts(url, opts)
     return make_client(url, replace(opts, cluster=cluster))
+
+
+async def detect_cluster(url: str, options: ClientOptions | None = None) -> bool:
+    """Whether the server at ``url`` is a Redis Cluster node (``cluster_enabled``
+    in ``INFO cluster``): ``options.cluster`` when it is set, else one quick
+    question to the server, with ``options``' connect and socket timeouts.
+    Raises :class:`RedisUnavailable` (one line) when the server does not answer.
+    """
+    opts = options or ClientOptions()
+    if opts.cluster is not None:
+        return opts.cluster
+    probe = make_client(
+        url,
+        ClientOptions(
+            connect_timeout=opts.connect_timeout,
+            socket_timeout=opts.socket_timeout,
+            retry_attempts=0,
+            cluster=False,
+        ),
+    )
+    try:
+        return await _cluster_enabled(probe)
+    except (RedisError, OSError) as exc:
+        raise _unavailable(url, exc) from exc
+    finally:
+        await probe.aclose()
+
+
+def sync_client(url: str, cluster: bool | None = None) -> redis.Redis | redis.RedisCluster:
+    """A blocking client, for code that runs outside an event loop (a worker's
+    child processes): a ``RedisCluster`` when ``cluster`` is True, or when it
+    is None and the server says it is a cluster node; else a plain one.
+    Transient errors are retried as the asyncio clients do."""
+    check_url(url)
+    if cluster is None:
+        with redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10) as probe:
+            try:
+                info = probe.info("cluster")
+            except (RedisError, OSError) as exc:
+                raise _unavailable(url, exc) from exc
+        cluster = str(info.get("cluster_enabled", 0)) == "1"
+    retry = SyncRetry(ExponentialWithJitterBackoff(cap=2.0, base=0.05), 6)
+    common: dict[str, Any] = {
+        "socket_connect_timeout": 5.0,
+        "socket_timeout": 10.0,
+        "retry": retry,
+        "retry_on_error": [ConnectionError, TimeoutError, BusyLoadingError],
+    }
+    if cluster:
+        return redis.RedisCluster.from_url(url, require_full_coverage=True, **common)
+    return redis.Redis.from_url(url, **common)
 
 
 async def cluster_facts(url: str, options: ClientOptions | None = None) -> ClusterFacts:
@@ -376,6 +514,10 @@ async def _node_info(url: str, address: str, options: ClientOptions | None) -> d
         ) from exc
     finally:
         await client.aclose()
+
+
+async def _cluster_enabled(client: Client) -> bool:
+    return str((await client.info("cluster")).get("cluster_enabled", 0)) == "1"
 
 
 async def _maxmemory_policy(client: Client) -> str | None:

@@ -62,6 +62,22 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def single_url(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """The URL of a single server, no cluster node: the session's own, or,
+    when the suite runs on a cluster, one more started on first use."""
+    if not ON_CLUSTER:
+        yield request.getfixturevalue("redis_url")
+        return
+    server = ServerProcess(
+        server_binary(), ServerConfig(tmp_path_factory.mktemp("single"), port=free_port())
+    )
+    yield server.start()
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def cluster_url(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[str]:

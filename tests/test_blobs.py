@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import redis
 
 from eventcore.blobs import (
     BlobMissing,
@@ -15,6 +14,7 @@ from eventcore.blobs import (
     digest_of,
     parse_ref,
 )
+from eventcore.connection import sync_client
 from eventcore.keys import Keys
 
 
@@ -54,7 +54,7 @@ async def test_blobs_expire_and_a_second_put_renews(r, keys: Keys) -> None:
 
 
 def test_sync_store_sees_the_same_blobs(redis_url: str, keys: Keys) -> None:
-    client = redis.Redis.from_url(redis_url)
+    client = sync_client(redis_url)  # a cluster one on a cluster
     try:
         store = SyncRedisBlobStore(client, keys, ttl=60, max_bytes=100)
         ref = store.put(b"png bytes").ref

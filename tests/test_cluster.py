@@ -3,10 +3,12 @@ check`` says about it, healthy or not."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,13 +17,24 @@ import redis
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
-from eventcore.config import load_settings
-from eventcore.connection import ClientOptions, cluster_facts, connect, make_client
+from eventcore.config import Settings, load_settings
+from eventcore.connection import (
+    ClientOptions,
+    cluster_facts,
+    connect,
+    detect_cluster,
+    make_client,
+    sync_client,
+)
 from eventcore.errors import ConfigError, RedisUnavailable
+from eventcore.keys import Keys
 from eventcore.server.cluster import SLOTS, LocalCluster, parse_cluster_info, slot_ranges
+from eventcore.server.process import free_port
 from eventcore.server.target import client_options
 from tests.conftest import server_binary
 from tests.replaykit import cli
+from tests.webkit import j, settings_for, web_client
+from workers.resources import ResourceConfig, Resources
 
 # -- pure parts ------------------------------------------------------------------
 
@@ -59,20 +72,20 @@ def test_cluster_key_defaults_to_detection_and_refuses_other_words(tmp_path: Pat
     assert load_settings(path, env={}).redis.cluster is True
 
 
-# -- single server -----------------------------------------------------------------
+# -- a single server -----------------------------------------------------------------
 
 
-async def test_auto_detection_on_a_single_server_gives_the_plain_client(redis_url: str) -> None:
-    client = await connect(redis_url)
+async def test_auto_detection_on_a_single_server_gives_the_plain_client(single_url: str) -> None:
+    client = await connect(single_url)
     try:
         assert type(client) is Redis and await client.ping()
     finally:
         await client.aclose()
 
 
-async def test_cluster_true_on_a_single_server_is_one_clear_line(redis_url: str) -> None:
+async def test_cluster_true_on_a_single_server_is_one_clear_line(single_url: str) -> None:
     with pytest.raises(RedisUnavailable, match="not a cluster node") as err:
-        await connect(redis_url, ClientOptions(cluster=True))
+        await connect(single_url, ClientOptions(cluster=True))
     assert "\n" not in str(err.value)
 
 
@@ -138,6 +151,133 @@ def test_check_prints_the_cluster_facts(cluster_url: str) -> None:
     assert text.returncode == 0 and "cluster_state: ok" in text.stdout
 
 
+# -- the cluster client's pool ------------------------------------------------------
+
+
+async def test_a_burst_on_a_cluster_waits_for_a_connection(
+    cluster_url: str, namespace: str
+) -> None:
+    """Regression: past ``max_connections`` on a node redis-py's cluster client
+    refused a command at once (MaxConnectionsError); now it waits its turn,
+    pipelines too."""
+    client = make_client(
+        cluster_url, ClientOptions(cluster=True, max_connections=2, pool_timeout=10)
+    )
+    try:
+        # Each BLPOP holds its connection for its whole timeout.
+        key = f"{namespace}:empty"
+
+        async def piped() -> list[object]:
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.blpop([key], timeout=0.05)
+                pipe.get(key)
+                return await pipe.execute()
+
+        got = await asyncio.gather(
+            *(client.blpop([key], timeout=0.05) for _ in range(10)), *(piped() for _ in range(4))
+        )
+        assert got == [None] * 10 + [[None, None]] * 4
+        node = client.get_node_from_key(key)
+        assert len(node._connections) <= 2
+    finally:
+        await client.aclose()
+
+
+async def test_a_wait_on_a_cluster_that_runs_out_is_a_connection_error(
+    cluster_url: str, namespace: str
+) -> None:
+    client = make_client(
+        cluster_url,
+        ClientOptions(cluster=True, max_connections=1, pool_timeout=0.2, retry_attempts=0),
+    )
+    try:
+        holder = asyncio.create_task(client.blpop([f"{namespace}:held"], timeout=1))
+        while not client.places.locked():
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        with pytest.raises(redis.ConnectionError, match=r"redis\.pool_timeout"):
+            await client.ping()
+        assert time.monotonic() - started < 2
+        await holder
+        assert await client.ping()
+        # A command started while its task holds the one place (a pipeline
+        # retrying a redirected command alone) uses that place, not a second.
+        got = await client.in_place(lambda: client.get(f"{namespace}:k"))
+        assert got is None and not client.places.locked()
+    finally:
+        await client.aclose()
+
+
+# -- what builds its own clients ----------------------------------------------------
+
+
+async def test_detect_cluster_asks_the_server_unless_told(
+    cluster_url: str, single_url: str
+) -> None:
+    assert await detect_cluster(cluster_url) is True
+    assert await detect_cluster(single_url) is False
+    assert await detect_cluster(single_url, ClientOptions(cluster=True)) is True  # not asked
+    with pytest.raises(RedisUnavailable, match="cannot reach Redis") as err:
+        await detect_cluster(f"redis://127.0.0.1:{free_port()}")
+    assert "\n" not in str(err.value)
+
+
+async def test_the_web_app_asks_the_server_and_serves_a_cluster(
+    cluster_url: str, namespace: str
+) -> None:
+    """``redis.cluster`` unset: the app finds the cluster at start-up; its
+    submits reach the partitions on every master."""
+    settings = Settings(namespace=namespace, partitions=3)
+    async with web_client(cluster_url, settings) as c:
+        web = c.app.state.web  # type: ignore[attr-defined]
+        assert isinstance(web.redis, RedisCluster) and isinstance(web.blocking, RedisCluster)
+        keys = Keys(namespace, 3)
+        streams: set[str] = set()
+        for _ in range(200):  # a task's partition is random: until each has one
+            if len(streams) == 3:
+                break
+            res = await c.post("/v1/tasks", json={"kind": "noop"})
+            assert res.status_code == 202, res.text
+            streams.add(keys.events(keys.partition(j(res)["task_id"])))
+        owners = {
+            web.redis.nodes_manager.get_node_from_slot(web.redis.keyslot(s)).name for s in streams
+        }
+        assert len(streams) == 3 and len(owners) > 1
+        assert (await c.get("/healthz")).status_code == 200
+
+
+async def test_the_web_app_on_a_single_server_keeps_the_plain_client(
+    single_url: str, namespace: str
+) -> None:
+    async with web_client(single_url, settings_for(namespace)) as c:
+        web = c.app.state.web  # type: ignore[attr-defined]
+        assert type(web.redis) is Redis and type(web.blocking) is Redis
+        assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
+
+
+def test_a_child_process_reads_and_writes_blobs_on_a_cluster(
+    cluster_url: str, namespace: str
+) -> None:
+    """A worker's child process builds its own blocking client: a cluster one
+    when the server is a cluster node (each blob has its own slot)."""
+    resources = Resources(ResourceConfig(redis_url=cluster_url, namespace=namespace))
+    blobs = [bytes([i]) * 64 for i in range(24)]
+    refs = [resources.blobs.put(b).ref for b in blobs]
+    assert [resources.blobs.get(ref) for ref in refs] == blobs
+    assert isinstance(resources.blobs.redis, redis.RedisCluster)
+
+
+def test_the_blocking_client_takes_the_cluster_option(cluster_url: str, single_url: str) -> None:
+    plain = sync_client(cluster_url, cluster=False)
+    assert type(plain) is redis.Redis and plain.ping()
+    plain.close()
+    with pytest.raises(RedisUnavailable, match="cannot reach Redis"):
+        sync_client(f"redis://127.0.0.1:{free_port()}")
+    detected = sync_client(single_url)
+    assert type(detected) is redis.Redis and detected.ping()
+    detected.close()
+
+
 # -- broken clusters -----------------------------------------------------------------
 
 
@@ -182,6 +322,81 @@ def test_an_unreachable_cluster_url_is_one_clear_line(own_cluster: LocalCluster)
     own_cluster.stop()
     res = cli("check", env={"REDIS_URL": url, "EVENTCORE_REDIS__CLUSTER": "true"})
     assert_one_error_line(res, "cannot reach Redis at", url)
+
+
+@pytest.mark.slow
+async def test_the_web_app_answers_503_while_a_master_is_down(
+    own_cluster: LocalCluster, namespace: str
+) -> None:
+    """Whatever the cluster client raises while a master is gone (refused
+    connections, CLUSTERDOWN, slots no node serves), the app answers 503 with
+    Retry-After, never a 500, and serves again once the master is back."""
+    settings = Settings(namespace=namespace, partitions=3)
+    async with web_client(own_cluster.url, settings) as c:
+        assert (await c.post("/v1/tasks", json={"kind": "noop"})).status_code == 202
+        node = own_cluster.nodes[2]
+        node.process.stop()
+        statuses: set[int] = set()
+        deadline = time.monotonic() + 20
+        # Before the others mark it failed, and after (cluster_state:fail).
+        with redis.Redis(port=own_cluster.nodes[0].port) as other:
+            failed = False
+            while not failed:
+                assert time.monotonic() < deadline, "the cluster did not notice"
+                failed = (
+                    parse_cluster_info(other.execute_command("CLUSTER INFO")).get("cluster_state")
+                    == "fail"
+                )
+                for _ in range(6):
+                    res = await c.post("/v1/tasks", json={"kind": "noop"})
+                    assert res.status_code in (202, 503), res.text
+                    if res.status_code == 503:
+                        assert res.headers["retry-after"] == "1"
+                        assert j(res)["error"] == "unavailable"
+                    statuses.add(res.status_code)
+                    res = await c.get("/v1/queues")
+                    assert res.status_code in (200, 503), res.text
+                    assert (await c.get("/healthz")).status_code in (200, 503)
+                await asyncio.sleep(0.2)
+        assert 503 in statuses
+        node.process.start()
+        deadline = time.monotonic() + 30
+        while (await c.post("/v1/tasks", json={"kind": "noop"})).status_code != 202:
+            assert time.monotonic() < deadline, "the app did not serve again"
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_a_web_app_started_before_its_cluster_switches_once_it_answers(
+    own_cluster: LocalCluster, namespace: str
+) -> None:
+    """``redis.cluster`` unset and no node answering at start-up: the app
+    starts (503 meanwhile), keeps asking, and serves with cluster clients
+    once the cluster is back."""
+    for node in own_cluster.nodes:
+        node.process.stop()
+    settings = Settings(namespace=namespace, partitions=3)
+    async with web_client(own_cluster.url, settings) as c:
+        web = c.app.state.web  # type: ignore[attr-defined]
+        res = await c.post("/v1/tasks", json={"kind": "noop"})
+        assert res.status_code == 503 and j(res)["error"] == "unavailable"
+        for node in own_cluster.nodes:
+            node.process.start()
+        deadline = time.monotonic() + 30
+        while not isinstance(web.redis, RedisCluster):
+            assert time.monotonic() < deadline, "the app did not find the cluster"
+            await asyncio.sleep(0.1)
+        keys = Keys(namespace, 3)
+        partitions: set[int] = set()
+        while len(partitions) < 3:  # a task's partition is random: until each has one
+            res = await c.post("/v1/tasks", json={"kind": "noop"})
+            if res.status_code == 503:  # the cluster settles (cluster_state:ok again)
+                assert time.monotonic() < deadline, res.text
+                await asyncio.sleep(0.2)
+                continue
+            assert res.status_code == 202, res.text
+            partitions.add(keys.partition(j(res)["task_id"]))
+        assert isinstance(web.hub.log.redis, RedisCluster)  # the feed reads the cluster too
 
 
 def test_local_cluster_stops_every_node(tmp_path: Path) -> None:

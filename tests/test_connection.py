@@ -121,12 +121,13 @@ async def test_transient_outage_is_ridden_out_by_retries() -> None:
 # -- the pool ------------------------------------------------------------------
 
 
-async def test_a_burst_waits_for_a_pooled_connection(redis_url: str) -> None:
+async def test_a_burst_waits_for_a_pooled_connection(single_url: str) -> None:
     """Regression: past the pool's cap a command failed at once with "Too many
-    connections" (redis-py's ConnectionPool); now it waits for a free one."""
+    connections" (redis-py's ConnectionPool); now it waits for a free one.
+    (The cluster client's wait: ``tests/test_cluster.py``.)"""
     from eventcore.connection import ClientOptions, make_client
 
-    client = make_client(redis_url, ClientOptions(max_connections=2, pool_timeout=10))
+    client = make_client(single_url, ClientOptions(max_connections=2, pool_timeout=10))
     try:
         # Each BLPOP holds its connection for its whole timeout.
         key = f"t{uuid.uuid4().hex}"

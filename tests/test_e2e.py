@@ -1,7 +1,8 @@
 """End to end: ``eventcore up`` as a user runs it (embedded Redis, web app,
 projector, one CPU worker), a real inpaint submitted over HTTP, followed over
 SSE to completion, the PNG downloaded and compared with a direct
-``cv2.inpaint``; then Ctrl-C (SIGINT) stops everything cleanly."""
+``cv2.inpaint``; then Ctrl-C (SIGINT) stops everything cleanly. Once more
+with ``REDIS_URL`` naming a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -37,6 +38,19 @@ def _wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float = 60) -
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_up_inpaint_over_http_followed_over_sse(tmp_path: Path) -> None:
+    _inpaint_over_http(tmp_path, {})
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_up_on_a_redis_cluster_inpaint_over_http(tmp_path: Path, cluster_url: str) -> None:
+    """The same on a Redis Cluster of three masters, three partitions, nothing
+    said about the cluster: the web app, the worker (and the child process
+    that reads the image and writes the result) and the projector find it."""
+    _inpaint_over_http(tmp_path, {"REDIS_URL": cluster_url, "EVENTCORE_PARTITIONS": "3"})
+
+
+def _inpaint_over_http(tmp_path: Path, extra_env: dict[str, str]) -> None:
     img = np.zeros((60, 80, 3), np.uint8)
     img[:, :40] = (200, 30, 30)
     cv2.putText(img, "ec", (30, 40), cv2.FONT_HERSHEY_SIMPLEX, 1, (255, 255, 255), 2)
@@ -46,6 +60,7 @@ def test_up_inpaint_over_http_followed_over_sse(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
     env.pop("REDIS_URL", None)
     env["EVENTCORE_WEB__PORT"] = str(port)
+    env.update(extra_env)
     proc = subprocess.Popen(
         [sys.executable, "-m", "eventcore.cli", "up"],
         cwd=tmp_path,

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from eventcore.config import Settings
-from eventcore.connection import make_client
+from eventcore.connection import connect, sync_client
 from eventcore.events import Capabilities, NodeStarted
 from eventcore.keys import Keys
 from eventcore.log import EventLog
@@ -43,7 +42,7 @@ class Web:
         self.keys = Keys(namespace, PARTITIONS)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = sync_client(redis_url)  # a cluster one on a cluster
         env = {
             **os.environ,
             "REDIS_URL": redis_url,
@@ -81,7 +80,7 @@ class Web:
         production; no worker runs, so nothing but requests writes the log."""
 
         async def announce() -> None:
-            client = make_client(redis_url)
+            client = await connect(redis_url)
             try:
                 caps = Capabilities(
                     cpu_cores=2, memory_mb=2048, handlers=("inpaint", "upscale", "noop", "sleep")

@@ -3,9 +3,12 @@ and blobs had hash tags (eventcore/log/migrate.py, ``eventcore events migrate``)
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from redis.asyncio import Redis
 
+from eventcore.connection import connect, make_client
 from eventcore.errors import EventcoreError
 from eventcore.keys import Keys
 from eventcore.log.migrate import rename_legacy_keys
@@ -28,10 +31,19 @@ async def _old_layout(r: Redis, ns: str) -> None:
     await r.set(f"{ns}:blob:ab12", b"blob", ex=600)
 
 
-@pytest.mark.single_server(reason="the old names predate cluster support: no cluster holds them")
+@pytest.fixture
+async def single(single_url: str) -> AsyncIterator[Redis]:
+    """A client of a single server: the old names predate cluster support, so
+    only a single server holds them (a cluster run has one of its own)."""
+    client = make_client(single_url)
+    yield client
+    await client.aclose()
+
+
 async def test_old_keys_are_renamed_once_and_kept_where_the_new_name_has_data(
-    r: Redis, namespace: str
+    single: Redis, namespace: str
 ) -> None:
+    r = single
     keys = Keys(namespace)
     await _old_layout(r, namespace)
     await r.set(keys.web_model(), b"newer")  # written by the new version already
@@ -56,11 +68,11 @@ async def test_old_keys_are_renamed_once_and_kept_where_the_new_name_has_data(
     assert again.renamed == [] and again.kept == done.kept
 
 
-@pytest.mark.single_server(reason="runs the command against the session's single server")
-async def test_the_migrate_command(r: Redis, redis_url: str, namespace: str) -> None:
+async def test_the_migrate_command(single: Redis, single_url: str, namespace: str) -> None:
+    r = single
     keys = Keys(namespace)
     await r.xadd(f"{namespace}:nodes", {"node": "w1", "e": b"n"})
-    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": namespace}
+    env = {"REDIS_URL": single_url, "EVENTCORE_NAMESPACE": namespace}
     first = cli("events", "migrate", env=env)
     assert first.returncode == 0, first.stderr
     assert f"renamed {namespace}:nodes -> {keys.nodes()}" in first.stdout
@@ -70,8 +82,11 @@ async def test_the_migrate_command(r: Redis, redis_url: str, namespace: str) -> 
     assert await r.xlen(keys.nodes()) == 1
 
 
-async def test_migrate_refuses_a_cluster(r: Redis, namespace: str) -> None:
-    if not is_cluster(r):
-        pytest.skip("runs on the cluster only (EVENTCORE_TEST_SERVER=cluster)")
-    with pytest.raises(EventcoreError, match="single server"):
-        await rename_legacy_keys(r, Keys(namespace))
+async def test_migrate_refuses_a_cluster(cluster_url: str, namespace: str) -> None:
+    r = await connect(cluster_url)
+    try:
+        assert is_cluster(r)
+        with pytest.raises(EventcoreError, match="single server"):
+            await rename_legacy_keys(r, Keys(namespace))
+    finally:
+        await r.aclose()

@@ -28,7 +28,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from eventcore.connection import ClientOptions, make_client
+from eventcore.connection import ClientOptions, connect
 from eventcore.events import (
     Capabilities,
     ErrorInfo,
@@ -209,7 +209,7 @@ class ProjectorMachine(RuleBasedStateMachine):
         self.projector = self._new_projector(rename=True)
 
     async def _connect(self) -> EventLog:
-        redis = make_client(self.redis_url, ClientOptions(retry_attempts=2))
+        redis = await connect(self.redis_url, ClientOptions(retry_attempts=2))
         return EventLog(redis, Keys(self.namespace, partitions=PARTITIONS))
 
     def _new_id(self, data: st.DataObject) -> str:

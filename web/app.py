@@ -8,7 +8,6 @@ The routes never import this module: they reach the shared state through
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 from collections.abc import AsyncIterator
@@ -37,19 +36,10 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         # the collector's full passes, which otherwise pause every SSE client.
         gc.collect()
         gc.freeze()
-        await state.hub.start()
-        watch = (
-            asyncio.create_task(state.auth.watch_streams(state.hub), name="token-watch")
-            if state.auth.enabled
-            else None
-        )
+        await state.start()  # the feed reader, and the token watch with auth on
         try:
             yield
         finally:
-            if watch is not None:
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
             await state.close()
 
     routes: list[BaseRoute] = [

@@ -1,16 +1,17 @@
 """What handlers may use besides their params: the blob store and the model
 store. Built lazily inside the process that runs the handler (a child process
-gets its own blocking Redis connection and its own warm models)."""
+gets its own blocking Redis connection, to a single server or a Redis
+Cluster as the server says, and its own warm models)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
-import redis
 
 from eventcore.blobs import SyncRedisBlobStore
 from eventcore.config import Settings
+from eventcore.connection import sync_client
 from eventcore.keys import Keys
 
 __all__ = ["ResourceConfig", "Resources"]
@@ -20,6 +21,8 @@ class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Plain data, so it can cross into a child process."""
 
     redis_url: str | None = None
+    # As ``redis.cluster``: None asks the server whether it is a cluster node.
+    cluster: bool | None = None
     namespace: str = "ec"
     partitions: int = 1
     blob_ttl: float = 86_400.0
@@ -32,6 +35,7 @@ class ResourceConfig(msgspec.Struct, frozen=True, kw_only=True):
     def from_settings(cls, settings: Settings, redis_url: str | None) -> ResourceConfig:
         return cls(
             redis_url=redis_url,
+            cluster=settings.redis.cluster,
             namespace=settings.namespace,
             partitions=settings.partitions,
             blob_ttl=settings.blobs.ttl,
@@ -54,7 +58,7 @@ class Resources:
         if self._blobs is None:
             if not self.config.redis_url:
                 raise RuntimeError("no Redis URL given to this process's resources")
-            client = redis.Redis.from_url(self.config.redis_url)
+            client = sync_client(self.config.redis_url, self.config.cluster)
             keys = Keys(self.config.namespace, self.config.partitions)
             self._blobs = SyncRedisBlobStore(
                 client, keys, ttl=self.config.blob_ttl, max_bytes=self.config.blob_max_bytes
