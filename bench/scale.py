@@ -613,7 +613,7 @@ async def main(args: argparse.Namespace) -> None:
         print(
             f"no-op workload: {args.tasks:,} tasks, {PARTITIONS} partitions, one worker process "
             f"(concurrency {args.concurrency}); Redis CPU summed over the servers, from the "
-            "first submit to the last end"
+            "first submit to the last end; the two alternate, run by run"
         )
         print(
             f"  {'':<20}{'tasks/s':>9}{'from ready':>12}{'Redis us/task':>15}"
