@@ -58,12 +58,15 @@ ones for the one-time rename (``eventcore.log.migrate``).
 
 from __future__ import annotations
 
+import functools
 import re
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from eventcore.events import Priority
 from eventcore.ids import partition_of
 
-__all__ = ["NAME_RE", "Keys", "check_name", "escape_part"]
+__all__ = ["NAME_RE", "Keys", "check_name", "escape_part", "spread_tag"]
 
 # Hash tags of the keys outside the partitions and the views (see the layout).
 NODE_TAG = "n"
@@ -85,6 +88,22 @@ def check_name(what: str, name: str) -> str:
             f"{what} {name!r} is not a valid name: use 1-128 letters, digits, '_', '.' or '-'"
         )
     return name
+
+
+@functools.cache
+def spread_tag(prefix: str, i: int, n: int) -> str:
+    """The hash tag of part ``i`` of ``n`` (a partition, a view shard): one
+    whose slot lies in the ``i``-th ``n``-th of the cluster's slots, so that
+    ``n`` parts spread evenly over masters that split the slots evenly (with
+    ``n`` a multiple of their number). ``<prefix><i>`` when its slot is
+    there already (always for ``n`` = 1), else ``<prefix><i>.<k>`` with the
+    smallest ``k`` that puts it there."""
+    tag = f"{prefix}{i}"
+    k = 0
+    while key_slot(tag.encode()) * n // REDIS_CLUSTER_HASH_SLOTS != i:
+        k += 1
+        tag = f"{prefix}{i}.{k}"
+    return tag
 
 
 def escape_part(name: str) -> str:
@@ -124,7 +143,12 @@ class Keys:
     def _p(self, p: int) -> str:
         if not 0 <= p < self.partitions:
             raise ValueError(f"partition {p} out of range (0..{self.partitions - 1})")
-        return f"{self.namespace}:{{p{p}}}"
+        return f"{self.namespace}:{{{spread_tag('p', p, self.partitions)}}}"
+
+    def legacy_partition_prefix(self, p: int) -> str:
+        """The prefix of partition ``p``'s keys before partition tags were
+        spread over the slots (``ec:{p1}:``); :meth:`_p` may name the same."""
+        return f"{self.namespace}:{{p{p}}}:"
 
     # -- per partition -------------------------------------------------------
 
@@ -219,9 +243,11 @@ class Keys:
         return str(self.partition(task_id))
 
     def _v(self, shard: str) -> str:
-        if shard != NODE_SHARD and not (shard.isdigit() and int(shard) < self.partitions):
+        if shard == NODE_SHARD:
+            return f"{self.namespace}:{{v{NODE_SHARD}}}"
+        if not (shard.isdigit() and int(shard) < self.partitions):
             raise ValueError(f"view shard {shard!r} out of range")
-        return f"{self.namespace}:{{v{shard}}}"
+        return f"{self.namespace}:{{{spread_tag('v', int(shard), self.partitions)}}}"
 
     def feed(self, shard: str) -> str:
         """The feed of view changes of one shard (capped stream)."""
@@ -259,10 +285,11 @@ class Keys:
         its share of the shards."""
         return f"{self.namespace}:{{v}}:projectors"
 
-    def legacy_views(self, view_ns: str) -> str:
-        """SCAN pattern of a view namespace as kept before views had shards
-        (``ec:{v}:<ns>:...``, dropped by ``eventcore events migrate``)."""
-        return f"{self.namespace}:{{v}}:{view_ns}:*"
+    def legacy_views(self, pattern: str) -> str:
+        """SCAN pattern of keys in the views' old single slot (``ec:{v}:...``:
+        views and feed before view shards, dropped by ``eventcore events
+        migrate``; the pointer, the projector list and snapshots stay there)."""
+        return f"{self.namespace}:{{v}}:{pattern}"
 
     def view_pointer(self) -> str:
         """Which view namespace readers and the projector use (a rebuild switches it)."""

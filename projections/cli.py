@@ -251,6 +251,11 @@ async def _migrate(log: EventLog) -> int:
         _say(f"renamed {old} -> {new}")
     for old, new in done.kept:
         _say(f"kept {old}: {new} already holds data; move what you need by hand", err=True)
+    if done.dropped:
+        _say(
+            f"dropped {len(done.dropped)} keys of views kept in one slot: "
+            "the projector folds the log into view shards again"
+        )
     _say(f"migrate: {len(done.renamed)} renamed, {len(done.kept)} kept")
     return 1 if done.kept else 0
 

@@ -213,6 +213,12 @@ class _Streams:
             for k in [*log_streams(keys), keys.control_broadcast(), keys.control_acks()]
         }
         self.node_prefix = _relative(keys, keys.control(""))
+        # Exports written before partition tags were spread over the slots
+        # name partition p's streams under {p<p>}.
+        for p in keys.all_partitions():
+            new = _relative(keys, keys.events(p))
+            old = keys.legacy_partition_prefix(p)[len(keys.namespace) + 1 :] + "events"
+            self.known.setdefault(old, self.known[new])
 
     def target(self, name: str) -> str | None:
         if name in self.known:

@@ -90,3 +90,41 @@ async def test_migrate_refuses_a_cluster(cluster_url: str, namespace: str) -> No
             await rename_legacy_keys(r, Keys(namespace))
     finally:
         await r.aclose()
+
+
+async def test_partition_keys_move_to_spread_tags_and_old_views_are_dropped(
+    single: Redis, namespace: str
+) -> None:
+    """With three partitions the keys of partitions whose old tag ``{pN}``
+    is not their spread tag move, with their TTLs; views kept in the old
+    single slot are dropped (the projector folds them again), while the
+    pointer, the projector list and snapshots stay."""
+    r = single
+    keys = Keys(namespace, 3)
+    moved = [
+        p
+        for p in keys.all_partitions()
+        if keys.legacy_partition_prefix(p) != keys.events(p).removesuffix("events")
+    ]
+    assert moved  # with 3 partitions at least one tag changed
+    for p in keys.all_partitions():
+        old = keys.legacy_partition_prefix(p)
+        await r.xadd(f"{old}events", {"e": f"{p}".encode()})
+        await r.set(f"{old}idem:acme:k1", b"task", ex=600)
+    await r.set(f"{namespace}:{{v}}:live:task:t1", b"view")
+    await r.xadd(f"{namespace}:{{v}}:feed", {"e": b"f"})
+    await r.set(keys.view_pointer(), b"live")
+    await r.hset(keys.snapshot("1"), "head", b"h")
+    done = await rename_legacy_keys(r, keys)
+    assert len(done.renamed) == 2 * len(moved) and done.kept == []
+    for p in keys.all_partitions():
+        assert [e[1] for e in await r.xrange(keys.events(p))] == [{b"e": f"{p}".encode()}]
+        idem = keys.idempotency(p, "acme", "k1")
+        assert await r.get(idem) == b"task" and 0 < await r.ttl(idem) <= 600
+    assert sorted(done.dropped) == sorted(
+        [f"{namespace}:{{v}}:live:task:t1", f"{namespace}:{{v}}:feed"]
+    )
+    assert await r.get(keys.view_pointer()) == b"live"
+    assert await r.hget(keys.snapshot("1"), "head") == b"h"
+    again = await rename_legacy_keys(r, keys)
+    assert again.renamed == again.kept == again.dropped == []
