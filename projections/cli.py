@@ -164,6 +164,13 @@ def add_tool_commands(sub: Any) -> dict[str, Any]:
     rpsub = rp.add_subparsers(dest="replay_command", required=True, metavar="WHAT")
     v = rpsub.add_parser("verify", help="replay the log and compare with the views")
     v.add_argument("--views", help="view namespace (default: the one in use)")
+    v.add_argument(
+        "--shard",
+        action="append",
+        metavar="SHARD",
+        help="verify only this view shard (a partition number, or n for the node "
+        "shard); repeat for several (default: every shard)",
+    )
     rb = rpsub.add_parser("rebuild", help="fold the log into fresh views and switch to them")
     rb.add_argument("--batch", type=int, default=20_000)
     sn = rpsub.add_parser(
@@ -373,7 +380,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             return _tool(settings, lambda log: _rebuild(log, args.batch))
         case "snapshot":
             return _tool(settings, lambda log: _snapshot(log, args.batch))
-    return _tool(settings, lambda log: _verify(log, args.views))
+    return _tool(settings, lambda log: _verify(log, args.views, args.shard))
 
 
 async def _rebuild(log: EventLog, batch: int) -> int:
@@ -388,12 +395,16 @@ async def _rebuild(log: EventLog, batch: int) -> int:
     return 0
 
 
-async def _verify(log: EventLog, views: str | None) -> int:
+async def _verify(log: EventLog, views: str | None, shards: list[str] | None = None) -> int:
+    for shard in shards or ():
+        if shard not in log.keys.view_shards():
+            there = ", ".join(log.keys.view_shards())
+            raise EventcoreError(f"--shard {shard!r}: no such view shard (there are {there})")
     for tries_left in (2, 1, 0):
         name = views or await current_views(log)
         try:
             with Progress("verifying") as bar:
-                res = await verify_at(log, ViewStore(log, name), progress=bar.update)
+                res = await verify_at(log, ViewStore(log, name), progress=bar.update, shards=shards)
         except ViewsMoved:
             if views is not None or tries_left == 0:
                 raise
@@ -408,7 +419,8 @@ async def _verify(log: EventLog, views: str | None) -> int:
     if res.problems:
         print(f"views {name!r} differ from a replay of the log in {len(res.problems)} places")
         return 1
-    print(f"views {name!r} equal a replay of the log up to their watermark")
+    which = f" (shards {', '.join(shards)})" if shards else ""
+    print(f"views {name!r}{which} equal a replay of the log up to their watermark")
     if res.behind:
         more = "over 10,000" if res.behind > 10_000 else f"{res.behind:,}"
         _say(f"note: {more} newer log entries are not in the views yet", err=True)

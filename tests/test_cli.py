@@ -326,6 +326,10 @@ def test_replay_rebuild_command(redis_url: str) -> None:
     assert "rebuilt 1 entries" in res.stdout and "switched from 'live'" in res.stdout
     ok = cli("replay", "verify", env=env)
     assert ok.returncode == 0 and "equal a replay" in ok.stdout, ok.stdout
+    one = cli("replay", "verify", "--shard", "0", "--shard", "n", env=env)
+    assert one.returncode == 0 and "(shards 0, n) equal a replay" in one.stdout, one.stdout
+    bad = cli("replay", "verify", "--shard", "7", env=env)
+    assert bad.returncode == 1 and "no such view shard (there are 0, n)" in bad.stderr
 
 
 def test_status_prints_queues_and_pending(redis_url: str) -> None:

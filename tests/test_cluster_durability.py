@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from redis.exceptions import RedisError
 
-
 from eventcore.connection import ClientOptions, connect
 from eventcore.events import TaskSpec
 from eventcore.keys import Keys
