@@ -191,7 +191,9 @@ async def caught_up_views(log: EventLog) -> ViewStore:
         newest = await log.redis.xrevrange(stream, count=1)
         if newest:
             tips[stream] = newest[0][0].decode()
-    await store.write(Views(), Views(), tips, feed=False)
+    for shard in store.shards.values():
+        marks = {s: i for s, i in tips.items() if s in shard.streams}
+        await shard.write(Views(), Views(), marks, feed=False)
     return store
 
 
@@ -237,7 +239,9 @@ async def live_lag(redis: Redis, url: str, tasks: int, seconds: float) -> str:
                 for s in projector.streams:
                     pipe.xlen(s)
                 pipe.xrevrange(stream, count=1)
-                pipe.hget(projector.store.watermark_key, stream)
+                pipe.hget(
+                    projector.store.shard(log.keys.shard_of_stream(stream)).watermark_key, stream
+                )
                 *lens, newest, mark = await pipe.execute()
             return sum(lens), newest[0][0].decode() if newest else "0", (mark or b"0").decode()
 

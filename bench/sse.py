@@ -65,6 +65,7 @@ from eventcore.ids import new_task_id
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.server.process import ServerConfig, ServerProcess, find_server_binary, free_port
+from web.position import decode_position
 
 SPEC = TaskSpec(kind="noop", queue="cpu-light")
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -75,8 +76,14 @@ TICKS = os.sysconf("SC_CLK_TCK")
 # same, minutes later.
 STALLED_RCVBUF = 8192
 STALLED_MSS = 1460
-# The millisecond part of an event's id line (the feed entry id).
-EVENT_ID = re.compile(rb"^id: ?(\d+)-\d+\r?$", re.MULTILINE)
+# An event's id line: its position over the shards' feeds (web/position.py).
+EVENT_ID = re.compile(rb"^id: ?([0-9a-z.\-]+)\r?$", re.MULTILINE)
+
+
+def event_ms(position: bytes) -> int:
+    """When the newest feed entry a position covers was written (ms): the
+    event's own entry, for an event's position."""
+    return max(ms for ms, _ in decode_position(position.decode()))
 
 
 # -- measuring ----------------------------------------------------------------------
@@ -202,7 +209,7 @@ class Client(asyncio.Protocol):
         del text[: end + 1]
         self.resyncs += whole.count(b"event: resync")
         window = self.window
-        for ms in map(int, EVENT_ID.findall(whole)):
+        for ms in map(event_ms, EVENT_ID.findall(whole)):
             if window.start_ms <= ms <= window.end_ms:
                 self.received += 1
                 window.delays.append(now - ms)
@@ -305,16 +312,18 @@ async def submit_at(
     return sent
 
 
-async def read_feed(redis: Redis, key: str, window: Window, stop: asyncio.Event) -> None:
-    """The baseline: the feed read straight from Redis, in this process."""
-    newest = await redis.xrevrange(key, count=1)
-    position = newest[0][0] if newest else b"0-0"
+async def read_feed(redis: Redis, keys: list[str], window: Window, stop: asyncio.Event) -> None:
+    """The baseline: the shards' feeds read straight from Redis, in this process."""
+    positions: dict[str, bytes] = {}
+    for key in keys:
+        newest = await redis.xrevrange(key, count=1)
+        positions[key] = newest[0][0] if newest else b"0-0"
     while not stop.is_set():
-        reply = await redis.xread({key: position}, block=200, count=1000)
+        reply = await redis.xread(positions, block=200, count=1000)
         now = time.time() * 1000
-        for _, entries in reply or ():
+        for key, entries in reply or ():
             for entry_id, _ in entries:
-                position = entry_id
+                positions[key.decode()] = entry_id
                 ms = int(entry_id.partition(b"-")[0])
                 if window.holds(ms):
                     window.baseline.append(now - ms)
@@ -459,7 +468,8 @@ async def run_phase(
     phase.rss_connected = rss_mb(web.pid)
 
     stop = asyncio.Event()
-    reader = asyncio.create_task(read_feed(redis, log.keys.feed(), window, stop))
+    feeds = [log.keys.feed(shard) for shard in log.keys.view_shards()]
+    reader = asyncio.create_task(read_feed(redis, feeds, window, stop))
     writer = asyncio.create_task(submit_at(log, rate, stop, task_ids))
     cpu0, own0 = cpu_seconds(web.pid), time.process_time()
     t0 = time.perf_counter()
@@ -488,7 +498,11 @@ async def run_phase(
     await asyncio.sleep(2)  # what is in flight arrives; it counts if written in the window
     await sample(phase.seconds, phase.rss_end)
     phase.tracebacks = web.tracebacks() - tracebacks
-    rows = await redis.xrange(log.keys.feed(), str(window.start_ms), str(window.end_ms))
+    rows = [
+        row
+        for key in feeds
+        for row in await redis.xrange(key, str(window.start_ms), str(window.end_ms))
+    ]
     phase.feed_entries = len(rows)
     per_task = Counter(f[b"id"].decode() for _, f in rows if f.get(b"entity") == b"task")
     phase.delays, phase.baseline = window.delays, window.baseline

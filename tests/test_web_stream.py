@@ -112,3 +112,18 @@ async def test_slow_client_gets_resync_not_unbounded_memory(
     kinds = [e.get("event") for e in events]
     assert "resync" in kinds, kinds[-5:]
     assert kinds.index("resync") == len(kinds) - 1  # dropped after it
+
+
+async def test_an_id_of_the_feed_before_view_shards_gets_a_resync(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    """A browser that streamed before an upgrade comes back with a plain
+    feed entry id: it is told to start over (an ``EventSource`` given a 4xx
+    would stop reconnecting)."""
+    async with projector(log), served(redis_url, settings_for(namespace)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            headers = {"Last-Event-ID": "1733000000000-5"}
+            async with c.stream("GET", "/v1/stream", headers=headers) as resp:
+                assert resp.status_code == 200
+                (event,) = await sse_events(resp, limit=1)
+    assert event["event"] == "resync"

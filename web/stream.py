@@ -21,6 +21,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from eventcore.ids import parse_stream_id
 from web.errors import ApiError
 from web.feed import FILTERS, FeedFilter, Resync, Revoked
 from web.position import PositionError, decode_position
@@ -39,13 +40,20 @@ async def stream(request: Request) -> Response:
     if unknown:
         raise ApiError(422, "invalid", f"unknown query parameter {sorted(unknown)[0]!r}")
     last_id = request.headers.get("last-event-id") or params.get("last_event_id") or None
+    legacy = False
     if last_id is not None:
         try:
             decode_position(last_id)
         except PositionError:
-            raise ApiError(
-                422, "invalid", f"Last-Event-ID {last_id!r} is not a position this feed gave out"
-            ) from None
+            try:  # a feed entry id, as SSE ids were before view shards: start over
+                parse_stream_id(last_id)
+                legacy = True
+            except ValueError:
+                raise ApiError(
+                    422,
+                    "invalid",
+                    f"Last-Event-ID {last_id!r} is not a position this feed gave out",
+                ) from None
     tenant = who.tenant if web.auth.enabled and not who.has("admin") else None
     flt = FeedFilter(tenant=tenant, **{f: params[f] for f in FILTERS if f in params})
     hub = web.hub
@@ -53,8 +61,8 @@ async def stream(request: Request) -> Response:
     # resume reads the feed anyway, so it asks Redis (waiting on the pool
     # like any request); a new client goes by the hub's reader, so a crowd
     # reconnecting at once takes no connection each.
-    dropped = False
-    if last_id is not None:
+    dropped = legacy
+    if last_id is not None and not legacy:
         dropped = await hub.dropped_after(last_id, web.redis)
     elif not await hub.wait_live(web.settings.web.redis_timeout):
         raise ApiError(
