@@ -43,7 +43,7 @@ from projections.progress import Progress
 from projections.read import read_queue_health
 from projections.replay import Views
 from projections.runner import tune_gc
-from projections.snapshot import take_snapshot
+from projections.snapshot import log_trimmed, take_snapshot
 from projections.store import ShardStore, ViewStore, current_views
 from projections.tools import (
     ViewsMoved,
@@ -83,13 +83,16 @@ async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
     async def seed(store: ShardStore) -> None:
         # Empty views over a log trimmed behind a snapshot: start from the
         # snapshot, or the views would silently lack the trimmed tasks.
-        if head is not None and not await store.watermark():
-            seeded = await seed_shard(log, store, head)
-            _say(
-                f"views {store.ns!r} shard {store.shard} seeded from the latest snapshot "
-                f"({seeded} tasks)",
-                err=True,
-            )
+        if head is None or await store.watermark():
+            return
+        if head.entries and not head.parts and not await log_trimmed(log):
+            return  # a snapshot from before view shards: the whole log is there to fold
+        seeded = await seed_shard(log, store, head)
+        _say(
+            f"views {store.ns!r} shard {store.shard} seeded from the latest snapshot "
+            f"({seeded} tasks)",
+            err=True,
+        )
 
     pool = ProjectorPool(
         log,

@@ -45,6 +45,7 @@ __all__ = [
     "decode_batch",
     "latest_head",
     "load_snapshot",
+    "log_trimmed",
     "snapshot_tasks",
     "take_snapshot",
     "task_views",
@@ -208,7 +209,7 @@ async def take_snapshot(
     if previous is not None and previous.entries and not previous.parts:
         # Taken before views had shards: its merged views cannot be split
         # into the shards' parts, so start again from the whole log.
-        if await _trimmed(log):
+        if await log_trimmed(log):
             raise EventcoreError(
                 f"snapshot {previous.id} predates view shards and the log was trimmed "
                 "behind it: it cannot seed sharded views (rebuild from an export instead)"
@@ -301,7 +302,7 @@ async def take_snapshot(
     return head
 
 
-async def _trimmed(log: EventLog) -> bool:
+async def log_trimmed(log: EventLog) -> bool:
     """Whether any log stream has been trimmed."""
     async with log.redis.pipeline(transaction=False) as pipe:
         for stream in log_streams(log.keys):
