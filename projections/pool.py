@@ -26,6 +26,7 @@ import os
 import socket
 import time
 import zlib
+from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -186,12 +187,14 @@ class ProjectorPool:
                 self.takeovers += 1
                 self.held[shard] = self._start(lease)
 
-    async def _renewing(self, stop: asyncio.Event) -> None:
+    async def _every_third(self, stop: asyncio.Event, step: Any, what: str) -> None:
+        """``await step()`` every third of the lease time until ``stop`` is
+        set; Redis being away is logged and tried again."""
         while not stop.is_set():
             try:
-                await self.renew()
+                await step()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                logger.warning("projector %s: renewing: %s; retrying", self.name, exc)
+                logger.warning("projector %s: %s: %s; retrying", self.name, what, exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.lease_ms / 3000)
 
@@ -200,15 +203,11 @@ class ProjectorPool:
         until ``stop`` is set; then stop every shard's projector and give the
         leases back."""
         closing = asyncio.Event()  # the renewals go on until every projector has ended
-        renewing = asyncio.create_task(self._renewing(closing), name="projector-leases")
+        renewing = asyncio.create_task(
+            self._every_third(closing, self.renew, "renewing"), name="projector-leases"
+        )
         try:
-            while not stop.is_set():
-                try:
-                    await self.balance()
-                except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                    logger.warning("projector %s: %s; retrying", self.name, exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.lease_ms / 3000)
+            await self._every_third(stop, self.balance, "balancing")
         finally:
             for held in self.held.values():
                 held.leave()

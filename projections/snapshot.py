@@ -71,13 +71,18 @@ class SnapshotPart(msgspec.Struct, frozen=True, kw_only=True):
     stats_by: list[tuple[str, str, StatsView]] = []
 
     def views(self, tasks: dict[str, TaskView] | None = None) -> Views:
-        return Views(
-            tasks=tasks or {},
-            nodes=self.nodes,
-            queues=self.queues,
-            stats=self.stats,
-            stats_by={(q, k): v for q, k, v in self.stats_by},
-        )
+        """The part's views, with the given task views."""
+        return _views(self, tasks)
+
+
+def _views(small: SnapshotPart | SnapshotHead, tasks: dict[str, TaskView] | None) -> Views:
+    return Views(
+        tasks=tasks or {},
+        nodes=small.nodes,
+        queues=small.queues,
+        stats=small.stats,
+        stats_by={(q, k): v for q, k, v in small.stats_by},
+    )
 
 
 class SnapshotHead(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,14 +103,8 @@ class SnapshotHead(msgspec.Struct, frozen=True, kw_only=True):
     parts: dict[str, SnapshotPart] = {}
 
     def views(self, tasks: dict[str, TaskView] | None = None) -> Views:
-        """The snapshot's views, with the given task views."""
-        return Views(
-            tasks=tasks or {},
-            nodes=self.nodes,
-            queues=self.queues,
-            stats=self.stats,
-            stats_by={(q, k): v for q, k, v in self.stats_by},
-        )
+        """The snapshot's views (merged over the shards), with the given task views."""
+        return _views(self, tasks)
 
 
 _head = msgspec.msgpack.Decoder(SnapshotHead)
