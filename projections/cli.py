@@ -38,7 +38,7 @@ from eventcore.server.target import client_options, redis_for
 from projections.asof import task_as_of, views_as_of
 from projections.export import export_log, export_streams, import_log
 from projections.points import parse_point
-from projections.pool import ProjectorPool
+from projections.pool import ProjectorPool, lease_holders
 from projections.progress import Progress
 from projections.read import read_queue_health
 from projections.replay import Views
@@ -496,6 +496,7 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
         waiting = await backlog(log, names)
         pending = await _pending(log, names, settings.group)
         marks = await store.watermark()
+        holders = await lease_holders(log, store.ns)
         health = await read_queue_health(
             log, names, queues, silent_for=settings.worker.heartbeat_timeout
         )
@@ -537,14 +538,29 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
     if as_json:
         for row in qrows:
             row["warning"] = warnings.get(row["queue"])
-        print(json.dumps({"queues": qrows, "nodes": nrows, "watermark": marks}, indent=2))
+        folded_by = {s: h.rsplit(":", 1)[0] if h else None for s, h in holders.items()}
+        out = {"queues": qrows, "nodes": nrows, "watermark": marks, "projectors": folded_by}
+        print(json.dumps(out, indent=2))
         return 0
     print(table(qrows) if qrows else "no queues")
     for name, warning in warnings.items():
         print(f"warning: queue {name}: {warning}")
     print()
     print(table(nrows) if nrows else "no nodes have announced themselves yet")
+    print()
+    print(_projectors_line(holders))
     return 0
+
+
+def _projectors_line(holders: dict[str, str | None]) -> str:
+    """Who folds which view shard: ``projectors: host-12 folds shards 0, n; ...``."""
+    by: dict[str, list[str]] = {}
+    for shard, holder in holders.items():
+        by.setdefault(holder.rsplit(":", 1)[0] if holder else "", []).append(shard)
+    parts = [f"{name} folds {', '.join(shards)}" for name, shards in sorted(by.items()) if name]
+    if "" in by:
+        parts.append(f"no projector folds {', '.join(by[''])}")
+    return "view shards: " + "; ".join(parts)
 
 
 async def _pending(log: EventLog, queues: list[str], group: str) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -478,3 +479,26 @@ def test_status_warns_of_a_queue_no_live_worker_reads(redis_url: str) -> None:
     assert rows["cpu-light"]["warning"] is None
     text = cli("status", env=env).stdout
     assert "warning: queue gpu-high: no worker serves this queue: 1 task(s) wait" in text
+
+
+async def test_status_says_which_projector_folds_which_shard(redis_url: str) -> None:
+    from eventcore.connection import connect
+    from eventcore.keys import Keys
+    from eventcore.log import EventLog
+    from projections.leases import ShardLease
+
+    ns = "st" + os.urandom(4).hex()
+    env = {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": ns, "EVENTCORE_PARTITIONS": "2"}
+    client = await connect(redis_url)
+    try:
+        log = EventLog(client, Keys(ns, 2))
+        for shard in ("0", "n"):
+            assert await ShardLease(log, shard, "live", holder="host-7").take()
+        res = await asyncio.to_thread(cli, "status", env=env)
+        assert res.returncode == 0, res.stderr
+        assert "view shards: host-7 folds 0, n; no projector folds 1" in res.stdout
+        as_json = await asyncio.to_thread(cli, "status", "--json", env=env)
+        got = json.loads(as_json.stdout)["projectors"]
+        assert got == {"0": "host-7", "1": None, "n": "host-7"}
+    finally:
+        await client.aclose()
