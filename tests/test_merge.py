@@ -16,8 +16,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from eventcore.events import (
+    Capabilities,
     ErrorInfo,
     Event,
+    NodeHeartbeat,
+    NodeStarted,
     TaskFailed,
     TaskRerouted,
     TaskRetryScheduled,
@@ -76,14 +79,13 @@ def sharded(draw: Any) -> tuple[Keys, dict[str, list[tuple[str, Event]]]]:
     out[keys.nodes()] = nodes
     numbered: dict[str, list[tuple[str, Event]]] = {}
     for name, events in out.items():
-        ms = draw(st.integers(1, 5))
+        ms, seq = draw(st.integers(1, 5)), 0
         numbered[name] = []
         for event in events:
-            step = draw(st.integers(0, 2))
-            ms += step
-            seq = numbered[name][-1][0].split("-")[1] if numbered[name] and not step else None
-            entry_id = f"{ms}-{int(seq) + 1 if seq is not None else 0}"
-            numbered[name].append((entry_id, event))
+            if draw(st.integers(0, 2)):  # a later millisecond, or the same one
+                ms, seq = ms + 1, 0
+            numbered[name].append((f"{ms}-{seq}", event))
+            seq += 1
     return keys, numbered
 
 
@@ -198,8 +200,6 @@ def _story() -> dict[str, list[tuple[str, Event]]]:
 
 
 def _node_events_fixed() -> list[tuple[str, Event]]:
-    from eventcore.events import Capabilities, NodeHeartbeat, NodeStarted
-
     caps = Capabilities(cpu_cores=4, memory_mb=1024)
     return [
         ("1-0", NodeStarted(node="n1", capabilities=caps, queues=("gpu",), at=M - 5)),
