@@ -7,12 +7,31 @@ from __future__ import annotations
 import json
 
 import httpx
+import msgspec
+from redis.asyncio import Redis
 
-from eventcore.events import TaskSpec
+from eventcore.config import Settings, WebSettings
+from eventcore.events import TaskClaimed, TaskSpec
+from eventcore.ids import task_id_in_partition
+from eventcore.keys import Keys
 from eventcore.log import EventLog
-from tests.viewkit import feed_rows
-from tests.webkit import folded, projector, served, settings_for, sse_clients_become, sse_events
+from projections.store import ViewStore
+from tests.viewkit import feed_rows, stored_views
+from tests.webkit import (
+    announce,
+    folded,
+    projector,
+    served,
+    settings_for,
+    sse_clients_become,
+    sse_events,
+)
 from web.position import decode_position, mark_text
+
+
+def _as_json(view: object) -> object:
+    """A view as an SSE event's data carries it."""
+    return msgspec.json.decode(msgspec.json.encode(view))
 
 
 def _entry_of(log: EventLog, event: dict) -> tuple[str, str]:
@@ -127,3 +146,90 @@ async def test_an_id_of_the_feed_before_view_shards_gets_a_resync(
                 assert resp.status_code == 200
                 (event,) = await sse_events(resp, limit=1)
     assert event["event"] == "resync"
+
+
+async def test_resume_with_last_event_id_across_a_web_restart(
+    redis_url: str, log: EventLog, namespace: str
+) -> None:
+    """The position holds only stream ids: a new web process resumes it."""
+    spec = TaskSpec(kind="noop", queue="cpu-light")
+    settings = settings_for(namespace)
+    async with projector(log):
+        async with served(redis_url, settings) as base:
+            async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+                async with c.stream("GET", "/v1/stream", params={"entity": "task"}) as resp:
+                    await sse_clients_become(c, 1)
+                    for _ in range(5):
+                        await log.submit(spec)
+                    first = await sse_events(resp, limit=5)
+        # The web process is gone; 10 more happen before the next one starts.
+        for _ in range(10):
+            await log.submit(spec)
+        await folded(log)
+        async with served(redis_url, settings) as base:
+            async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+                headers = {"Last-Event-ID": first[-1]["id"]}
+                async with c.stream(
+                    "GET", "/v1/stream", params={"entity": "task"}, headers=headers
+                ) as resp:
+                    assert resp.status_code == 200
+                    rest = await sse_events(resp, limit=10)
+                    for _ in range(3):  # and live ones after the history
+                        await log.submit(spec)
+                    live = await sse_events(resp, limit=3)
+    events = first + rest + live
+    assert [len(first), len(rest), len(live)] == [5, 10, 3]
+    got = [_entry_of(log, e) for e in events]
+    task_feed = [(s, i) for s, i, f in await feed_rows(log) if f[b"entity"] == b"task"]
+    assert len(got) == len(set(got)) == 18
+    assert sorted(got) == sorted(task_feed)
+    for shard in log.keys.view_shards():
+        assert [i for s, i in got if s == shard] == [i for s, i in task_feed if s == shard]
+
+
+async def test_queue_stats_and_node_events_carry_the_whole_merged_view(
+    redis_url: str, r: Redis, namespace: str
+) -> None:
+    """Three partitions, so every queue, stats and node view is in parts: an
+    SSE event sends the view merged over the shards, not one shard's part."""
+    partitions = 3
+    log = EventLog(r, Keys(namespace, partitions))
+    settings = Settings(namespace=namespace, partitions=partitions, web=WebSettings())
+    spec = TaskSpec(kind="noop", queue="cpu-light")
+    ids = [task_id_in_partition(p, partitions) for p in range(partitions) for _ in range(2)]
+    assert {log.keys.partition(t) for t in ids} == set(range(partitions))
+    async with projector(log), served(redis_url, settings) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as c:
+            async with c.stream("GET", "/v1/stream") as resp:
+                await sse_clients_become(c, 1)
+                await announce(log, "n1", ("noop",))
+                for task_id in ids:
+                    await log.submit(spec, task_id=task_id)
+                held = ids[::2]  # one task of each partition claimed by n1
+                for task_id in held:
+                    claim = TaskClaimed(
+                        task_id=task_id, node="n1", attempt=1, deliveries=1, entry_id="1-0"
+                    )
+                    await log.append(claim)
+                await folded(log)
+                rows = await feed_rows(log)
+                events = await sse_events(resp, limit=len(rows))
+    assert len(events) == len(rows)
+
+    def last(entity: str, key: str) -> dict:
+        views = [json.loads(e["data"]) for e in events if e["event"] == entity]
+        return [v for v in views if v["id"] == key][-1]["view"]
+
+    whole = ViewStore(log)
+    merged = await stored_views(whole)
+    queue = last("queue", "cpu-light")
+    assert queue["submitted"] == len(ids)
+    assert queue["waiting"] == len(ids) - len(held) and queue["in_flight"] == len(held)
+    assert sorted(queue["waiting_since"]) == sorted(set(ids) - set(held))
+    assert queue == _as_json(merged.queues["cpu-light"])
+    stats = last("stats", "*")
+    assert stats["totals"]["submitted"] == len(ids)
+    assert stats == _as_json(merged.stats)
+    node = last("node", "n1")
+    assert node["state"] == "online" and node["running"] == sorted(held)
+    assert node == _as_json(merged.nodes["n1"])
