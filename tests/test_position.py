@@ -146,3 +146,8 @@ def test_positions_are_compact(marks: list[tuple[int, int]]) -> None:
     shards) and 3 for the dot and the check."""
     text = encode_position(tuple(marks))
     assert len(text) <= 11 * len(marks) + 2
+
+
+def test_a_lone_surrogate_is_refused_like_any_other_garbage() -> None:
+    with pytest.raises(PositionError):
+        decode_position("ab\udc80.zz")

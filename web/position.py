@@ -49,7 +49,7 @@ def _num(text: str) -> int:
 
 
 def _check(body: str) -> str:
-    return _b36(zlib.crc32(body.encode()) % 1296).rjust(2, "0")
+    return _b36(zlib.crc32(body.encode(errors="replace")) % 1296).rjust(2, "0")
 
 
 def encode_position(marks: tuple[Mark, ...]) -> str:
