@@ -3,11 +3,15 @@
 Every ``eventcore project`` process runs a :class:`ProjectorPool`. Each
 registers itself in ``keys.projectors()`` (name -> expiry, renewed every
 third of the lease time), counts the live ones, and holds its fair share of
-the shards: ``ceil(shards / live projectors)``. It takes free shards with
-their lease (:class:`~projections.leases.ShardLease`) up to that share, runs
-a :class:`~projections.runner.Projector` for each shard it holds, renews
-their leases, and gives shards back (after the batch in hand) when more
-projectors join. A shard whose holder dies is free once its lease lapses, and
+the partitions' shards: ``ceil(partitions / live projectors)``; the node
+shard, light beside them (heartbeats and node events only), goes to whoever
+finds it free. It takes free shards with their lease
+(:class:`~projections.leases.ShardLease`) up to that share, runs a
+:class:`~projections.runner.Projector` for each shard it holds, renews their
+leases, and gives shards back (after the batch in hand, releasing the lease
+at once) when more projectors join. It looks twice a second (or every third
+of the lease time, if shorter), so a projector that joins gets its share
+within about a second. A shard whose holder dies is free once its lease lapses, and
 the next look of any projector with room takes it over, adopting what the
 dead one left pending; a holder that was only paused writes nothing when it
 wakes (the write checks the lease) and lets the shard go.
@@ -33,6 +37,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventcore.codec import text
+from eventcore.keys import NODE_SHARD
 from eventcore.log import EventLog
 from projections.leases import DEFAULT_LEASE_MS, ShardLease
 from projections.runner import Projector
@@ -45,7 +50,8 @@ logger = logging.getLogger(__name__)
 
 
 def fair_share(shards: int, projectors: int) -> int:
-    """How many shards one of ``projectors`` live projectors holds at most."""
+    """How many of ``shards`` partitions' shards one of ``projectors`` live
+    projectors holds at most."""
     return math.ceil(shards / max(1, projectors))
 
 
@@ -135,6 +141,8 @@ class ProjectorPool:
             finally:
                 self.applied += projector.applied
                 self.parked += projector.parked
+                with contextlib.suppress(RedisError):
+                    await lease.release()  # free for another at once, not at the next look
 
         task = asyncio.create_task(fold(), name=f"projector-shard-{lease.shard}")
         return _Held(lease, task, stop)
@@ -162,22 +170,31 @@ class ProjectorPool:
                 held.leave()
 
     async def balance(self) -> None:
-        """One look: forget shards whose projector ended, give back what is
-        over the fair share, take free shards up to it."""
-        share = fair_share(len(self.shards), await self._live_projectors())
+        """One look: forget shards whose projector ended, give back the
+        partitions' shards over the fair share, take free ones up to it, and
+        the node shard if it is free."""
+        partitions = len(self.shards) - 1
+        share = fair_share(partitions, await self._live_projectors())
         for shard, held in list(self.held.items()):
             if held.task.done():
                 await self._ended(shard, held)
-        staying = [s for s, h in self.held.items() if not h.leaving]
+        staying = [s for s, h in self.held.items() if not h.leaving and s != NODE_SHARD]
         for shard in staying[share:]:
             self.held[shard].leave()
-        if len(self.held) >= share:
+
+        def room(shard: str) -> bool:
+            if shard in self.held:
+                return False
+            if shard == NODE_SHARD:
+                return True
+            return sum(1 for s in self.held if s != NODE_SHARD) < share
+
+        wanted = [shard for shard in self._order if room(shard)]
+        if not wanted:
             return
         ns = await self._views_now()
-        for shard in self._order:
-            if len(self.held) >= share:
-                break
-            if shard in self.held:
+        for shard in wanted:
+            if not room(shard):
                 continue
             lease = ShardLease(
                 self.log, shard, ns, holder=self.name, ttl_ms=self.lease_ms, scripts=self.scripts
@@ -187,16 +204,16 @@ class ProjectorPool:
                 self.takeovers += 1
                 self.held[shard] = self._start(lease)
 
-    async def _every_third(self, stop: asyncio.Event, step: Any, what: str) -> None:
-        """``await step()`` every third of the lease time until ``stop`` is
-        set; Redis being away is logged and tried again."""
+    async def _every(self, stop: asyncio.Event, step: Any, what: str, seconds: float) -> None:
+        """``await step()`` every ``seconds`` until ``stop`` is set; Redis
+        being away is logged and tried again."""
         while not stop.is_set():
             try:
                 await step()
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 logger.warning("projector %s: %s: %s; retrying", self.name, what, exc)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.lease_ms / 3000)
+                await asyncio.wait_for(stop.wait(), seconds)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Renew the leases every third of their time and balance as often,
@@ -204,10 +221,11 @@ class ProjectorPool:
         leases back."""
         closing = asyncio.Event()  # the renewals go on until every projector has ended
         renewing = asyncio.create_task(
-            self._every_third(closing, self.renew, "renewing"), name="projector-leases"
+            self._every(closing, self.renew, "renewing", self.lease_ms / 3000),
+            name="projector-leases",
         )
         try:
-            await self._every_third(stop, self.balance, "balancing")
+            await self._every(stop, self.balance, "balancing", min(0.5, self.lease_ms / 3000))
         finally:
             for held in self.held.values():
                 held.leave()
