@@ -33,7 +33,7 @@ Figures, never assertions. The targets of the scaling work are printed next
 to the figures.
 
 Usage: python bench/scale.py [--tasks N] [--runs R] [--concurrency C]
-                             [--events E] [--deadline S] [--quick]
+                             [--events E] [--lease-ms MS] [--deadline S] [--quick]
 """
 
 from __future__ import annotations
@@ -136,6 +136,13 @@ def process_cpu(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue  # it ended meanwhile
     return total
+
+
+def machine_busy() -> float:
+    """CPU seconds every core of the machine has been busy (not idle, not
+    waiting for I/O), from /proc/stat: with the processes of others too."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
 
 
 # -- 1. the no-op workload -----------------------------------------------------------
@@ -364,11 +371,16 @@ def all_hold(holders: dict[str, str | None], projectors: int) -> bool:
     return None not in names and len(set(names)) >= projectors
 
 
-def start_projector(url: str, namespace: str, view_ns: str, out: Path) -> subprocess.Popen[bytes]:
+def start_projector(
+    url: str, namespace: str, view_ns: str, out: Path, lease_ms: int | None = None
+) -> subprocess.Popen[bytes]:
+    env = role_env(url, namespace, FOLD_PARTITIONS)
+    if lease_ms is not None:
+        env["EVENTCORE_PROJECTOR__LEASE_MS"] = str(lease_ms)
     with open(out, "ab") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "eventcore.cli", "project", "--views", view_ns],
-            env=role_env(url, namespace, FOLD_PARTITIONS),
+            env=env,
             stdout=f,
             stderr=subprocess.STDOUT,
         )
@@ -388,6 +400,11 @@ class Fold:
     applied_then: int = 0
     from_all_held: float | None = None
     split: str = ""
+    # CPU seconds over the fold: the Redis server, each projector process, the
+    # whole machine (everyone's processes).
+    redis_cpu: float = 0.0
+    projector_cpu: list[float] = field(default_factory=list)
+    machine_cpu: float = 0.0
 
 
 APPLIED_RE = re.compile(r"projector stopped: (\d+) entries applied")
@@ -408,6 +425,7 @@ async def fold(
     deadline: float,
     tmp: Path,
     marks_of: Callable[[EventLog, str], Awaitable[dict[str, str]]] = applied_marks,
+    lease_ms: int | None = None,
 ) -> Fold:
     """Start ``projectors`` processes on the empty views ``view_ns`` and wait
     until ``marks_of`` says every stream reached its end (the last of
@@ -415,8 +433,9 @@ async def fold(
     holds shards, each look also reads who holds each shard."""
     ends, _ = stream_ends(entries)
     outs = [tmp / f"{view_ns}-{i}.log" for i in range(projectors)]
+    redis0, machine0 = (await server_cpu([url]))[0], machine_busy()
     t0 = time.perf_counter()
-    procs = [start_projector(url, log.keys.namespace, view_ns, out) for out in outs]
+    procs = [start_projector(url, log.keys.namespace, view_ns, out, lease_ms) for out in outs]
     first = end = held_at = None
     applied_then, split = 0, ""
     note = ""
@@ -439,6 +458,9 @@ async def fold(
             missing = not_reached(marks, ends)
             if not missing:
                 end = time.perf_counter()
+                own_cpu = [process_cpu(p.pid) for p in procs]
+                redis_cpu = (await server_cpu([url]))[0] - redis0
+                machine_cpu = machine_busy() - machine0
                 break
             dead = [p for p in procs if p.poll() is not None]
             if dead:
@@ -469,6 +491,9 @@ async def fold(
         applied_then=applied_then,
         from_all_held=None if held_at is None else end - held_at,
         split=split,
+        redis_cpu=redis_cpu,
+        projector_cpu=own_cpu,
+        machine_cpu=machine_cpu,
     )
 
 
@@ -597,6 +622,7 @@ async def fold_part(
         ready: dict[int, list[float]] = {1: [], 2: []}
         held: dict[int, list[float]] = {1: [], 2: []}  # events/s from when all hold shards
         waits: dict[int, list[str]] = {1: [], 2: []}  # when that was, what they had applied
+        cpu: dict[int, list[str]] = {1: [], 2: []}  # where the CPU went, per run
         shares: list[str] = []
         reference, sample = None, []
         failed: set[int] = set()
@@ -610,7 +636,9 @@ async def fold_part(
                 if one_took is not None:
                     deadline = min(deadline, max(30.0, 10 * one_took))
                 view_ns = f"bench-{k}p-r{run}"
-                got = await fold(log, url, k, view_ns, entries, deadline, tmp)
+                got = await fold(
+                    log, url, k, view_ns, entries, deadline, tmp, lease_ms=args.lease_ms
+                )
                 if got.seconds is None:
                     failed.add(k)
                     behind = "; ".join(f"{s}: at {m}, end {e}" for s, (m, e) in got.missing.items())
@@ -624,6 +652,14 @@ async def fold_part(
                 else:
                     rates[k].append(total / got.seconds)
                     ready[k].append(total / got.from_first)
+                    secs = got.seconds
+                    cpu[k].append(
+                        f"Redis {got.redis_cpu / secs:.0%}, projectors "
+                        + "+".join(f"{c / secs:.0%}" for c in got.projector_cpu)
+                        + f", machine {got.machine_cpu / secs:.0%} of one core "
+                        f"({(got.machine_cpu - got.redis_cpu - sum(got.projector_cpu)) / secs:.0%}"
+                        " others)"
+                    )
                     if got.from_all_held is not None and got.all_held_at is not None:
                         held[k].append((total - got.applied_then) / got.from_all_held)
                         waits[k].append(
@@ -654,7 +690,9 @@ async def fold_part(
     lines = [
         f"projection: {total:,} events over {FOLD_PARTITIONS} partitions ({shard_count} view "
         f"shards; written in {gen_s:.1f} s), folded from zero into fresh views by `eventcore "
-        "project` processes;",
+        "project` processes (projector lease "
+        + ("the default" if args.lease_ms is None else f"{args.lease_ms} ms")
+        + ");",
         "  timed from their start until the watermark of every shard reached its streams' "
         "last entry",
     ]
@@ -676,6 +714,13 @@ async def fold_part(
             )
     if shares:
         lines.append(f"  entries each of the 2 applied, per run: {', '.join(shares)}")
+    cores = os.cpu_count() or 1
+    for k in (1, 2):
+        if cpu[k]:
+            lines.append(
+                f"  CPU while {k} projector{'s' if k > 1 else ''} folded (busy share of one "
+                f"core over the fold, {cores} cores in all), per run: {'; '.join(cpu[k])}"
+            )
     if rates[1] and rates[2]:
         lines.append(
             f"  ratio 2 / 1 = {med(rates[2]) / med(rates[1]):.2f}x (from the first batch: "
@@ -775,6 +820,13 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument(
         "--events", type=int, default=200_000, help="events of the log the projectors fold"
+    )
+    parser.add_argument(
+        "--lease-ms",
+        type=int,
+        default=None,
+        help="the projectors' lease time (EVENTCORE_PROJECTOR__LEASE_MS; they balance every "
+        "third of it); default: the configured one",
     )
     parser.add_argument("--sample", type=int, default=2000, help="task views compared per run")
     parser.add_argument(
