@@ -623,6 +623,7 @@ async def fold_part(
         held: dict[int, list[float]] = {1: [], 2: []}  # events/s from when all hold shards
         waits: dict[int, list[str]] = {1: [], 2: []}  # when that was, what they had applied
         cpu: dict[int, list[str]] = {1: [], 2: []}  # where the CPU went, per run
+        per_event: list[tuple[float, float]] = []  # 1 projector: (Redis, projector) us/event
         shares: list[str] = []
         reference, sample = None, []
         failed: set[int] = set()
@@ -653,12 +654,16 @@ async def fold_part(
                     rates[k].append(total / got.seconds)
                     ready[k].append(total / got.from_first)
                     secs = got.seconds
+                    if k == 1:
+                        per_event.append(
+                            (got.redis_cpu / total * 1e6, sum(got.projector_cpu) / total * 1e6)
+                        )
                     cpu[k].append(
                         f"Redis {got.redis_cpu / secs:.0%}, projectors "
                         + "+".join(f"{c / secs:.0%}" for c in got.projector_cpu)
                         + f", machine {got.machine_cpu / secs:.0%} of one core "
                         f"({(got.machine_cpu - got.redis_cpu - sum(got.projector_cpu)) / secs:.0%}"
-                        " others)"
+                        " others, this bench's polling included)"
                     )
                     if got.from_all_held is not None and got.all_held_at is not None:
                         held[k].append((total - got.applied_then) / got.from_all_held)
@@ -721,6 +726,17 @@ async def fold_part(
                 f"  CPU while {k} projector{'s' if k > 1 else ''} folded (busy share of one "
                 f"core over the fold, {cores} cores in all), per run: {'; '.join(cpu[k])}"
             )
+    if per_event:
+        redis_us = med([r for r, _ in per_event])
+        proj_us = med([p for _, p in per_event])
+        both = cores * 1e6 / (redis_us + proj_us)  # every core busy with the fold
+        one, two = min(1e6 / proj_us, both), min(2e6 / proj_us, both)
+        lines.append(
+            f"  CPU per event with 1 projector: Redis {redis_us:.1f} us, the projector "
+            f"{proj_us:.1f} us (its start-up included); so on {cores} otherwise idle cores, "
+            f"Redis on them too, 1 projector can fold at most {one:,.0f} events/s and 2 at most "
+            f"{two:,.0f}: a bound of {two / one:.2f}x"
+        )
     if rates[1] and rates[2]:
         lines.append(
             f"  ratio 2 / 1 = {med(rates[2]) / med(rates[1]):.2f}x (from the first batch: "
