@@ -22,9 +22,13 @@ All in one run, printed side by side:
    first to start, which takes every shard, gives two back on its next
    balance. So the 2-projector rate is also shown from the moment both hold
    shards (the entries applied by then counted from the watermark), next to
-   the rate from their start. The views the 2 projectors wrote are compared
-   with the ones 1 projector wrote (a sample of task views): a speed-up with
-   stale views is no speed-up.
+   the rate from their start. The CPU Redis, each projector and the whole
+   machine used meanwhile is shown too (on a machine others share, the
+   projectors may get no more CPU with two than with one), and the bound the
+   1-projector CPU per event puts on the ratio where Redis runs on the same
+   cores. The views the 2 projectors wrote are compared with the ones 1
+   projector wrote (a sample of task views): a speed-up with stale views is
+   no speed-up.
 4. a PROJECTION (a model, not a measurement) of the throughput of 3, 6 and 12
    masters on separate machines, from the Redis CPU per task measured on the
    cluster, the worker's CPU per task and the projector's fold rate.
