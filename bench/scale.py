@@ -18,11 +18,12 @@ All in one run, printed side by side:
    views' watermark (the union of every view shard's) has reached the last
    entry of every stream. events/s for 1 and 2, and the ratio. The 4
    partitions make 5 view shards (one per partition and the node shard),
-   leased one projector at a time: two projectors split them 3/2, after the
-   first to start, which takes every shard, gives two back on its next
-   balance. So the 2-projector rate is also shown from the moment both hold
-   shards (the entries applied by then counted from the watermark), next to
-   the rate from their start. The CPU Redis, each projector and the whole
+   leased one projector at a time: two projectors split them 3/2 by count
+   (shown per run: which shards each held), after the first to start, which
+   takes every shard, gives two back on its next balance. So the 2-projector
+   rate is also shown from the moment both hold their share (the entries
+   applied by then counted from the watermark), next to the rate from their
+   start. The CPU Redis, each projector and the whole
    machine used meanwhile is shown too (on a machine others share, the
    projectors may get no more CPU with two than with one), and the bound the
    1-projector CPU per event puts on the ratio where Redis runs on the same
@@ -76,7 +77,7 @@ from eventcore.server.process import (
     find_server_binary,
     free_port,
 )
-from projections.pool import lease_holders
+from projections.pool import fair_share, lease_holders
 from projections.store import ViewStore, drop_views
 
 SPEC = TaskSpec(kind="noop", queue="cpu-light")
@@ -369,10 +370,24 @@ def holder_names(holders: dict[str, str | None]) -> list[str | None]:
     return [None if token is None else token.rsplit(":", 1)[0] for token in holders.values()]
 
 
+def shards_by_holder(holders: dict[str, str | None]) -> str:
+    """The shards each projector holds, the most first: e.g. ``0,1,n / 2,3``."""
+    held: dict[str | None, list[str]] = {}
+    for shard, name in zip(holders, holder_names(holders)):
+        held.setdefault(name, []).append(shard)
+    return " / ".join(",".join(s) for s in sorted(held.values(), key=len, reverse=True))
+
+
 def all_hold(holders: dict[str, str | None], projectors: int) -> bool:
-    """Every shard is held and each of the ``projectors`` holds some."""
+    """Every shard is held, each of the ``projectors`` holding some and none
+    more than its fair share (the balancing is over)."""
     names = holder_names(holders)
-    return None not in names and len(set(names)) >= projectors
+    most = max(Counter(names).values(), default=0)
+    return (
+        None not in names
+        and len(set(names)) >= projectors
+        and most <= fair_share(len(names), projectors)
+    )
 
 
 def start_projector(
@@ -398,8 +413,9 @@ class Fold:
     applied: list[int | None]  # entries each process says it applied when it stopped
     note: str = ""
     # From the first look at which every shard was held, each projector holding
-    # some: seconds since the start, entries applied by then, seconds from then
-    # to the end, and how many shards each held then (e.g. "3/2").
+    # some and none more than its fair share: seconds since the start, entries
+    # applied by then, seconds from then to the end, and the shards each held
+    # then (e.g. "0,1,n / 2,3").
     all_held_at: float | None = None
     applied_then: int = 0
     from_all_held: float | None = None
@@ -456,7 +472,7 @@ async def fold(
                 # overstated.
                 held_at = looked
                 applied_then = applied_count(marks, entries)
-                split = "/".join(str(n) for _, n in Counter(holder_names(holders)).most_common())
+                split = shards_by_holder(holders)
             if marks and first is None:
                 first = time.perf_counter()
             missing = not_reached(marks, ends)
@@ -716,9 +732,10 @@ async def fold_part(
             lines.append(f"  {name}  did not catch up")
     for k in (1, 2):
         if held[k]:
+            since = "both hold their share" if k > 1 else "it holds every shard"
             lines.append(
                 f"  {k} projector{'s' if k > 1 else ' '}  {med(held[k]):>10,.0f} events/s   from "
-                f"when {'both hold' if k > 1 else 'it holds'} shards, the entries left then "
+                f"when {since}, the entries left then "
                 f"(runs: {runs_of(held[k])}; reached at {'; '.join(waits[k])})"
             )
     if shares:
@@ -748,7 +765,7 @@ async def fold_part(
         )
         if held[1] and held[2]:
             lines.append(
-                f"  ratio 2 / 1 from when every projector holds shards = "
+                f"  ratio 2 / 1 from when every projector holds its share = "
                 f"{med(held[2]) / med(held[1]):.2f}x (2 projectors from both holding, against "
                 "1 from its holding every shard; the wait before is the balancing: the first "
                 "to start takes every shard and gives its extra back on its next balance, "
