@@ -15,10 +15,21 @@ All in one run, printed side by side:
 3. projection: a log of E events over 4 partitions written once (the
    generator of bench/replay.py), then folded from zero into fresh views by 1
    and by 2 `eventcore project` processes; time from their start until the
-   views' watermark has reached the last entry of every stream. events/s for
-   1 and 2, and the ratio. The views the 2 projectors wrote are compared with
-   the ones 1 projector wrote (a sample of task views): a speed-up with stale
-   views is no speed-up.
+   views' watermark (the union of every view shard's) has reached the last
+   entry of every stream. events/s for 1 and 2, and the ratio. The 4
+   partitions make 5 view shards (one per partition and the node shard),
+   leased one projector at a time: two projectors split them 3/2 by count
+   (shown per run: which shards each held), after the first to start, which
+   takes every shard, gives two back on its next balance. So the 2-projector
+   rate is also shown from the moment both hold their share (the entries
+   applied by then counted from the watermark), next to the rate from their
+   start. The CPU Redis, each projector and the whole
+   machine used meanwhile is shown too (on a machine others share, the
+   projectors may get no more CPU with two than with one), and the bound the
+   1-projector CPU per event puts on the ratio where Redis runs on the same
+   cores. The views the 2 projectors wrote are compared with the ones 1
+   projector wrote (a sample of task views): a speed-up with stale views is
+   no speed-up.
 4. a PROJECTION (a model, not a measurement) of the throughput of 3, 6 and 12
    masters on separate machines, from the Redis CPU per task measured on the
    cluster, the worker's CPU per task and the projector's fold rate.
@@ -27,7 +38,7 @@ Figures, never assertions. The targets of the scaling work are printed next
 to the figures.
 
 Usage: python bench/scale.py [--tasks N] [--runs R] [--concurrency C]
-                             [--events E] [--deadline S] [--quick]
+                             [--events E] [--lease-ms MS] [--deadline S] [--quick]
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -65,6 +77,7 @@ from eventcore.server.process import (
     find_server_binary,
     free_port,
 )
+from projections.pool import fair_share, lease_holders
 from projections.store import ViewStore, drop_views
 
 SPEC = TaskSpec(kind="noop", queue="cpu-light")
@@ -128,6 +141,13 @@ def process_cpu(pid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue  # it ended meanwhile
     return total
+
+
+def machine_busy() -> float:
+    """CPU seconds every core of the machine has been busy (not idle, not
+    waiting for I/O), from /proc/stat: with the processes of others too."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICKS
 
 
 # -- 1. the no-op workload -----------------------------------------------------------
@@ -290,45 +310,96 @@ def spread_lines(
 # -- 3. projection: 1 vs 2 projectors ------------------------------------------------
 
 
-async def stream_ends(log: EventLog) -> tuple[dict[str, str], int]:
-    """The last entry id of every stream the projectors fold, and how many entries."""
-    keys = log.keys
-    ends, total = {}, 0
-    for stream in [*(keys.events(p) for p in keys.all_partitions()), keys.nodes()]:
-        newest = await log.redis.xrevrange(stream, count=1)
-        if newest:
-            ends[stream] = text(newest[0][0])
-            total += await log.redis.xlen(stream)
-    return ends, total
+EntryId = tuple[int, int]
+
+
+def entry_key(entry_id: str) -> EntryId:
+    ms, seq = entry_id.split("-")
+    return int(ms), int(seq)
+
+
+async def stream_entries(log: EventLog) -> dict[str, list[EntryId]]:
+    """Every entry id, in order, of every stream the projectors fold (the
+    streams of every view shard: the partitions' logs and the node stream)."""
+    out: dict[str, list[EntryId]] = {}
+    for shard in log.keys.view_shards():
+        for stream in log.keys.shard_streams(shard):
+            ids: list[EntryId] = []
+            after = "-"
+            while True:
+                got = await log.redis.xrange(stream, min=after, count=10_000)
+                ids += [entry_key(text(entry_id)) for entry_id, _ in got]
+                if len(got) < 10_000:
+                    break
+                after = "(" + text(got[-1][0])
+            if ids:
+                out[stream] = ids
+    return out
+
+
+def stream_ends(entries: dict[str, list[EntryId]]) -> tuple[dict[str, str], int]:
+    """The last entry id of every stream, and how many entries in all."""
+    ends = {s: f"{ids[-1][0]}-{ids[-1][1]}" for s, ids in entries.items()}
+    return ends, sum(map(len, entries.values()))
+
+
+def applied_count(marks: dict[str, str], entries: dict[str, list[EntryId]]) -> int:
+    """How many of ``entries`` the watermark ``marks`` covers."""
+    return sum(bisect_right(ids, entry_key(marks[s])) for s, ids in entries.items() if s in marks)
 
 
 async def applied_marks(log: EventLog, view_ns: str) -> dict[str, str]:
-    """The last entry id the views of ``view_ns`` applied, per stream.
-
-    Today one watermark hash holds every stream's mark. Where each partition
-    gets a watermark of its own, merge them here: everything else reads marks
-    only through this function."""
+    """The last entry id the views of ``view_ns`` applied, per stream: the
+    union of every view shard's watermark (each shard's watermark holds the
+    marks of the streams that shard folds). Everything else reads marks only
+    through this function."""
     return await ViewStore(log, view_ns).watermark()
 
 
 def not_reached(marks: dict[str, str], ends: dict[str, str]) -> dict[str, tuple[str, str]]:
     """The streams whose mark is behind their last entry: stream -> (mark, end)."""
-
-    def key(entry_id: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in entry_id.split("-"))
-
     return {
         s: (marks.get(s, "none"), end)
         for s, end in ends.items()
-        if s not in marks or key(marks[s]) < key(end)
+        if s not in marks or entry_key(marks[s]) < entry_key(end)
     }
 
 
-def start_projector(url: str, namespace: str, view_ns: str, out: Path) -> subprocess.Popen[bytes]:
+def holder_names(holders: dict[str, str | None]) -> list[str | None]:
+    """The projector holding each shard (a lease's token is ``<name>:<random>``)."""
+    return [None if token is None else token.rsplit(":", 1)[0] for token in holders.values()]
+
+
+def shards_by_holder(holders: dict[str, str | None]) -> str:
+    """The shards each projector holds, the most first: e.g. ``0,1,n / 2,3``."""
+    held: dict[str | None, list[str]] = {}
+    for shard, name in zip(holders, holder_names(holders)):
+        held.setdefault(name, []).append(shard)
+    return " / ".join(",".join(s) for s in sorted(held.values(), key=len, reverse=True))
+
+
+def all_hold(holders: dict[str, str | None], projectors: int) -> bool:
+    """Every shard is held, each of the ``projectors`` holding some and none
+    more than its fair share (the balancing is over)."""
+    names = holder_names(holders)
+    most = max(Counter(names).values(), default=0)
+    return (
+        None not in names
+        and len(set(names)) >= projectors
+        and most <= fair_share(len(names), projectors)
+    )
+
+
+def start_projector(
+    url: str, namespace: str, view_ns: str, out: Path, lease_ms: int | None = None
+) -> subprocess.Popen[bytes]:
+    env = role_env(url, namespace, FOLD_PARTITIONS)
+    if lease_ms is not None:
+        env["EVENTCORE_PROJECTOR__LEASE_MS"] = str(lease_ms)
     with open(out, "ab") as f:
         return subprocess.Popen(
             [sys.executable, "-m", "eventcore.cli", "project", "--views", view_ns],
-            env=role_env(url, namespace, FOLD_PARTITIONS),
+            env=env,
             stdout=f,
             stderr=subprocess.STDOUT,
         )
@@ -341,6 +412,19 @@ class Fold:
     missing: dict[str, tuple[str, str]]  # stream -> (mark, end), when it did not catch up
     applied: list[int | None]  # entries each process says it applied when it stopped
     note: str = ""
+    # From the first look at which every shard was held, each projector holding
+    # some and none more than its fair share: seconds since the start, entries
+    # applied by then, seconds from then to the end, and the shards each held
+    # then (e.g. "0,1,n / 2,3").
+    all_held_at: float | None = None
+    applied_then: int = 0
+    from_all_held: float | None = None
+    split: str = ""
+    # CPU seconds over the fold: the Redis server, each projector process, the
+    # whole machine (everyone's processes).
+    redis_cpu: float = 0.0
+    projector_cpu: list[float] = field(default_factory=list)
+    machine_cpu: float = 0.0
 
 
 APPLIED_RE = re.compile(r"projector stopped: (\d+) entries applied")
@@ -357,28 +441,46 @@ async def fold(
     url: str,
     projectors: int,
     view_ns: str,
-    ends: dict[str, str],
+    entries: dict[str, list[EntryId]],
     deadline: float,
     tmp: Path,
     marks_of: Callable[[EventLog, str], Awaitable[dict[str, str]]] = applied_marks,
+    lease_ms: int | None = None,
 ) -> Fold:
     """Start ``projectors`` processes on the empty views ``view_ns`` and wait
-    until ``marks_of`` says every stream reached its end (``ends``), for at
-    most ``deadline`` seconds."""
+    until ``marks_of`` says every stream reached its end (the last of
+    ``entries``), for at most ``deadline`` seconds. Until every projector
+    holds shards, each look also reads who holds each shard."""
+    ends, _ = stream_ends(entries)
     outs = [tmp / f"{view_ns}-{i}.log" for i in range(projectors)]
+    redis0, machine0 = (await server_cpu([url]))[0], machine_busy()
     t0 = time.perf_counter()
-    procs = [start_projector(url, log.keys.namespace, view_ns, out) for out in outs]
-    first = end = None
+    procs = [start_projector(url, log.keys.namespace, view_ns, out, lease_ms) for out in outs]
+    first = end = held_at = None
+    applied_then, split = 0, ""
     note = ""
     try:
         give_up = time.monotonic() + deadline
         while True:
+            if held_at is None:
+                holders = await lease_holders(log, view_ns)
+            looked = time.perf_counter()
             marks = await marks_of(log, view_ns)
+            if held_at is None and all_hold(holders, projectors):
+                # The marks are read after the moment taken: they count at least
+                # the entries applied by then, so the rate from then is not
+                # overstated.
+                held_at = looked
+                applied_then = applied_count(marks, entries)
+                split = shards_by_holder(holders)
             if marks and first is None:
                 first = time.perf_counter()
             missing = not_reached(marks, ends)
             if not missing:
                 end = time.perf_counter()
+                own_cpu = [process_cpu(p.pid) for p in procs]
+                redis_cpu = (await server_cpu([url]))[0] - redis0
+                machine_cpu = machine_busy() - machine0
                 break
             dead = [p for p in procs if p.poll() is not None]
             if dead:
@@ -400,7 +502,19 @@ async def fold(
     applied = [applied_by(out) for out in outs]
     if end is None:
         return Fold(None, None, missing, applied, note)
-    return Fold(end - t0, end - (first or t0), {}, applied)
+    return Fold(
+        end - t0,
+        end - (first or t0),
+        {},
+        applied,
+        all_held_at=None if held_at is None else held_at - t0,
+        applied_then=applied_then,
+        from_all_held=None if held_at is None else end - held_at,
+        split=split,
+        redis_cpu=redis_cpu,
+        projector_cpu=own_cpu,
+        machine_cpu=machine_cpu,
+    )
 
 
 async def differing(log: EventLog, view_ns: str, reference: str, sample: list[str]) -> int:
@@ -428,9 +542,12 @@ def model_lines(cluster: Workload, fold_rate: float | None, masters: Sequence[in
         f"per process, at their measured costs: workers {worker_us:,.1f} us/task, submitters "
         f"(batched submit_many) {submit_us:,.1f} us/task, projectors {folds} for "
         f"{events:.1f} events/task. Assumed: partitions spread evenly over the masters, a cost "
-        "per task that does not grow with M, a network that is not the limit. Not modelled: the "
-        "one slot of the node stream ({n}), and today of every view and the feed ({v}), whose "
-        "master takes every projector's writes."
+        "per task that does not grow with M, a network that is not the limit; the views are kept "
+        "per partition (one view shard per partition, spread over the masters like the "
+        "partitions, plus a node shard), so their writes spread with the partitions. Not "
+        "modelled: the single-slot pieces, the node stream ({n}) with its node shard, and the "
+        "view pointer and projector list ({v}, read and renewed every third of a lease, not "
+        "per event)."
     )
     lines = ["PROJECTION from the measured per-shard cost (a model, not a measurement):"]
     lines += textwrap.wrap(model, 96, initial_indent="  ", subsequent_indent="  ")
@@ -519,9 +636,14 @@ async def fold_part(
         t0 = time.perf_counter()
         await Gen(log, args.events, in_flight=1000).run()
         gen_s = time.perf_counter() - t0
-        ends, total = await stream_ends(log)
+        entries = await stream_entries(log)
+        total = sum(map(len, entries.values()))
         rates: dict[int, list[float]] = {1: [], 2: []}
         ready: dict[int, list[float]] = {1: [], 2: []}
+        held: dict[int, list[float]] = {1: [], 2: []}  # events/s from when all hold shards
+        waits: dict[int, list[str]] = {1: [], 2: []}  # when that was, what they had applied
+        cpu: dict[int, list[str]] = {1: [], 2: []}  # where the CPU went, per run
+        per_event: list[tuple[float, float]] = []  # 1 projector: (Redis, projector) us/event
         shares: list[str] = []
         reference, sample = None, []
         failed: set[int] = set()
@@ -535,7 +657,9 @@ async def fold_part(
                 if one_took is not None:
                     deadline = min(deadline, max(30.0, 10 * one_took))
                 view_ns = f"bench-{k}p-r{run}"
-                got = await fold(log, url, k, view_ns, ends, deadline, tmp)
+                got = await fold(
+                    log, url, k, view_ns, entries, deadline, tmp, lease_ms=args.lease_ms
+                )
                 if got.seconds is None:
                     failed.add(k)
                     behind = "; ".join(f"{s}: at {m}, end {e}" for s, (m, e) in got.missing.items())
@@ -549,6 +673,24 @@ async def fold_part(
                 else:
                     rates[k].append(total / got.seconds)
                     ready[k].append(total / got.from_first)
+                    secs = got.seconds
+                    if k == 1:
+                        per_event.append(
+                            (got.redis_cpu / total * 1e6, sum(got.projector_cpu) / total * 1e6)
+                        )
+                    cpu[k].append(
+                        f"Redis {got.redis_cpu / secs:.0%}, projectors "
+                        + "+".join(f"{c / secs:.0%}" for c in got.projector_cpu)
+                        + f", machine {got.machine_cpu / secs:.0%} of one core "
+                        f"({(got.machine_cpu - got.redis_cpu - sum(got.projector_cpu)) / secs:.0%}"
+                        " others, this bench's polling included)"
+                    )
+                    if got.from_all_held is not None and got.all_held_at is not None:
+                        held[k].append((total - got.applied_then) / got.from_all_held)
+                        waits[k].append(
+                            f"{got.all_held_at:.2f} s, {got.applied_then / total:.0%} applied, "
+                            f"shards {got.split}"
+                        )
                     if k == 1:
                         one_took = got.seconds
                     elif None not in got.applied:
@@ -569,10 +711,15 @@ async def fold_part(
     finally:
         await redis.aclose()
         server.stop()
+    shard_count = len(log.keys.view_shards())
     lines = [
-        f"projection: {total:,} events over {FOLD_PARTITIONS} partitions (written in "
-        f"{gen_s:.1f} s), folded from zero into fresh views by `eventcore project` processes;",
-        "  timed from their start until the watermark reached every stream's last entry",
+        f"projection: {total:,} events over {FOLD_PARTITIONS} partitions ({shard_count} view "
+        f"shards; written in {gen_s:.1f} s), folded from zero into fresh views by `eventcore "
+        "project` processes (projector lease "
+        + ("the default" if args.lease_ms is None else f"{args.lease_ms} ms")
+        + ");",
+        "  timed from their start until the watermark of every shard reached its streams' "
+        "last entry",
     ]
     for k in (1, 2):
         name = f"{k} projector{'s' if k > 1 else ' '}"
@@ -583,13 +730,47 @@ async def fold_part(
             )
         else:
             lines.append(f"  {name}  did not catch up")
+    for k in (1, 2):
+        if held[k]:
+            since = "both hold their share" if k > 1 else "it holds every shard"
+            lines.append(
+                f"  {k} projector{'s' if k > 1 else ' '}  {med(held[k]):>10,.0f} events/s   from "
+                f"when {since}, the entries left then "
+                f"(runs: {runs_of(held[k])}; reached at {'; '.join(waits[k])})"
+            )
     if shares:
         lines.append(f"  entries each of the 2 applied, per run: {', '.join(shares)}")
+    cores = os.cpu_count() or 1
+    for k in (1, 2):
+        if cpu[k]:
+            lines.append(
+                f"  CPU while {k} projector{'s' if k > 1 else ''} folded (busy share of one "
+                f"core over the fold, {cores} cores in all), per run: {'; '.join(cpu[k])}"
+            )
+    if per_event:
+        redis_us = med([r for r, _ in per_event])
+        proj_us = med([p for _, p in per_event])
+        both = cores * 1e6 / (redis_us + proj_us)  # every core busy with the fold
+        one, two = min(1e6 / proj_us, both), min(2e6 / proj_us, both)
+        lines.append(
+            f"  CPU per event with 1 projector: Redis {redis_us:.1f} us, the projector "
+            f"{proj_us:.1f} us (its start-up included); so on {cores} otherwise idle cores, "
+            f"Redis on them too, 1 projector can fold at most {one:,.0f} events/s and 2 at most "
+            f"{two:,.0f}: a bound of {two / one:.2f}x"
+        )
     if rates[1] and rates[2]:
         lines.append(
             f"  ratio 2 / 1 = {med(rates[2]) / med(rates[1]):.2f}x (from the first batch: "
             f"{med(ready[2]) / med(ready[1]):.2f}x; target >= {FOLD_TARGET}x)"
         )
+        if held[1] and held[2]:
+            lines.append(
+                f"  ratio 2 / 1 from when every projector holds its share = "
+                f"{med(held[2]) / med(held[1]):.2f}x (2 projectors from both holding, against "
+                "1 from its holding every shard; the wait before is the balancing: the first "
+                "to start takes every shard and gives its extra back on its next balance, "
+                "every third of the lease time)"
+            )
     else:
         lines.append(f"  ratio 2 / 1: none (target >= {FOLD_TARGET}x)")
     if sample and not any("differ" in line for line in notes):
@@ -676,6 +857,13 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=1000)
     parser.add_argument(
         "--events", type=int, default=200_000, help="events of the log the projectors fold"
+    )
+    parser.add_argument(
+        "--lease-ms",
+        type=int,
+        default=None,
+        help="the projectors' lease time (EVENTCORE_PROJECTOR__LEASE_MS; they balance every "
+        "third of it); default: the configured one",
     )
     parser.add_argument("--sample", type=int, default=2000, help="task views compared per run")
     parser.add_argument(
