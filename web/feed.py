@@ -249,12 +249,17 @@ class FeedHub:
                         )
 
     async def _know(self, fields: Mapping[bytes, bytes]) -> None:
-        """Have every shard's part of the view an entry names (read once)."""
+        """Have every shard's part of the view an entry names (read once).
+        Redis failing here is not the reader's end: the view goes out merged
+        from the parts known, and the next read tries again."""
         entity = fields.get(b"entity", b"").decode()
         if entity in MERGED:
             key = fields.get(b"id", b"").decode()
             if not self.parts.known(entity, key):
-                await self.parts.load(entity, key)
+                try:
+                    await self.parts.load(entity, key)
+                except Exception as exc:  # Redis away a moment: keep feeding
+                    logger.warning("feed reader: parts of %s %s: %s", entity, key, exc)
 
     async def _ends(self) -> list[Mark]:
         """The newest entry of every shard's feed."""

@@ -37,9 +37,11 @@ class FeedParts:
         self.log = log
         self.shards = log.keys.view_shards()
         self._parts: dict[tuple[str, str], dict[str, Any]] = {}
+        self._loaded: set[tuple[str, str]] = set()
 
     def known(self, entity: str, key: str) -> bool:
-        return (entity, key) in self._parts
+        """Whether every shard's part of this view has been read once."""
+        return (entity, key) in self._loaded
 
     async def load(self, entity: str, key: str) -> None:
         """Read every shard's part of one view from the views in use."""
@@ -54,6 +56,7 @@ class FeedParts:
         for shard, value in zip(self.shards, raw):
             if value is not None and shard not in parts:
                 parts[shard] = _decoders[entity].decode(value)
+        self._loaded.add((entity, key))
 
     def note(self, entity: str, key: str, shard: int, raw: bytes) -> None:
         """Shard number ``shard``'s part of a view is now ``raw``."""
