@@ -770,8 +770,8 @@ async def fold_part(
                 f"  ratio 2 / 1 from when every projector holds its share = "
                 f"{med(held[2]) / med(held[1]):.2f}x (2 projectors from both holding, against "
                 "1 from its holding every shard; the wait before is the balancing: the first "
-                "to start takes every shard and gives its extra back on its next balance, "
-                "every third of the lease time)"
+                "to start takes every shard and gives its extra back on its next look, "
+                "twice a second)"
             )
     else:
         lines.append(f"  ratio 2 / 1: none (target >= {FOLD_TARGET}x)")
