@@ -87,9 +87,13 @@ async def test_worker_cut_off_past_its_lease(lab: NetLab, tmp_path: Path, namesp
     links = {"a": lab.add(), "b": lab.add()}
     port = free_port()
     # Only loopback and the links' private addresses: no password needed.
-    bind = " ".join(["127.0.0.1", *(link.host_ip for link in links.values())])
+    # Redis 6.2 takes one address per --bind argument on its command line,
+    # which a setting cannot give: there it listens on every address.
+    binary = server_binary()
+    addresses = ["127.0.0.1", *(link.host_ip for link in links.values())]
+    bind = " ".join(addresses) if binary.version >= (7, 0, 0) else "0.0.0.0"
     server = ServerProcess(
-        server_binary(),
+        binary,
         ServerConfig(
             tmp_path / "redis", port=port, settings={"bind": bind, "protected-mode": "no"}
         ),
