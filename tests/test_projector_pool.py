@@ -102,6 +102,13 @@ async def _true(value: bool) -> bool:
     return value
 
 
+def _lapsed(lease: ShardLease) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await lease.holder() is None
+
+    return check
+
+
 async def test_a_dead_projectors_shards_are_taken_over(r, namespace) -> None:
     """A holder that dies (its loop gone, leases left behind) loses its
     shards once the leases lapse; the other projector takes them and folds
@@ -149,7 +156,8 @@ async def test_a_holder_whose_lease_lapsed_writes_nothing(r, namespace) -> None:
     sleepy = _Paused(log, lease=lease, consumer="sleepy")
     step = asyncio.create_task(sleepy.step(block_ms=None))
     await asyncio.wait_for(sleepy.holding.wait(), 5)
-    await asyncio.sleep(0.5)  # the pause outlasts the lease
+    # The pause outlasts the lease: until its key has expired.
+    await _until(_lapsed(lease), 5, "the paused holder's lease to lapse")
     heir = ProjectorPool(log, name="heir", lease_ms=2000, block_ms=100)
     async with _running(heir):
         await _until(lambda: _all_folded(log), 20, "the heir to fold the shard")
@@ -213,7 +221,14 @@ async def test_a_stopped_projector_process_is_taken_over_and_writes_nothing_when
             stopped.send_signal(signal.SIGCONT)
         await _submit(log, 50)
         await _until(lambda: _all_folded(log), 30, "the views to catch up")
-        await asyncio.sleep(1.0)  # the continued one's refused writes, if any, are done
+        # The continued one has noticed its leases are gone (and written nothing).
+        woken_log = tmp_path / f"p{procs.index(stopped)}.log"
+
+        async def noticed() -> bool:
+            text = woken_log.read_text()
+            return "lapsed" in text or "lost" in text
+
+        await _until(noticed, 20, "the continued projector to notice its leases are gone")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
