@@ -129,7 +129,7 @@ async def list_tasks(
             picked.append(row)
         if not picked:
             return TaskPage(out, None)
-        views = (await store.load(t for _, t in picked)).tasks
+        views = await store.tasks(t for _, t in picked)
         for row in picked:
             last = row
             view = views.get(row[1])

@@ -98,7 +98,8 @@ class Projector:
         # ``lease`` on (written only while it holds it).
         self.lease = lease
         self.shards = [lease.shard] if lease is not None else (shards or k.view_shards())
-        self.streams = [s for shard in self.shards for s in k.shard_streams(shard)]
+        self._shard_of = {s: shard for shard in self.shards for s in k.shard_streams(shard)}
+        self.streams = list(self._shard_of)
         self.parked = 0
         self.applied = 0
         self.switches = 0
@@ -240,10 +241,12 @@ class Projector:
     async def _write(self, entries: list[Entry[Any]], marks: dict[str, str]) -> None:
         """Fold and write the batch shard by shard: each shard's views, feed
         entries and watermark in one script call."""
-        keys = self.log.keys
+        by_shard: dict[str, list[Entry[Any]]] = {}
+        for entry in entries:
+            by_shard.setdefault(self._shard_of[entry.stream], []).append(entry)
         for shard in self.shards:
             store = self.store.shard(shard)
-            mine = [e for e in entries if keys.shard_of_stream(e.stream) == shard]
+            mine = by_shard.get(shard, [])
             shard_marks = {s: i for s, i in marks.items() if s in store.streams}
             if not mine and not shard_marks:
                 continue
