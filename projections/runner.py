@@ -241,6 +241,7 @@ class Projector:
     async def _write(self, entries: list[Entry[Any]], marks: dict[str, str]) -> None:
         """Fold and write the batch shard by shard: each shard's views, feed
         entries and watermark in one script call."""
+        seen = await self._announced_marks()  # once per batch, not per shard
         by_shard: dict[str, list[Entry[Any]]] = {}
         for entry in entries:
             by_shard.setdefault(self._shard_of[entry.stream], []).append(entry)
@@ -257,17 +258,22 @@ class Projector:
                 before,
                 after,
                 shard_marks,
-                feed=await self._announces(shard_marks),
+                feed=self._announces(shard_marks, seen),
                 lease=self.lease.token if self.lease is not None else "",
             )
 
-    async def _announces(self, marks: dict[str, str]) -> bool:
-        """Whether this batch's view changes go on the feed: always, unless
-        the views in ``feed_after``, or the views this projector left at a
-        switch, already include every entry of it."""
+    async def _announced_marks(self) -> dict[str, str]:
+        """How far the views already announced on the feed reach: the views
+        in ``feed_after`` and the views this projector left at a switch."""
         seen = self._announced
         if self.feed_after is not None:
             seen = {**seen, **await self.feed_after.watermark()}
+        return seen
+
+    @staticmethod
+    def _announces(marks: dict[str, str], seen: dict[str, str]) -> bool:
+        """Whether a shard's batch goes on the feed: unless ``seen`` already
+        includes every entry of it."""
         if not seen:
             return True
         return any(
