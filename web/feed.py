@@ -22,6 +22,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Collection, Mapping
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -365,23 +366,11 @@ class FeedHub:
             return True
         if marks is None:
             return True
-        for key, mark in zip(self.keys, marks):
-            if await self._dropped(key, mark, redis or self.log.redis):
-                return True
-        return False
-
-    async def _dropped(self, key: str, mark: Mark, redis: Redis) -> bool:
-        try:
-            info = await redis.xinfo_stream(key)
-        except ResponseError:  # no feed yet
-            return False
-        deleted = info.get("max-deleted-entry-id")
-        if deleted is not None:  # Redis 7+: exact
-            return stream_id_key(text(deleted)) > mark
-        first = info.get("first-entry")
-        if not first or int(info.get("length", 0)) < FEED_MAXLEN * 9 // 10:
-            return False  # Redis 6.2: never trimmed while below the cap
-        return stream_id_key(text(first[0])) > mark
+        async with (redis or self.log.redis).pipeline(transaction=False) as pipe:
+            for key in self.keys:
+                pipe.xinfo_stream(key)
+            infos = await pipe.execute(raise_on_error=False)
+        return any(_dropped(info, mark) for info, mark in zip(infos, marks))
 
     async def follow(
         self,
@@ -451,3 +440,18 @@ class FeedHub:
                     yield fresh
         finally:
             self.clients.discard(client)
+
+
+def _dropped(info: Any, mark: Mark) -> bool:
+    """Whether a feed (its XINFO STREAM) has dropped entries after ``mark``."""
+    if isinstance(info, ResponseError):  # no feed yet
+        return False
+    if isinstance(info, Exception):
+        raise info
+    deleted = info.get("max-deleted-entry-id")
+    if deleted is not None:  # Redis 7+: exact
+        return stream_id_key(text(deleted)) > mark
+    first = info.get("first-entry")
+    if not first or int(info.get("length", 0)) < FEED_MAXLEN * 9 // 10:
+        return False  # Redis 6.2: never trimmed while below the cap
+    return stream_id_key(text(first[0])) > mark
