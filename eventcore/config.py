@@ -43,6 +43,7 @@ __all__ = [
     "QueueConfig",
     "RedisSettings",
     "Settings",
+    "SqlSettings",
     "WebSettings",
     "WorkerSettings",
     "load_settings",
@@ -194,6 +195,19 @@ class ProjectorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     lease_ms: Annotated[int, Meta(ge=300)] = 5_000
 
 
+class SqlSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The SQL history (``eventcore sql``, ``/v1/history/...``).
+
+    ``url``: ``postgresql://user:password@host:port/db`` for PostgreSQL, or
+    ``sqlite:///path`` for a SQLite file; unset, the SQLite file
+    ``history.sqlite3`` in the data directory (``redis.data_dir``).
+    ``batch``: at most this many log entries a transaction.
+    """
+
+    url: str | None = None
+    batch: Annotated[int, Meta(ge=1, le=100_000)] = 5_000
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Everything configurable, for every role (web, projector, worker, CLI).
 
@@ -211,6 +225,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     queues: Annotated[tuple[QueueConfig, ...], Meta(min_length=1)] = DEFAULT_QUEUES
     worker: WorkerSettings = WorkerSettings()
     projector: ProjectorSettings = ProjectorSettings()
+    sql: SqlSettings = SqlSettings()
     web: WebSettings = WebSettings()
     models: ModelSettings = ModelSettings()
     blobs: BlobSettings = BlobSettings()

@@ -28,7 +28,7 @@ cancel of an imported finished task answers that it ended.
 from __future__ import annotations
 
 import heapq
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import IO, Any
 
 import msgspec
@@ -53,6 +53,7 @@ __all__ = [
     "ExportLine",
     "ExportResult",
     "ImportResult",
+    "export_entries",
     "export_log",
     "export_streams",
     "import_log",
@@ -199,6 +200,7 @@ class _Item(msgspec.Struct, frozen=True):
     task_id: str
     outcome: str
     fields: list[tuple[bytes, bytes]]
+    event: Any = None  # None: the entry does not decode
 
 
 class _Streams:
@@ -281,7 +283,23 @@ def _item(streams: _Streams, n: int, line: bytes) -> _Item:
             )
         if isinstance(event, TERMINAL_EVENT_TYPES):
             outcome = event.type_name()
-    return _Item(n, stream, entry.id, task_id, outcome, fields)
+    return _Item(n, stream, entry.id, task_id, outcome, fields, event)
+
+
+def export_entries(log: EventLog, lines: Iterable[bytes]) -> Iterator[tuple[str, str, Any]]:
+    """The entries of an export's log streams (every partition's task log and
+    the node stream) as ``(stream key, id, event)``, in the file's order, for
+    readers that fold an export without importing it (the SQL history's
+    backfill). ``event`` is ``None`` for an entry that does not decode. A
+    line that does not parse raises an error naming it, as the import does."""
+    streams = _Streams(log)
+    folded = set(log_streams(log.keys))
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        item = _item(streams, n, line)
+        if item.stream in folded:
+            yield item.stream, item.id, item.event
 
 
 async def import_log(

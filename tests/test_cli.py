@@ -56,6 +56,7 @@ def test_help_lists_every_command_under_exactly_one_heading() -> None:
         "tasks",
         "the log",
         "the views",
+        "the history",
         "administration",
     ]
     assert groups == {heading: list(names) for heading, names in GROUPS}

@@ -1,6 +1,8 @@
-"""The direction of imports (DESIGN.md): ``web``, ``workers`` and
-``projections`` import ``eventcore``; ``web`` may import ``projections``;
-nothing else crosses between packages. The command line
+"""The direction of imports (DESIGN.md): ``web``, ``workers``,
+``projections`` and ``history`` import ``eventcore``; ``history`` (the SQL
+projection) may import ``projections``, whose folds it uses; ``web`` may
+import ``projections`` and ``history``; nothing else crosses between
+packages. The command line
 (``eventcore.cli``) is the one part of ``eventcore`` that imports the roles,
 to add their commands, and nothing imports it. Within a package, modules
 import one another without circles."""
@@ -13,13 +15,14 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-ROLES = {"eventcore", "workers", "projections", "web"}
+ROLES = {"eventcore", "workers", "projections", "history", "web"}
 ALLOWED = {
     "eventcore": {"eventcore"},
     "eventcore.cli": ROLES | {"eventcore.cli"},
     "workers": {"eventcore", "workers"},
     "projections": {"eventcore", "projections"},
-    "web": {"eventcore", "projections", "web"},
+    "history": {"eventcore", "projections", "history"},
+    "web": {"eventcore", "projections", "history", "web"},
 }
 
 

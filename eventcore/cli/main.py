@@ -26,6 +26,7 @@ from typing import Any
 from eventcore.cli import system, tasks
 from eventcore.config import Settings, load_settings
 from eventcore.errors import ConfigError, EventcoreError
+from history import cli as history_cli
 from projections import cli as projections_cli
 from web import cli as web_cli
 from workers import cli as workers_cli
@@ -36,13 +37,21 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 # Each module adds its commands in this order, which is also the order of
 # argparse's "invalid choice ... (choose from ...)".
-MODULES: tuple[ModuleType, ...] = (system, workers_cli, tasks, projections_cli, web_cli)
+MODULES: tuple[ModuleType, ...] = (
+    system,
+    workers_cli,
+    tasks,
+    projections_cli,
+    history_cli,
+    web_cli,
+)
 
 GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("run the system", ("up", "worker", "project", "web", "redis")),
+    ("run the system", ("up", "worker", "project", "sql", "web", "redis")),
     ("tasks", ("submit",)),
     ("the log", ("events",)),
     ("the views", ("status", "as-of", "replay")),
+    ("the history", ("history",)),
     ("administration", ("check", "config", "token")),
 )
 """The headings of the top-level help and the commands under each; every

@@ -1,0 +1,162 @@
+"""Reading and writing the SQL history's tables.
+
+Every batch is one transaction: the event rows, the task and node rows they
+change, and the tracking rows that say how far each stream has been applied.
+The tracking rows are compare-and-set (``UPDATE … WHERE last_id = <what this
+writer read>``), so a second SQL projector that raced this one makes the
+transaction roll back instead of writing a row twice, and a kill at any
+point leaves either the whole batch or none of it: the exactly-once pattern
+of tracking records.
+
+Writes are bulk: one multi-row ``INSERT`` per table and batch (SQLAlchemy's
+"insertmanyvalues"), task and node rows as upserts.
+
+These are blocking calls; the async SQL projector runs them in a thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from history.database import Database, SqlError
+from history.rows import view_of_node, view_of_task
+from history.schema import node_events, nodes, task_events, tasks, tracking
+from projections.views import NodeView, TaskView
+
+__all__ = ["Batch", "HistoryStore", "TrackingConflict"]
+
+CHUNK = 500  # ids per IN (...) list
+
+
+class TrackingConflict(SqlError):
+    """Another writer moved a stream's tracking row since this one read it."""
+
+
+@dataclass
+class Batch:
+    """What one transaction writes: rows per table, and per stream the
+    tracking move (the last id this writer read, ``None`` for a stream it
+    has no row for, and the new last id with the number of entries)."""
+
+    task_events: list[dict[str, Any]] = field(default_factory=list)
+    node_events: list[dict[str, Any]] = field(default_factory=list)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    moves: dict[str, tuple[str | None, str, int]] = field(default_factory=dict)
+
+    @property
+    def entries(self) -> int:
+        return sum(n for _, _, n in self.moves.values())
+
+
+class HistoryStore:
+    """The tables of one database, as the SQL projector and the tools use them."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        dialect = sqlite if db.sqlite else postgresql
+        self._task_upsert = _upsert(dialect, tasks, "task_id")
+        self._node_upsert = _upsert(dialect, nodes, "node")
+
+    # -- reading ------------------------------------------------------------------
+
+    def positions(self) -> dict[str, str]:
+        """The last entry id applied, per stream."""
+        with self.db.begin() as conn:
+            rows = conn.execute(sa.select(tracking.c.stream, tracking.c.last_id))
+            return {stream: last for stream, last in rows}
+
+    def task_views(self, task_ids: Iterable[str]) -> dict[str, TaskView]:
+        """The task views kept for these tasks (those that have a row)."""
+        ids = list(task_ids)
+        out: dict[str, TaskView] = {}
+        with self.db.begin() as conn:
+            for i in range(0, len(ids), CHUNK):
+                q = sa.select(tasks.c.task_id, tasks.c.view).where(
+                    tasks.c.task_id.in_(ids[i : i + CHUNK])
+                )
+                out.update((task_id, view_of_task(view)) for task_id, view in conn.execute(q))
+        return out
+
+    def node_views(self, names: Iterable[str]) -> dict[str, NodeView]:
+        wanted = list(names)
+        if not wanted:
+            return {}
+        with self.db.begin() as conn:
+            q = sa.select(nodes.c.node, nodes.c.view).where(nodes.c.node.in_(wanted))
+            return {node: view_of_node(view) for node, view in conn.execute(q)}
+
+    def counts(self) -> dict[str, int]:
+        """Rows per table (for status lines and tests)."""
+        with self.db.begin() as conn:
+            return {
+                t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
+                for t in (tasks, task_events, node_events, nodes, tracking)
+            }
+
+    # -- writing ------------------------------------------------------------------
+
+    def write(self, batch: Batch) -> None:
+        """Write ``batch`` in one transaction (see the module docstring);
+        :class:`TrackingConflict` if another writer got there first."""
+        with self.db.begin() as conn:
+            self._move_tracking(conn, batch.moves)
+            if batch.task_events:
+                conn.execute(sa.insert(task_events), batch.task_events)
+            if batch.node_events:
+                conn.execute(sa.insert(node_events), batch.node_events)
+            if batch.tasks:
+                conn.execute(self._task_upsert, list(batch.tasks.values()))
+            if batch.nodes:
+                conn.execute(self._node_upsert, list(batch.nodes.values()))
+
+    def _move_tracking(
+        self, conn: sa.Connection, moves: Mapping[str, tuple[str | None, str, int]]
+    ) -> None:
+        now = time.time()
+        for stream, (before, after, n) in sorted(moves.items()):
+            if before is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(
+                            sa.insert(tracking).values(
+                                stream=stream, last_id=after, applied=n, updated_at=now
+                            )
+                        )
+                except sa.exc.IntegrityError:
+                    raise _conflict(stream) from None
+                continue
+            done = conn.execute(
+                sa.update(tracking)
+                .where(tracking.c.stream == stream, tracking.c.last_id == before)
+                .values(last_id=after, applied=tracking.c.applied + n, updated_at=now)
+            )
+            if done.rowcount != 1:
+                raise _conflict(stream)
+
+    def clear(self) -> None:
+        """Empty every table (``eventcore sql rebuild``), in one transaction."""
+        with self.db.begin() as conn:
+            for table in (tracking, task_events, node_events, tasks, nodes):
+                conn.execute(sa.delete(table))
+
+
+def _conflict(stream: str) -> TrackingConflict:
+    return TrackingConflict(
+        f"another writer applied entries of {stream} first (is a second "
+        "`eventcore sql` running on the same database?)"
+    )
+
+
+def _upsert(dialect: Any, table: sa.Table, key: str) -> Any:
+    stmt = dialect.insert(table)
+    return stmt.on_conflict_do_update(
+        index_elements=[key],
+        set_={c.name: stmt.excluded[c.name] for c in table.columns if c.name != key},
+    )

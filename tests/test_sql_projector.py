@@ -1,0 +1,54 @@
+"""The SQL projector (:mod:`history.follower`) on a real Redis and a SQLite
+file: every task log entry and node entry becomes exactly one row, the task
+rows equal the task views folded from the same log, and a projector started
+again continues from the tracking rows without writing anything twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eventcore.log import EventLog
+from history.database import open_database
+from history.follower import GROUP, SqlProjector
+from history.schema import nodes, tasks
+from projections.replay import replay
+from projections.tools import log_after
+from tests.replaykit import workload
+from tests.sqlkit import drain, event_keys, expected_tasks, log_entries, positions, table
+
+
+async def test_the_log_becomes_rows_once(log: EventLog, tmp_path: Path) -> None:
+    await workload(log, 20, leave=3)
+    db = open_database(str(tmp_path / "h.sqlite3"), writer=True)
+    projector = SqlProjector(log, db, batch=7)
+    applied = await drain(projector)
+    entries = await log_entries(log)
+    assert applied == len(entries)
+    te, ne = event_keys(db)
+    assert sorted(te + ne) == sorted(entries)
+    whole = replay(await log_after(log, {}))
+    assert table(db, tasks, "task_id") == expected_tasks(whole)
+    assert set(table(db, nodes, "node")) == {"c1"}
+
+    # More work; a new projector on the same database continues where it stopped.
+    await workload(log, 5, leave=1)
+    again = SqlProjector(log, db, batch=1000)
+    await drain(again)
+    entries = await log_entries(log)
+    te, ne = event_keys(db)
+    assert sorted(te + ne) == sorted(entries)
+    assert again.applied == len(entries) - applied
+    whole = replay(await log_after(log, {}))
+    assert table(db, tasks, "task_id") == expected_tasks(whole)
+
+
+async def test_the_sql_group_follows_what_was_written(log: EventLog, tmp_path: Path) -> None:
+    await workload(log, 6, leave=0)
+    db = open_database(str(tmp_path / "h.sqlite3"), writer=True)
+    projector = SqlProjector(log, db)
+    await drain(projector)
+    await projector.publish()
+    tracked = positions(db)
+    for stream, last in tracked.items():
+        info = {g["name"].decode(): g for g in await log.redis.xinfo_groups(stream)}
+        assert info[GROUP]["last-delivered-id"].decode() == last
