@@ -45,6 +45,13 @@ class RedisUnavailable(EventcoreError):
     """
 
 
+class PostgresUnavailable(EventcoreError):
+    """PostgreSQL is not installed, cannot run here, or did not start.
+
+    The message is one line meant for a person, or ends with the server's log.
+    """
+
+
 class ScriptArgumentError(EventcoreError, ValueError):
     """A Lua script refused its arguments before writing anything."""
 

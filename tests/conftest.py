@@ -1,10 +1,20 @@
 """Test fixtures: a real redis-server for the session, a random namespace per
-test, and a local 3-master Redis Cluster for the tests that ask for one.
+test, a local 3-master Redis Cluster for the tests that ask for one, and a
+PostgreSQL server for the session with an empty database per test.
 
 ``EVENTCORE_TEST_SERVER=cluster`` runs the tests on the local cluster instead:
 ``redis_url`` is its seed URL and ``r`` a ``RedisCluster``. Tests marked
 ``single_server`` are skipped then (the marker says why they cannot run on a
-cluster yet)."""
+cluster yet).
+
+A test that stops, kills or restarts PostgreSQL runs a server of its own
+rather than the session's ``pg_server``::
+
+    with PostgresProcess(PostgresConfig(tmp_path)) as pg:
+        ...  # pg.url; pg.kill(); pg.start(); pg.stop()
+
+(as root, that server runs as the ``postgres`` user; see
+:mod:`eventcore.server.postgres`)."""
 
 from __future__ import annotations
 
@@ -12,6 +22,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import psycopg
 import pytest
 from redis.asyncio import Redis
 
@@ -19,6 +30,7 @@ from eventcore.connection import ClientOptions, connect, make_client
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.server.cluster import LocalCluster
+from eventcore.server.postgres import PostgresConfig, PostgresProcess
 from eventcore.server.process import (
     ServerBinary,
     ServerConfig,
@@ -112,3 +124,26 @@ def keys(namespace: str) -> Keys:
 @pytest.fixture
 def log(r: Redis, keys: Keys) -> EventLog:
     return EventLog(r, keys)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresProcess]:
+    """A PostgreSQL server for the session, started on first use; fsync off,
+    for speed (nothing here outlives the session). Not to be stopped or
+    killed by a test: those run their own (see the module docstring)."""
+    config = PostgresConfig(tmp_path_factory.mktemp("postgres"), fsync=False)
+    with PostgresProcess(config) as server:
+        yield server
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresProcess) -> Iterator[str]:
+    """A ``postgresql://`` URL of a new, empty database of the session's server."""
+    name = "t" + uuid.uuid4().hex[:12]
+    yield pg_server.create_database(name)
+    try:
+        pg_server.drop_database(name)
+    except psycopg.OperationalError:
+        # The server is unreachable: nothing to tidy then, and a database
+        # left behind costs nothing, it ends with the session's server.
+        pass
