@@ -286,6 +286,9 @@ def migrate(db: Database) -> tuple[str | None, str]:
         return before, head
     cfg = _alembic_config(db)
     with db.begin() as conn:
+        if not db.sqlite:
+            # Alembic's version table lives in the schema, so it comes first.
+            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return before, head

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -38,6 +39,7 @@ from eventcore.server.process import (
     find_server_binary,
     free_port,
 )
+from history.database import Database, open_database
 from tests.partitions import PARTITIONS
 
 ON_CLUSTER = os.environ.get("EVENTCORE_TEST_SERVER") == "cluster"
@@ -147,3 +149,20 @@ def pg_url(pg_server: PostgresProcess) -> Iterator[str]:
         # The server is unreachable: nothing to tidy then, and a database
         # left behind costs nothing, it ends with the session's server.
         pass
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty SQL history database: a SQLite file, or a PostgreSQL
+    database of the session's server (each test that takes it runs on both)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'history.sqlite3'}"
+    return request.getfixturevalue("pg_url")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def sql_db(sql_url: str) -> Iterator[Database]:
+    """The writer's :class:`~history.database.Database` of ``sql_url``."""
+    db = open_database(sql_url, writer=True)
+    yield db
+    db.dispose()

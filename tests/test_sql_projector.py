@@ -1,14 +1,13 @@
-"""The SQL projector (:mod:`history.follower`) on a real Redis and a SQLite
-file: every task log entry and node entry becomes exactly one row, the task
-rows equal the task views folded from the same log, and a projector started
-again continues from the tracking rows without writing anything twice."""
+"""The SQL projector (:mod:`history.follower`) on a real Redis, into a
+SQLite file and a PostgreSQL database: every task log entry and node entry
+becomes exactly one row, the task rows equal the task views folded from the
+same log, and a projector started again continues from the tracking rows
+without writing anything twice."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from eventcore.log import EventLog
-from history.database import open_database
+from history.database import Database
 from history.follower import GROUP, SqlProjector
 from history.schema import nodes, tasks
 from projections.replay import replay
@@ -17,9 +16,9 @@ from tests.replaykit import workload
 from tests.sqlkit import drain, event_keys, expected_tasks, log_entries, positions, table
 
 
-async def test_the_log_becomes_rows_once(log: EventLog, tmp_path: Path) -> None:
+async def test_the_log_becomes_rows_once(log: EventLog, sql_db: Database) -> None:
     await workload(log, 20, leave=3)
-    db = open_database(str(tmp_path / "h.sqlite3"), writer=True)
+    db = sql_db
     projector = SqlProjector(log, db, batch=7)
     applied = await drain(projector)
     entries = await log_entries(log)
@@ -42,9 +41,9 @@ async def test_the_log_becomes_rows_once(log: EventLog, tmp_path: Path) -> None:
     assert table(db, tasks, "task_id") == expected_tasks(whole)
 
 
-async def test_the_sql_group_follows_what_was_written(log: EventLog, tmp_path: Path) -> None:
+async def test_the_sql_group_follows_what_was_written(log: EventLog, sql_db: Database) -> None:
     await workload(log, 6, leave=0)
-    db = open_database(str(tmp_path / "h.sqlite3"), writer=True)
+    db = sql_db
     projector = SqlProjector(log, db)
     await drain(projector)
     await projector.publish()
