@@ -1,5 +1,5 @@
 """The Starlette application, put together: the routes of ``web.tasks``,
-``web.stream``, ``web.system`` and ``web.iopaint``, the body limit, the
+``web.stream``, ``web.system``, ``web.history`` and ``web.iopaint``, the body limit, the
 error handlers and the lifespan of the shared state (``web.state``).
 ``create_app(settings)`` is what ``eventcore web`` serves.
 
@@ -17,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 
 from eventcore.config import Settings
-from web import iopaint, stream, system, tasks
+from web import history, iopaint, stream, system, tasks
 from web.errors import exception_handlers
 from web.limits import BodyLimit
 from web.state import WebState
@@ -46,6 +46,7 @@ def create_app(settings: Settings, redis_url: str) -> Starlette:
         *tasks.routes,
         *stream.routes,
         *system.routes,
+        *history.routes,
         *iopaint.routes,
     ]
     app = Starlette(

@@ -32,6 +32,8 @@ SUMMARIES = {
     ("POST", "/v1/nodes/{node}/control"): "Send a control command and wait for the ack",
     ("GET", "/v1/queues"): "Queues",
     ("GET", "/v1/stats"): "Throughput, success rate and durations",
+    ("GET", "/v1/history/tasks"): "Task history from the SQL store (filters, cursor pagination)",
+    ("GET", "/v1/history/stats"): "Per minute/hour/day: throughput, failure rate, p50/p95/p99",
     ("GET", "/healthz"): "Health",
     ("GET", "/readyz"): "Readiness: 503 naming what is missing until the system can take work",
     ("GET", "/metrics"): "Prometheus metrics",
@@ -127,6 +129,24 @@ def _parameters() -> dict[tuple[str, str], list[dict[str, Any]]]:
             _query("after", STRING, EVENT_ID),
         ],
         ("GET", "/v1/tasks/{task_id}"): [_query("after", STRING, EVENT_ID)],
+        ("GET", "/v1/history/tasks"): [
+            _query("status", STRING, "only these statuses (comma-separated)"),
+            _query("kind", STRING, "only tasks of this kind"),
+            _query("queue", STRING, "only tasks of this queue"),
+            _query("node", STRING, "only tasks that ran on this node"),
+            _query("since", NUMBER, "submitted at or after (seconds since the epoch)"),
+            _query("until", NUMBER, "submitted before (seconds since the epoch)"),
+            _query("error", STRING, "the error text contains this (any case)"),
+            _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "page size"),
+            _query("cursor", STRING, "the next_cursor of the previous page"),
+        ],
+        ("GET", "/v1/history/stats"): [
+            _query("bucket", {"type": "string", "enum": ["minute", "hour", "day"]}, "bucket width"),
+            _query("kind", STRING, "only tasks of this kind"),
+            _query("queue", STRING, "only tasks of this queue"),
+            _query("since", NUMBER, "from this time (seconds since the epoch)"),
+            _query("until", NUMBER, "before this time (seconds since the epoch)"),
+        ],
         ("POST", "/v1/tasks"): [
             {
                 "name": "Idempotency-Key",

@@ -23,6 +23,7 @@ from projections.store import ViewStore, current_views
 from web.auth import Auth
 from web.feed import FeedHub
 from web.metrics import Metrics
+from web.sqlhistory import SqlHistory
 
 __all__ = ["WebState", "state_of"]
 
@@ -60,6 +61,7 @@ class WebState:
         self._detecting: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self._hub_started = False
+        self.history = SqlHistory(settings)
 
     def _build(self, cluster: bool) -> None:
         """The clients (Redis Cluster ones when ``cluster``) and all that uses them."""
@@ -193,6 +195,7 @@ class WebState:
         await self._stop_parts()
         await self.redis.aclose()
         await self.blocking.aclose()
+        self.history.close()
 
 
 def state_of(request: Request) -> WebState:

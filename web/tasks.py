@@ -138,6 +138,10 @@ async def _visible(web: WebState, request: Request, scope: str = "read") -> tupl
     task_id = _task_id(request)
     fresh = await _after(web, request, web.log.keys.events(web.log.keys.partition(task_id)))
     view = await (await web.store()).task(task_id)
+    if view is None:
+        # A task that left the Redis views (views.retention) is in the SQL history.
+        view = await web.history.task(task_id)
+        request.state.from_history = view is not None
     if view is None or (web.auth.enabled and not who.has("admin") and view.tenant != who.tenant):
         raise ApiError(
             404,
@@ -150,7 +154,10 @@ async def _visible(web: WebState, request: Request, scope: str = "read") -> tupl
 
 
 def _stale_header(request: Request) -> dict[str, str]:
-    return {} if getattr(request.state, "fresh", True) else {"X-Views-Behind": "true"}
+    headers = {} if getattr(request.state, "fresh", True) else {"X-Views-Behind": "true"}
+    if getattr(request.state, "from_history", False):
+        headers["X-From-History"] = "true"
+    return headers
 
 
 async def get_task(request: Request) -> Response:
