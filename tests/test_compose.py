@@ -67,7 +67,9 @@ def seconds(duration: str) -> float:
 
 
 def test_the_roles_are_there(services: dict[str, dict[str, Any]]) -> None:
-    assert {"redis", "web", "projector", "cpu-worker", "gpu-worker"} <= set(services)
+    assert {"redis", "web", "projector", "sql", "postgres", "cpu-worker", "gpu-worker"} <= set(
+        services
+    )
     assert {*NODES, "cluster-init", *CLUSTER_ROLES} <= set(services)
 
 
@@ -99,18 +101,41 @@ def test_redis_keeps_an_append_only_file_and_has_a_healthcheck(
     assert any(v.endswith(":/data") for v in redis["volumes"])
 
 
+def test_the_sql_projector_writes_to_the_postgres_service(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The roles of one server share the SQL URL (the web app reads the
+    history the SQL projector writes); it names the postgres service, with
+    its user, password and database; the SQL projector waits for both
+    servers to be healthy."""
+    pg = services["postgres"]
+    env = environment(pg)
+    want = (
+        f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}"
+        f"@postgres:5432/{env['POSTGRES_DB']}"
+    )
+    for name, service in single_server_roles(services).items():
+        assert environment(service).get("EVENTCORE_SQL__URL") == want, name
+    assert "pg_isready" in pg["healthcheck"]["test"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    for server in ("redis", "postgres"):
+        assert services["sql"]["depends_on"][server]["condition"] == "service_healthy"
+
+
 def test_workers_are_given_time_to_drain(services: dict[str, dict[str, Any]]) -> None:
     grace = Settings().worker.shutdown_grace
     for name in WORKERS:
         assert seconds(services[name]["stop_grace_period"]) > grace, name
 
 
-@pytest.mark.parametrize("name", ["web", "projector", "cpu-worker", "gpu-worker", *CLUSTER_ROLES])
+@pytest.mark.parametrize(
+    "name", ["web", "projector", "sql", "cpu-worker", "gpu-worker", *CLUSTER_ROLES]
+)
 def test_commands_are_eventcore_commands(services: dict[str, dict[str, Any]], name: str) -> None:
     """The image's entrypoint is ``eventcore``, so each command is its arguments."""
     args = build_parser().parse_args(services[name]["command"])
     role = CLUSTER_ROLES.get(name, name)
-    expected = {"web": "web", "projector": "project"}.get(role, "worker")
+    expected = {"web": "web", "projector": "project", "sql": "sql"}.get(role, "worker")
     assert args.command == expected
     if role == "web":
         assert args.host == "0.0.0.0"
@@ -131,7 +156,7 @@ def test_the_gpu_worker_is_optional_and_reserves_a_gpu(
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     # A plain `docker compose up` is the single-server stack and nothing else.
     plain = {name for name, service in services.items() if "profiles" not in service}
-    assert plain == {"redis", "web", "projector", "cpu-worker"}
+    assert plain == {"redis", "postgres", "web", "projector", "sql", "cpu-worker"}
     for name, service in services.items():
         if name not in plain and name != "gpu-worker":
             assert service["profiles"] == ["cluster"], name

@@ -26,6 +26,7 @@ from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.nodes import append_node_event
 from eventcore.server.process import free_port
+from history.database import migrate, open_database
 from tests.partitions import PARTITIONS
 from web.app import create_app
 from web.openapi import document
@@ -39,6 +40,10 @@ class Web:
     """An ``eventcore web`` process under a namespace of its own."""
 
     def __init__(self, redis_url: str, namespace: str, log_path: Path) -> None:
+        history = log_path.parent / "history.sqlite3"
+        db = open_database(str(history), writer=True)
+        migrate(db)
+        db.dispose()
         self.keys = Keys(namespace, PARTITIONS)
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -51,6 +56,8 @@ class Web:
             "EVENTCORE_WEB__PORT": str(self.port),
             "EVENTCORE_WEB__READ_WAIT": "0.2",
             "EVENTCORE_WEB__RESULT_TIMEOUT": "2",
+            # A SQL history with its tables, so /v1/history/* answer from it.
+            "EVENTCORE_SQL__URL": f"sqlite:///{history}",
         }
         self.log_path = log_path
         self.log_file = log_path.open("w")

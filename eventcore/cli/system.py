@@ -62,6 +62,11 @@ def add_commands(sub: Any) -> dict[str, Any]:
         metavar="SECONDS",
         help="say what is missing if /readyz is not 200 by then (default 60)",
     )
+    up.add_argument(
+        "--no-sql",
+        action="store_true",
+        help="do not run the SQL projector (the task history in sql.url)",
+    )
     add_listen_options(up)
     redis = sub.add_parser("redis", help="run only the embedded Redis and print its URL")
     add_listen_options(redis)
@@ -347,6 +352,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         announcer = None
         try:
             stack.start("projector", "project")
+            if not args.no_sql:
+                stack.start("sql", "sql")
             for i in range(1, args.workers + 1):
                 name = "worker" if args.workers == 1 else f"worker-{i}"
                 argv = ["worker", "--node", f"{socket.gethostname()}-cpu-{i}"]
