@@ -38,12 +38,14 @@ from eventcore.keys import check_name
 __all__ = [
     "DEFAULT_QUEUES",
     "BlobSettings",
+    "LogSettings",
     "ModelSettings",
     "ProjectorSettings",
     "QueueConfig",
     "RedisSettings",
     "Settings",
     "SqlSettings",
+    "ViewsSettings",
     "WebSettings",
     "WorkerSettings",
     "load_settings",
@@ -195,6 +197,36 @@ class ProjectorSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
     lease_ms: Annotated[int, Meta(ge=300)] = 5_000
 
 
+class ViewsSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long the Redis views keep a finished task.
+
+    ``retention``: seconds after it finished that a task's view and index
+    entries leave Redis, once the SQL history has every event of it (its
+    ``sql`` group is past them); it stays in ``/v1/history`` and
+    ``GET /v1/tasks/{id}`` answers from SQL. Without a SQL projector nothing
+    leaves. ``0`` keeps every view. ``sweep_every``: how often a projector
+    looks for such tasks in the shards it holds.
+    """
+
+    retention: NonNegative = 7 * 86_400.0
+    sweep_every: Positive = 60.0
+
+
+class LogSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long the log keeps its entries.
+
+    Every ``snapshot_every`` seconds a projector takes a snapshot (leaving out
+    the tasks the views no longer keep) and trims each log stream below
+    ``retention`` seconds ago, never past the snapshot or what a consumer
+    group, the SQL projector's included, has not read. ``0`` (either) turns
+    this off; ``eventcore replay snapshot`` and ``events trim`` still work by
+    hand.
+    """
+
+    retention: NonNegative = 7 * 86_400.0
+    snapshot_every: NonNegative = 3_600.0
+
+
 class SqlSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The SQL history (``eventcore sql``, ``/v1/history/...``).
 
@@ -225,6 +257,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     queues: Annotated[tuple[QueueConfig, ...], Meta(min_length=1)] = DEFAULT_QUEUES
     worker: WorkerSettings = WorkerSettings()
     projector: ProjectorSettings = ProjectorSettings()
+    views: ViewsSettings = ViewsSettings()
+    log: LogSettings = LogSettings()
     sql: SqlSettings = SqlSettings()
     web: WebSettings = WebSettings()
     models: ModelSettings = ModelSettings()

@@ -66,7 +66,7 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from eventcore.events import Priority
 from eventcore.ids import partition_of
 
-__all__ = ["NAME_RE", "Keys", "check_name", "escape_part", "spread_tag"]
+__all__ = ["NAME_RE", "SQL_GROUP", "Keys", "check_name", "escape_part", "spread_tag"]
 
 # Hash tags of the keys outside the partitions and the views (see the layout).
 NODE_TAG = "n"
@@ -76,6 +76,10 @@ NODE_SHARD = "n"
 CONTROL_TAG = "c"
 PARKED_TAG = "x"
 WEB_TAG = "w"
+# The consumer group the SQL projector keeps on each log stream at the
+# position it has written: trimming never passes it, and the views' retention
+# knows from it what the SQL history holds.
+SQL_GROUP = "sql"
 
 # Queue names, node ids and namespaces: safe inside a key and in Lua splitting.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -305,6 +309,11 @@ class Keys:
     def snapshot(self, snap_id: str) -> str:
         """A published snapshot of the views (hash)."""
         return f"{self.namespace}:{{v}}:snapshot:{snap_id}"
+
+    def log_retention_turn(self) -> str:
+        """Held (SET NX PX) by the projector taking this period's scheduled
+        snapshot and trim, so only one does, once per period."""
+        return f"{self.namespace}:{{v}}:retention:turn"
 
     def snapshot_partial(self, snap_id: str) -> str:
         """A snapshot while it is written; renamed to :meth:`snapshot` when complete."""

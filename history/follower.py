@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventcore.codec import text
 from eventcore.errors import DecodeError
+from eventcore.keys import SQL_GROUP
 from eventcore.log import EventLog, spread
 from eventcore.log.groups import ensure_group
 from history.database import Database, SqlUnavailable, migrate
@@ -45,7 +46,7 @@ __all__ = ["GROUP", "SqlProjector"]
 
 logger = logging.getLogger("eventcore.sql")
 
-GROUP = "sql"
+GROUP = SQL_GROUP
 START = "0-0"
 RETRY_FIRST = 1.0
 RETRY_CAP = 15.0

@@ -42,6 +42,7 @@ from projections.pool import ProjectorPool, lease_holders
 from projections.progress import Progress
 from projections.read import read_queue_health
 from projections.replay import Views
+from projections.retention import Retention
 from projections.runner import tune_gc
 from projections.snapshot import log_trimmed, take_snapshot
 from projections.store import ShardStore, ViewStore, current_views
@@ -100,6 +101,12 @@ async def _run(url: str, settings: Settings, args: argparse.Namespace) -> None:
         batch=args.batch,
         lease_ms=settings.projector.lease_ms,
         on_take=seed,
+        retention=Retention(
+            views=settings.views.retention,
+            sweep_every=settings.views.sweep_every,
+            log=settings.log.retention,
+            snapshot_every=settings.log.snapshot_every,
+        ),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -383,7 +390,8 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             return _tool(settings, lambda log: _rebuild(log, args.batch))
         case "snapshot":
             return _tool(settings, lambda log: _snapshot(log, args.batch))
-    return _tool(settings, lambda log: _verify(log, args.views, args.shard))
+    retention = settings.views.retention
+    return _tool(settings, lambda log: _verify(log, args.views, args.shard, retention))
 
 
 async def _rebuild(log: EventLog, batch: int) -> int:
@@ -398,7 +406,9 @@ async def _rebuild(log: EventLog, batch: int) -> int:
     return 0
 
 
-async def _verify(log: EventLog, views: str | None, shards: list[str] | None = None) -> int:
+async def _verify(
+    log: EventLog, views: str | None, shards: list[str] | None = None, retention: float = 0.0
+) -> int:
     for shard in shards or ():
         if shard not in log.keys.view_shards():
             there = ", ".join(log.keys.view_shards())
@@ -407,7 +417,13 @@ async def _verify(log: EventLog, views: str | None, shards: list[str] | None = N
         name = views or await current_views(log)
         try:
             with Progress("verifying") as bar:
-                res = await verify_at(log, ViewStore(log, name), progress=bar.update, shards=shards)
+                res = await verify_at(
+                    log,
+                    ViewStore(log, name),
+                    progress=bar.update,
+                    shards=shards,
+                    retention=retention,
+                )
         except ViewsMoved:
             if views is not None or tries_left == 0:
                 raise

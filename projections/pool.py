@@ -18,6 +18,10 @@ wakes (the write checks the lease) and lets the shard go.
 
 So each shard is folded by exactly one projector at a time, and adding a
 process adds folding capacity (up to one process per shard).
+
+Every ``retention.sweep_every`` seconds each holder also takes the retired
+finished tasks out of its shards, and the node shard's holder takes the
+scheduled snapshot and trim when it is due (:mod:`projections.retention`).
 """
 
 from __future__ import annotations
@@ -33,16 +37,18 @@ import zlib
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from eventcore.codec import text
+from eventcore.errors import EventcoreError
 from eventcore.keys import NODE_SHARD
 from eventcore.log import EventLog
 from projections.leases import DEFAULT_LEASE_MS, ShardLease
+from projections.retention import Retention, expire_views, retire_log
 from projections.runner import Projector
 from projections.scripts import ViewScripts
-from projections.store import LeaseLost, ViewStore, current_views
+from projections.store import LeaseLost, ShardStore, ViewStore, current_views
 
 __all__ = ["ProjectorPool", "fair_share", "lease_holders"]
 
@@ -88,6 +94,8 @@ class ProjectorPool:
         lease_ms: int = DEFAULT_LEASE_MS,
         block_ms: int = 1000,
         on_take: object = None,
+        retention: Retention | None = None,
+        clock: Any = time.time,
     ) -> None:
         self.log = log
         self.views = views
@@ -96,6 +104,10 @@ class ProjectorPool:
         self.lease_ms = lease_ms
         self.block_ms = block_ms
         self.on_take = on_take
+        self.retention = retention or Retention()
+        self.clock = clock
+        self.expired = 0
+        self.log_turns = 0
         self.scripts = ViewScripts(log.redis)
         self.held: dict[str, _Held] = {}
         self.shards = log.keys.view_shards()
@@ -204,6 +216,49 @@ class ProjectorPool:
                 self.takeovers += 1
                 self.held[shard] = self._start(lease)
 
+    async def sweep(self) -> None:
+        """One retention pass (:mod:`projections.retention`): take the retired
+        tasks out of each partition shard held, and, holding the node shard,
+        take this period's snapshot-and-trim turn if no projector has."""
+        r = self.retention
+        if r.views > 0:
+            cutoff = self.clock() - r.views
+            for shard, held in list(self.held.items()):
+                if shard == NODE_SHARD or held.leaving or held.task.done():
+                    continue
+                store = ShardStore(self.log, held.lease.ns, shard, scripts=self.scripts)
+                try:
+                    n = await expire_views(
+                        self.log, store, token=held.lease.token, cutoff=cutoff, scripts=self.scripts
+                    )
+                except LeaseLost:
+                    continue  # the renewal notices and lets the shard go
+                if n:
+                    self.expired += n
+                    logger.info(
+                        "projector %s: %d finished tasks left shard %s", self.name, n, shard
+                    )
+        node = self.held.get(NODE_SHARD)
+        if r.log <= 0 or r.snapshot_every <= 0 or node is None or node.leaving:
+            return
+        turn = self.log.keys.log_retention_turn()
+        if not await self.log.redis.set(turn, self.name, nx=True, px=int(r.snapshot_every * 1000)):
+            return
+        self.log_turns += 1
+        try:
+            done = await retire_log(self.log, retention=r, clock=self.clock)
+        except (EventcoreError, ResponseError) as exc:
+            logger.warning("projector %s: scheduled snapshot and trim: %s", self.name, exc)
+            return
+        trimmed = sum(s.trimmed for s in done.trim.streams)
+        logger.info(
+            "projector %s: snapshot %s (%d finished tasks left out), %d log entries trimmed",
+            self.name,
+            done.snapshot,
+            done.retired,
+            trimmed,
+        )
+
     async def _every(self, stop: asyncio.Event, step: Any, what: str, seconds: float) -> None:
         """``await step()`` every ``seconds`` until ``stop`` is set; Redis
         being away is logged and tried again."""
@@ -224,9 +279,14 @@ class ProjectorPool:
             self._every(closing, self.renew, "renewing", self.lease_ms / 3000),
             name="projector-leases",
         )
+        sweeping = asyncio.create_task(
+            self._every(stop, self.sweep, "retention", self.retention.sweep_every),
+            name="projector-retention",
+        )
         try:
             await self._every(stop, self.balance, "balancing", min(0.5, self.lease_ms / 3000))
         finally:
+            await sweeping
             for held in self.held.values():
                 held.leave()
             await asyncio.gather(*(h.task for h in self.held.values()), return_exceptions=True)

@@ -12,7 +12,8 @@ as the ``ResponseError`` Redis answered (callers such as the snapshot writer
 catch it). The callers: :mod:`projections.store` (write_views),
 :mod:`projections.leases` (renew_lease, release_lease),
 :mod:`projections.snapshot` (publish_snapshot), :mod:`projections.trim`
-(trim_stream, prune_done) and :mod:`projections.export` (import_entries).
+(trim_stream, prune_done), :mod:`projections.export` (import_entries) and
+:mod:`projections.retention` (expire_tasks).
 Nothing else calls a projection script.
 """
 
@@ -29,6 +30,7 @@ from eventcore.log.scripts import Call, load_library
 
 __all__ = [
     "VIEW_SCRIPT_NAMES",
+    "ExpiringTask",
     "FeedEntry",
     "ImportEntry",
     "Imported",
@@ -46,6 +48,7 @@ VIEW_SCRIPT_NAMES = (
     "import_entries",
     "renew_lease",
     "release_lease",
+    "expire_tasks",
 )
 
 
@@ -75,6 +78,16 @@ class IndexOp(NamedTuple):
     key: str
     score: int
     member: str
+
+
+class ExpiringTask(NamedTuple):
+    """A finished task to take out of the views: its view key, the view as
+    read (taken out only if unchanged), its id and its index keys."""
+
+    key: str
+    view: bytes
+    task_id: str
+    index_keys: Sequence[str]
 
 
 class Trimmed(NamedTuple):
@@ -223,3 +236,15 @@ class ViewScripts:
     def release_lease(self, *, lease_key: str, token: str) -> Call[bool]:
         """Drop the lease held with ``token``; False if it is not held with it."""
         return self._call("release_lease", [lease_key], [token], lambda r: bool(int(r)))
+
+    def expire_tasks(
+        self, *, lease_key: str, token: str, tasks: Sequence[ExpiringTask]
+    ) -> Call[int]:
+        """Take these tasks out of the views, each only if its view is still
+        the one read; how many were taken out. Refused with ``LEASE`` unless
+        ``lease_key`` holds ``token`` (``""``: no check)."""
+        keys = [lease_key, *(t.key for t in tasks)]
+        args: list[Any] = [token]
+        for t in tasks:
+            args += [t.view, t.task_id, len(t.index_keys), *t.index_keys]
+        return self._call("expire_tasks", keys, args, int)

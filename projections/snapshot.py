@@ -194,12 +194,15 @@ async def take_snapshot(
     *,
     batch: int = 5000,
     progress: Callable[[int], None] | None = None,
+    retire: Callable[[TaskView], bool] | None = None,
 ) -> SnapshotHead:
     """Fold the log into a new snapshot and publish it as the latest.
 
     Starts from the latest snapshot when there is one and folds the entries
     after its watermark, up to each stream's newest entry when the call began
-    (entries that arrive meanwhile go to the next snapshot).
+    (entries that arrive meanwhile go to the next snapshot). With ``retire``,
+    the task views it says yes to are left out (the views' retention: see
+    :mod:`projections.retention`).
     """
     redis = log.redis
     keys = log.keys
@@ -269,6 +272,8 @@ async def take_snapshot(
             done += len(raw)
             if progress is not None:
                 progress(done)
+    if retire is not None:
+        tasks -= await _leave_out(log, staging, retire)
     told = small.pop(NODE_SHARD)
     head = SnapshotHead(
         id=snap_id,
@@ -299,6 +304,20 @@ async def take_snapshot(
         await redis.delete(staging)
         raise EventcoreError(f"snapshot {snap_id} not published: {exc}") from None
     return head
+
+
+async def _leave_out(
+    log: EventLog, staging: str, retire: Callable[[TaskView], bool], chunk: int = 1000
+) -> int:
+    """Delete from a staging snapshot the task views ``retire`` says yes to;
+    how many."""
+    gone: list[str] = []
+    async for field, value in log.redis.hscan_iter(staging, match=TASK + "*", count=chunk):
+        if retire(_task.decode(value)):
+            gone.append(text(field))
+    for i in range(0, len(gone), chunk):
+        await log.redis.hdel(staging, *gone[i : i + chunk])
+    return len(gone)
 
 
 async def log_trimmed(log: EventLog) -> bool:

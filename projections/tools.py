@@ -21,6 +21,7 @@ from eventcore.errors import EventcoreError
 from eventcore.log import EventLog, groups
 from projections.points import id_lt, log_streams
 from projections.replay import Views, replay
+from projections.retention import is_retired, sql_positions
 from projections.snapshot import (
     SnapshotHead,
     decode_batch,
@@ -29,6 +30,7 @@ from projections.snapshot import (
 )
 from projections.store import ShardStore, ViewStore, current_views, drop_views, group_for
 from projections.trim import trim_marks
+from projections.views import TaskView
 
 __all__ = [
     "RebuildResult",
@@ -213,6 +215,8 @@ async def verify_at(
     progress: Callable[[int], None] | None = None,
     wait: float = 10.0,
     shards: list[str] | None = None,
+    retention: float = 0.0,
+    clock: Callable[[], float] = time.time,
 ) -> VerifyResult:
     """Compare the views with the log folded up to exactly the watermark they
     were read with, so a running projector and new traffic make no false
@@ -231,7 +235,10 @@ async def verify_at(
     fold starts there): this waits up to ``wait`` seconds for the projector
     to pass it, then gives up with an :class:`EventcoreError`. A rebuild that
     drops the views while they are read raises :class:`ViewsMoved`.
-    ``shards``: only these shards (default: all).
+    ``shards``: only these shards (default: all). ``retention``: the
+    views' retention (``views.retention``): a task the views no longer hold
+    because it retired (:func:`projections.retention.is_retired`) is no
+    difference.
     """
     head = await starting_snapshot(log)
     if head is not None and head.entries and not head.parts:
@@ -242,10 +249,20 @@ async def verify_at(
     problems: list[str] = []
     all_marks: dict[str, str] = {}
     streams: list[str] = []
+    retired: Callable[[TaskView], bool] | None = None
+    if retention > 0:
+        written = await sql_positions(log, log_streams(log.keys))
+        cutoff = clock() - retention
+        keys = log.keys
+
+        def retired(view: TaskView) -> bool:
+            stream = keys.events(keys.partition(view.task_id))
+            return is_retired(view, cutoff, written.get(stream))
+
     for name, shard in store.shards.items():
         if shards is not None and name not in shards:
             continue
-        marks, shard_problems = await _verify_shard(log, shard, head, progress, wait)
+        marks, shard_problems = await _verify_shard(log, shard, head, progress, wait, retired)
         problems += shard_problems
         all_marks.update(marks)
         streams += shard.streams
@@ -258,6 +275,7 @@ async def _verify_shard(
     head: SnapshotHead | None,
     progress: Callable[[int], None] | None,
     wait: float,
+    retired: Callable[[TaskView], bool] | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     ids = await store.task_ids()
     marks, live = await store.read_at(ids)
@@ -282,6 +300,8 @@ async def _verify_shard(
         folded = replay(await log_after(log, marks, upto=later), start=expected)
         tasks.update((t, folded.tasks[t]) for t in unseen)
         live = msgspec.structs.replace(live, tasks={**live.tasks, **more.tasks})
+    if retired is not None:
+        tasks = {t: v for t, v in tasks.items() if t in live.tasks or not retired(v)}
     return marks, diff_views(live, msgspec.structs.replace(expected, tasks=tasks))
 
 

@@ -24,6 +24,8 @@ request on record keeps its field.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterable
+
 import msgspec
 
 from eventcore.codec import text
@@ -33,6 +35,7 @@ from eventcore.transitions import TERMINAL
 from projections.points import id_lt, log_streams
 from projections.scripts import ViewScripts
 from projections.snapshot import SnapshotHead, latest_head, snapshot_tasks
+from projections.views import TaskView
 
 __all__ = ["StreamTrim", "TrimResult", "busy_tasks", "prune_done", "trim_log", "trim_marks"]
 
@@ -53,11 +56,18 @@ class TrimResult(msgspec.Struct, frozen=True):
     done_pruned: int
 
 
-async def trim_log(log: EventLog, *, prune: bool = True, before: str | None = None) -> TrimResult:
+async def trim_log(
+    log: EventLog,
+    *,
+    prune: bool = True,
+    before: str | None = None,
+    retired: Iterable[TaskView] = (),
+) -> TrimResult:
     """Trim every log stream behind the latest snapshot (see the module
     docstring for the rules), and, with ``before`` (an entry id), only below
     it too, keeping recent raw history for tools that read it; then, with
-    ``prune``, the ``done`` hashes."""
+    ``prune``, the ``done`` hashes: of the snapshot's ended tasks, and of the
+    ``retired`` ones the snapshot left out (:mod:`projections.retention`)."""
     head = await latest_head(log)
     if head is None:
         raise EventcoreError(
@@ -75,7 +85,7 @@ async def trim_log(log: EventLog, *, prune: bool = True, before: str | None = No
             stream=stream, trim_mark=keys.trim_mark(stream), limit=limit
         )
         out.append(StreamTrim(stream, mark, minid, trimmed, held))
-    pruned = await prune_done(log, head) if prune else 0
+    pruned = await prune_done(log, head, retired) if prune else 0
     return TrimResult(head.id, out, pruned)
 
 
@@ -100,9 +110,12 @@ async def busy_tasks(log: EventLog, p: int, *, batch: int = 1000) -> set[str]:
     return busy
 
 
-async def prune_done(log: EventLog, head: SnapshotHead, *, chunk: int = 1000) -> int:
-    """Forget the outcome of ended tasks whose every event was trimmed; returns
-    how many fields were removed."""
+async def prune_done(
+    log: EventLog, head: SnapshotHead, retired: Iterable[TaskView] = (), *, chunk: int = 1000
+) -> int:
+    """Forget the outcome of ended tasks whose every event was trimmed (those
+    of the snapshot, and ``retired`` ones it left out); returns how many
+    fields were removed."""
     keys = log.keys
     marks = await trim_marks(log)
     by_part = {p: marks[keys.events(p)] for p in keys.all_partitions() if keys.events(p) in marks}
@@ -121,20 +134,26 @@ async def prune_done(log: EventLog, head: SnapshotHead, *, chunk: int = 1000) ->
             done=keys.done(p), delayed=keys.delayed(p), cancels=keys.cancels(p), task_ids=ids
         )
 
-    async for views in snapshot_tasks(log, head, chunk=chunk):
-        for task_id, view in views.items():
-            p = keys.partition(task_id)
-            mark = by_part.get(p)
-            if (
-                mark is not None
-                and view.status in TERMINAL
-                and view.last_event_id
-                and id_lt(view.last_event_id, mark)
-                and task_id not in busy[p]
-            ):
-                pending[p].append(task_id)
-                if len(pending[p]) >= chunk:
-                    pruned += await flush(p)
+    async def every_view() -> AsyncIterator[tuple[str, TaskView]]:
+        async for views in snapshot_tasks(log, head, chunk=chunk):
+            for item in views.items():
+                yield item
+        for view in retired:
+            yield view.task_id, view
+
+    async for task_id, view in every_view():
+        p = keys.partition(task_id)
+        mark = by_part.get(p)
+        if (
+            mark is not None
+            and view.status in TERMINAL
+            and view.last_event_id
+            and id_lt(view.last_event_id, mark)
+            and task_id not in busy[p]
+        ):
+            pending[p].append(task_id)
+            if len(pending[p]) >= chunk:
+                pruned += await flush(p)
     for p in by_part:
         pruned += await flush(p)
     return pruned

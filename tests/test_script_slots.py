@@ -23,8 +23,9 @@ from eventcore.nodes import append_node_event, mark_lost
 from projections.export import export_log, import_log
 from projections.leases import ShardLease
 from projections.runner import Projector
-from projections.scripts import load_view_sources
+from projections.scripts import ExpiringTask, ViewScripts, load_view_sources
 from projections.snapshot import take_snapshot
+from projections.store import ViewStore
 from projections.trim import trim_log
 from tests.replaykit import NODE, workload
 from tests.test_reroute import _move, _stranded
@@ -84,6 +85,15 @@ async def test_every_script_call_touches_one_slot(
     projector = Projector(log)
     while await projector.step():
         pass
+    # expire_tasks
+    store = ViewStore(log)
+    task_id = (await store.task_ids())[0]
+    shard = store.shard_of(task_id)
+    view = await log.redis.get(shard.task_key(task_id))
+    gone = ExpiringTask(shard.task_key(task_id), view, task_id, [shard.index_key("all")])
+    assert await ViewScripts(log.redis).expire_tasks(
+        lease_key=shard.lease_key, token="", tasks=[gone]
+    )
     await take_snapshot(log)
     await trim_log(log)
     # import_entries

@@ -243,3 +243,35 @@ return 1
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 return 1
+
+--- script: expire_tasks
+-- Takes finished tasks out of a shard's views (views.retention): for each
+-- task whose view is still exactly the one the caller read (so nothing new
+-- was folded into it meanwhile), deletes the view and removes the task from
+-- its indexes. A writer holding the shard's lease passes its token, as for
+-- write_views; an empty token checks no lease.
+-- KEYS: lease, then one view key per task
+-- ARGV: lease token, then per task: the view as read, the task id, the
+--       number of index keys, the index keys (under the shard's tag)
+-- Returns how many tasks were taken out.
+if ARGV[1] ~= '' then
+  local holder = redis.call('GET', KEYS[1])
+  if holder ~= ARGV[1] then
+    return redis.error_reply('LEASE eventcore expire_tasks: the lease is held by ' .. (holder or 'nobody'))
+  end
+end
+local a, removed = 2, 0
+for i = 2, #KEYS do
+  local n = tonumber(ARGV[a + 2])
+  if ARGV[a] == nil or not n or n < 0 or a + 2 + n > #ARGV then
+    return redis.error_reply('ERR eventcore expire_tasks: bad arguments for task ' .. (i - 1))
+  end
+  if redis.call('GET', KEYS[i]) == ARGV[a] then
+    redis.call('DEL', KEYS[i])
+    for j = 1, n do redis.call('ZREM', ARGV[a + 2 + j], ARGV[a + 1]) end
+    removed = removed + 1
+  end
+  a = a + 3 + n
+end
+if a ~= #ARGV + 1 then return redis.error_reply('ERR eventcore expire_tasks: extra arguments') end
+return removed
