@@ -250,6 +250,8 @@ class ProjectorPool:
         except (EventcoreError, ResponseError) as exc:
             logger.warning("projector %s: scheduled snapshot and trim: %s", self.name, exc)
             return
+        if done is None:
+            return  # nothing in the log is that old yet
         trimmed = sum(s.trimmed for s in done.trim.streams)
         logger.info(
             "projector %s: snapshot %s (%d finished tasks left out), %d log entries trimmed",

@@ -167,10 +167,14 @@ async def retire_log(
     *,
     retention: Retention,
     clock: Callable[[], float] = time.time,
-) -> LogRetired:
+) -> LogRetired | None:
     """Take a snapshot without the retired tasks and trim the log below
-    ``retention.log`` ago (see the module docstring)."""
+    ``retention.log`` ago (see the module docstring); ``None``, doing
+    nothing, while no log stream holds an entry that old."""
     now = clock()
+    before = stream_id_at(now - retention.log)
+    if not await _older_than(log, before):
+        return None
     positions = await sql_positions(log, log_streams(log.keys))
     keys = log.keys
     dropped: list[TaskView] = []
@@ -185,5 +189,14 @@ async def retire_log(
         return False
 
     head = await take_snapshot(log, retire=retire)
-    trim = await trim_log(log, before=stream_id_at(now - retention.log), retired=dropped)
+    trim = await trim_log(log, before=before, retired=dropped)
     return LogRetired(head.id, len(dropped), trim)
+
+
+async def _older_than(log: EventLog, entry_id: str) -> bool:
+    """Whether some log stream's first entry comes before ``entry_id``."""
+    for stream in log_streams(log.keys):
+        first = await log.redis.xrange(stream, count=1)
+        if first and id_lt(text(first[0][0]), entry_id):
+            return True
+    return False
