@@ -115,8 +115,13 @@ class Database:
 
     def __init__(self, url: str, *, writer: bool = False, pool_size: int = 5) -> None:
         self.sa_url = _sa_url(url)
-        self.name = self.sa_url.render_as_string(hide_password=True)
         self.sqlite = self.sa_url.get_backend_name() == "sqlite"
+        # How messages name it: the file, or the URL without its password.
+        self.name = (
+            str(self.sa_url.database)
+            if self.sqlite
+            else self.sa_url.set(drivername="postgresql").render_as_string(hide_password=True)
+        )
         if self.sqlite:
             path = Path(self.sa_url.database or "")
             if not path.parent.is_dir():
