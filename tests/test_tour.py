@@ -68,7 +68,7 @@ class Output:
 
 def test_readme_tour(tmp_path: Path) -> None:
     blocks = tour_blocks(README.read_text())
-    up_block, feed_block, submit_block, fetch_block, rebuild_block = blocks
+    up_block, feed_block, submit_block, fetch_block, history_block, rebuild_block = blocks
     port = free_port()
     venv_bin = str(Path(sys.executable).parent) + "/"
 
@@ -126,6 +126,14 @@ def test_readme_tour(tmp_path: Path) -> None:
         out = run(fetch_block, **{"<task_id from above>": task_id})
         assert (tmp_path / "out.png").read_bytes().startswith(b"\x89PNG"), out
         assert task_id in out and "succeeded" in out
+        # The SQL history has it a moment after the views do.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            deadline = time.monotonic() + 30
+            while task_id not in client.get("/v1/history/tasks").text:
+                assert time.monotonic() < deadline, "the SQL history never got the task"
+                time.sleep(0.2)
+        out = run(history_block)
+        assert out.count(task_id) >= 2 and "inpaint" in out, out  # the API and the table
         run(rebuild_block)
         # Nothing stopped: the stack still runs, and a new task still ends.
         assert up.poll() is None, up_out.text()[-3000:]
