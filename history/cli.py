@@ -128,7 +128,11 @@ def cmd_sql(args: argparse.Namespace, settings: Settings) -> int:
     if command == "backfill":
         return _with_log(settings, url, batch, lambda p: _backfill(p, args.file))
     if command == "rebuild":
-        if not args.yes and not _confirm(f"empty every table of {_database_name(url)}?"):
+        question = (
+            f"empty every table of {_database_name(url)}? (history the log no longer "
+            "holds comes back only from an export: `eventcore sql backfill FILE`)"
+        )
+        if not args.yes and not _confirm(question):
             _say("nothing changed")
             return 1
         return _with_log(settings, url, batch, _rebuild)
