@@ -61,6 +61,7 @@ def test_an_unsupported_database_is_named() -> None:
     ("url", "says"),
     [
         ("postgresql://u@h:notaport/db", "is not a database URL"),
+        ("postgresql://u:secret@h:notaport/db", "is not a database URL"),
         ("postgresql://u@[::1/db", "is not a database URL"),
         ("postgresql://u:secret@127.0.0.1:99999999/db", "port 99999999 is not a port"),
         ("postgresql://u:secret@127.0.0.1:0/db", "port 0 is not a port"),
