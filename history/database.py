@@ -19,6 +19,7 @@ busy timeout, so the web app reads while the projector writes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,10 +81,13 @@ def _sa_url(url: str) -> sa.URL:
         return sa.URL.create("sqlite+pysqlite", database=str(Path(text).resolve()))
     try:
         parsed = sa.make_url(text)
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):  # ValueError: a port that is no number
         raise SqlError(f"sql.url {_hide(text)!r} is not a database URL") from None
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            # libpq would refuse one above, and take 0 for its default, 5432.
+            raise SqlError(f"sql.url {_hide(text)!r}: port {parsed.port} is not a port (1-65535)")
         return parsed.set(drivername="postgresql+psycopg")
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
@@ -101,8 +105,10 @@ def _sa_url(url: str) -> sa.URL:
 def _hide(text: str) -> str:
     try:
         return sa.make_url(text).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return text
+    except (exc.ArgumentError, ValueError):
+        # Unparsed: hide all from the colon after the user to the last @ (too much
+        # rather than a piece of a password with an @ in it).
+        return re.sub(r"(://[^:/@]*:).*@", r"\1***@", text)
 
 
 def _json(value: Any) -> str:
