@@ -170,7 +170,8 @@ class Database:
 
     def explain(self, error: exc.DBAPIError) -> SqlError:
         detail = _first_line(error.orig) if error.orig is not None else str(error)
-        if isinstance(error, (exc.OperationalError, exc.InterfaceError)) and not _refusal(detail):
+        operational = isinstance(error, (exc.OperationalError, exc.InterfaceError))
+        if operational and _transient(detail, sqlite=self.sqlite):
             return SqlUnavailable(f"the SQL database {self.name} does not answer: {detail}")
         return SqlError(f"the SQL database {self.name} refused: {detail}")
 
@@ -183,21 +184,24 @@ def _first_line(orig: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-def _refusal(detail: str) -> bool:
-    """An operational error that waiting will not cure."""
+def _transient(detail: str, *, sqlite: bool) -> bool:
+    """Whether an operational error is one that waiting may cure."""
     text = detail.lower()
-    return any(
-        words in text
-        for words in (
-            "password authentication failed",
-            "does not exist",
-            "permission denied",
-            "no pg_hba.conf entry",
-            "unable to open database file",
-            "readonly database",
-            "not a database",
-        )
-    )
+    if sqlite:
+        # sqlite3 raises OperationalError for nearly everything (a table that
+        # exists, a file it cannot open): only a lock or the disk passes.
+        return any(words in text for words in _SQLITE_TRANSIENT)
+    return not any(words in text for words in _POSTGRES_REFUSALS)
+
+
+_SQLITE_TRANSIENT = ("is locked", "disk i/o error", "database or disk is full")
+_POSTGRES_REFUSALS = (
+    "password authentication failed",
+    "does not exist",
+    "permission denied",
+    "no pg_hba.conf entry",
+    "invalid",  # libpq on a connection option: "invalid sslmode value", ...
+)
 
 
 def _sqlite_transactions(engine: sa.Engine, *, immediate: bool) -> None:
