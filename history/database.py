@@ -296,9 +296,12 @@ def migrate(db: Database) -> tuple[str | None, str]:
         return before, head
     cfg = _alembic_config(db)
     with db.begin() as conn:
-        if not db.sqlite:
+        if not db.sqlite and not sa.inspect(conn).has_schema(SCHEMA):
             # Alembic's version table lives in the schema, so it comes first.
-            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            # Only when missing: even with IF NOT EXISTS, CREATE SCHEMA needs
+            # the right to create in the database, and a role may well have
+            # rights on an existing schema alone.
+            conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA}")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return before, head
