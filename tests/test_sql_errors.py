@@ -126,7 +126,9 @@ def test_the_sql_projector_waits_for_postgresql(
     database does not answer, keeps trying, and once a server listens there
     creates the tables and follows the log; SIGTERM ends it cleanly."""
     port = free_port()
-    url = f"postgresql://postgres@127.0.0.1:{port}/eventcore"
+    # The database every server has from the start ("eventcore" is made just
+    # after the server accepts connections: a try then would be refused).
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     log_path = tmp_path / "sql.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
     env |= {"REDIS_URL": redis_url, "EVENTCORE_NAMESPACE": namespace}
@@ -157,6 +159,7 @@ def test_the_sql_projector_waits_for_postgresql(
     assert proc.returncode == 0, out
     assert "Traceback" not in out
     assert out.count("does not answer") == 1, out
+    assert out.count("answers again") == 1, out
 
 
 # -- PostgreSQL that refuses --------------------------------------------------------------------
