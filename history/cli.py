@@ -182,7 +182,8 @@ async def _follow(projector: SqlProjector) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await prepare(projector, say=_say)
+    if not await projector.start(stop, lambda: prepare(projector, say=_say)):
+        return 0
     _say(f"sql: following the log into {projector.db.name}")
     await _catch_up(projector, stop)
     try:

@@ -19,6 +19,7 @@ busy timeout, so the web app reads while the projector writes.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -80,10 +81,13 @@ def _sa_url(url: str) -> sa.URL:
         return sa.URL.create("sqlite+pysqlite", database=str(Path(text).resolve()))
     try:
         parsed = sa.make_url(text)
-    except exc.ArgumentError:
+    except (exc.ArgumentError, ValueError):  # ValueError: a port that is no number
         raise SqlError(f"sql.url {_hide(text)!r} is not a database URL") from None
     backend = parsed.get_backend_name()
     if backend in ("postgresql", "postgres"):
+        if parsed.port is not None and not 0 < parsed.port < 65536:
+            # libpq would refuse one above, and take 0 for its default, 5432.
+            raise SqlError(f"sql.url {_hide(text)!r}: port {parsed.port} is not a port (1-65535)")
         return parsed.set(drivername="postgresql+psycopg")
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
@@ -101,8 +105,10 @@ def _sa_url(url: str) -> sa.URL:
 def _hide(text: str) -> str:
     try:
         return sa.make_url(text).render_as_string(hide_password=True)
-    except exc.ArgumentError:
-        return text
+    except (exc.ArgumentError, ValueError):
+        # Unparsed: hide all from the colon after the user to the last @ (too much
+        # rather than a piece of a password with an @ in it).
+        return re.sub(r"(://[^:/@]*:).*@", r"\1***@", text)
 
 
 def _json(value: Any) -> str:
@@ -169,7 +175,8 @@ class Database:
 
     def explain(self, error: exc.DBAPIError) -> SqlError:
         detail = _first_line(error.orig) if error.orig is not None else str(error)
-        if isinstance(error, (exc.OperationalError, exc.InterfaceError)) and not _refusal(detail):
+        operational = isinstance(error, (exc.OperationalError, exc.InterfaceError))
+        if operational and _transient(detail, sqlite=self.sqlite):
             return SqlUnavailable(f"the SQL database {self.name} does not answer: {detail}")
         return SqlError(f"the SQL database {self.name} refused: {detail}")
 
@@ -182,21 +189,24 @@ def _first_line(orig: BaseException) -> str:
     return lines[0] if lines else type(orig).__name__
 
 
-def _refusal(detail: str) -> bool:
-    """An operational error that waiting will not cure."""
+def _transient(detail: str, *, sqlite: bool) -> bool:
+    """Whether an operational error is one that waiting may cure."""
     text = detail.lower()
-    return any(
-        words in text
-        for words in (
-            "password authentication failed",
-            "does not exist",
-            "permission denied",
-            "no pg_hba.conf entry",
-            "unable to open database file",
-            "readonly database",
-            "not a database",
-        )
-    )
+    if sqlite:
+        # sqlite3 raises OperationalError for nearly everything (a table that
+        # exists, a file it cannot open): only a lock or the disk passes.
+        return any(words in text for words in _SQLITE_TRANSIENT)
+    return not any(words in text for words in _POSTGRES_REFUSALS)
+
+
+_SQLITE_TRANSIENT = ("is locked", "disk i/o error", "database or disk is full")
+_POSTGRES_REFUSALS = (
+    "password authentication failed",
+    "does not exist",
+    "permission denied",
+    "no pg_hba.conf entry",
+    "invalid",  # libpq on a connection option: "invalid sslmode value", ...
+)
 
 
 def _sqlite_transactions(engine: sa.Engine, *, immediate: bool) -> None:
@@ -291,9 +301,12 @@ def migrate(db: Database) -> tuple[str | None, str]:
         return before, head
     cfg = _alembic_config(db)
     with db.begin() as conn:
-        if not db.sqlite:
+        if not db.sqlite and not sa.inspect(conn).has_schema(SCHEMA):
             # Alembic's version table lives in the schema, so it comes first.
-            conn.exec_driver_sql(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
+            # Only when missing: even with IF NOT EXISTS, CREATE SCHEMA needs
+            # the right to create in the database, and a role may well have
+            # rights on an existing schema alone.
+            conn.exec_driver_sql(f"CREATE SCHEMA {SCHEMA}")
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
     return before, head

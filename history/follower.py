@@ -15,8 +15,9 @@ again: a failed transaction, a lost race with another writer.
 
 The database going away (PostgreSQL restarting, a network cut) is waited
 out: the batch is tried again, every second at first, then up to every 15 s,
-logged once per outage, with Redis and every other role unaffected. A URL,
-a permission or a schema that cannot work stops it with one line.
+logged once per outage, with Redis and every other role unaffected; so is
+a database that does not answer yet when it starts (:meth:`SqlProjector.start`).
+A URL, a permission or a schema that cannot work stops it with one line.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -81,7 +82,7 @@ class SqlProjector:
         self._published: dict[str, str] = {}
         self.applied = 0
         self.skipped = 0
-        self.outages = 0
+        self._outage = _Outage(clock)
         self._ready = False
 
     async def setup(self) -> None:
@@ -190,23 +191,32 @@ class SqlProjector:
 
     # -- the loop -------------------------------------------------------------------
 
+    async def start(
+        self, stop: asyncio.Event, prepare: Callable[[], Awaitable[None]] | None = None
+    ) -> bool:
+        """Set up (or run ``prepare``, which does) once the database answers,
+        waiting for it as :meth:`run` does; False if ``stop`` came first."""
+        while not stop.is_set():
+            try:
+                await (prepare() if prepare is not None else self.setup())
+            except SqlUnavailable as exc:
+                self._ready = False
+                await _wait(stop, self._outage.down(exc))
+                continue
+            self._outage.up()
+            return True
+        return False
+
     async def run(self, stop: asyncio.Event, block_ms: int = 1000) -> None:
         """Apply batches until ``stop`` is set, waiting out outages of the
         database and of Redis (see the module docstring)."""
-        delay = RETRY_FIRST
-        down_since: float | None = None
         while not stop.is_set():
             try:
                 await self.step(block_ms)
                 await self.publish()
             except SqlUnavailable as exc:
-                if down_since is None:
-                    down_since = self.clock()
-                    self.outages += 1
-                    logger.warning("sql: %s; waiting for it", exc)
-                await _wait(stop, delay)
-                delay = min(RETRY_CAP, delay * 2)
                 self._ready = False
+                await _wait(stop, self._outage.down(exc))
                 continue
             except TrackingConflict as exc:
                 logger.warning("sql: %s; reading the positions again", exc)
@@ -221,12 +231,40 @@ class SqlProjector:
                 logger.warning("sql: Redis: %s; retrying in 1s", exc)
                 await _wait(stop, RETRY_FIRST)
                 continue
-            if down_since is not None:
-                logger.warning(
-                    "sql: the database answers again after %.1fs", self.clock() - down_since
-                )
-                down_since = None
-            delay = RETRY_FIRST
+            self._outage.up()
+
+    @property
+    def outages(self) -> int:
+        """How many times the database stopped answering."""
+        return self._outage.count
+
+
+class _Outage:
+    """The database not answering, as the SQL projector waits it out: logged
+    once when it begins and once when it ends, tried again every second at
+    first, then less and less often, up to every ``RETRY_CAP`` seconds."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.since: float | None = None
+        self.delay = RETRY_FIRST
+        self.count = 0
+
+    def down(self, exc: SqlUnavailable) -> float:
+        """Note a failed try; the seconds to wait before the next."""
+        if self.since is None:
+            self.since = self.clock()
+            self.count += 1
+            logger.warning("sql: %s; waiting for it", exc)
+        delay, self.delay = self.delay, min(RETRY_CAP, self.delay * 2)
+        return delay
+
+    def up(self) -> None:
+        """Note a try that worked."""
+        if self.since is not None:
+            logger.warning("sql: the database answers again after %.1fs", self.clock() - self.since)
+            self.since = None
+        self.delay = RETRY_FIRST
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -2,8 +2,13 @@
 
 :func:`find_tasks`: tasks newest first (by ``submitted_at``, then id), by
 status, kind, queue, node, a time range on ``submitted_at`` and a piece of
-error text (case-insensitive), a page at a time with an opaque cursor that
-stays right while new tasks arrive.
+error text, a page at a time with an opaque cursor that stays right while
+new tasks arrive. The error text is matched literally (``%`` and ``_`` are
+no wildcards) after the database's ``lower()`` on both sides: any case for
+ASCII letters everywhere, for other letters where the database's locale
+knows them (not SQLite's, not PostgreSQL's ``C``), and text as shown always.
+Filter text is read as the rows keep it: a NUL as U+FFFD
+(:mod:`history.rows`).
 
 :func:`task_stats`: per time bucket (minute, hour or day, on UTC
 boundaries), kind and queue: tasks submitted (by ``submitted_at``), tasks
@@ -29,6 +34,7 @@ import msgspec
 import sqlalchemy as sa
 
 from history.database import Database
+from history.rows import clean
 from history.schema import tasks
 
 __all__ = [
@@ -90,27 +96,39 @@ def decode_cursor(cursor: str) -> tuple[float, str]:
         at, task_id = msgspec.json.decode(raw, type=tuple[float, str])
     except (binascii.Error, ValueError, msgspec.DecodeError):
         raise BadQuery("cursor", "not a cursor this API gave out") from None
+    if "\x00" in task_id:  # no task id has one, and PostgreSQL refuses it
+        raise BadQuery("cursor", "not a cursor this API gave out")
     return at, task_id
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern for ``text`` anywhere, its wildcards escaped with ``/``."""
+    for char in "/%_":
+        text = text.replace(char, "/" + char)
+    return f"%{text}%"
 
 
 def _where(f: TaskFilter, time_column: Any) -> list[Any]:
     out: list[Any] = []
     if f.tenant is not None:
-        out.append(tasks.c.tenant == f.tenant)
+        out.append(tasks.c.tenant == clean(f.tenant))
     if f.status:
-        out.append(tasks.c.status.in_(f.status))
+        out.append(tasks.c.status.in_([clean(s) for s in f.status]))
     if f.kind is not None:
-        out.append(tasks.c.kind == f.kind)
+        out.append(tasks.c.kind == clean(f.kind))
     if f.queue is not None:
-        out.append(tasks.c.queue == f.queue)
+        out.append(tasks.c.queue == clean(f.queue))
     if f.node is not None:
-        out.append(tasks.c.node == f.node)
+        out.append(tasks.c.node == clean(f.node))
     if f.since is not None:
         out.append(time_column >= f.since)
     if f.until is not None:
         out.append(time_column < f.until)
     if f.error:
-        out.append(sa.func.lower(tasks.c.error).contains(f.error.lower(), autoescape=True))
+        # Python's lower() knows more letters than the database's: lowered
+        # there, an "É" would not match the unchanged "É" of the row.
+        pattern = sa.func.lower(sa.literal(_like(clean(f.error) or "")))
+        out.append(sa.func.lower(tasks.c.error).like(pattern, escape="/"))
     return out
 
 

@@ -22,8 +22,10 @@ Time = sa.Float(precision=53)
 def upgrade() -> None:
     sqlite = op.get_bind().dialect.name == "sqlite"
     schema = None if sqlite else "eventcore"
-    if not sqlite:
-        op.execute("CREATE SCHEMA IF NOT EXISTS eventcore")
+    if not sqlite and not sa.inspect(op.get_bind()).has_schema("eventcore"):
+        # Not IF NOT EXISTS: that needs the right to create in the database
+        # even when the schema is there (see history.database.migrate).
+        op.execute("CREATE SCHEMA eventcore")
     op.create_table(
         "tasks",
         sa.Column("task_id", sa.Text, primary_key=True),
