@@ -40,7 +40,14 @@ from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.server.target import client_options, redis_for
 from history.backfill import backfill_export, prepare
-from history.database import Database, check_schema, database_url, migrate, open_database
+from history.database import (
+    Database,
+    SqlUnavailable,
+    check_schema,
+    database_url,
+    migrate,
+    open_database,
+)
 from history.follower import SqlProjector
 from history.queries import BUCKETS, BadQuery, TaskFilter, find_tasks, task_stats
 from history.verify import verify_history
@@ -199,8 +206,11 @@ async def _catch_up(projector: SqlProjector, stop: asyncio.Event) -> None:
     if total < 10 * projector.batch:
         return
     with Progress("sql backfill", total=total) as bar:
-        while not stop.is_set() and await projector.step(None):
-            bar.update(projector.applied)
+        try:
+            while not stop.is_set() and await projector.step(None):
+                bar.update(projector.applied)
+        except SqlUnavailable:
+            return  # run() waits for the database and goes on from the positions
     _say(f"sql: caught up with the log ({projector.applied} entries)")
 
 

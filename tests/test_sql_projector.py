@@ -6,8 +6,12 @@ without writing anything twice."""
 
 from __future__ import annotations
 
+import asyncio
+
 from eventcore.log import EventLog
-from history.database import Database
+from eventcore.server.process import free_port
+from history.cli import _catch_up
+from history.database import Database, open_database
 from history.follower import GROUP, SqlProjector
 from history.schema import nodes, tasks
 from projections.replay import replay
@@ -51,3 +55,16 @@ async def test_the_sql_group_follows_what_was_written(log: EventLog, sql_db: Dat
     for stream, last in tracked.items():
         info = {g["name"].decode(): g for g in await log.redis.xinfo_groups(stream)}
         assert info[GROUP]["last-delivered-id"].decode() == last
+
+
+async def test_catching_up_gives_way_to_waiting_when_the_database_goes(log: EventLog) -> None:
+    """`eventcore sql` catches up with a progress line first; a database that
+    stops answering then must not end the process (run() waits for it)."""
+    await workload(log, 30, leave=0)
+    gone = open_database(f"postgresql://postgres@127.0.0.1:{free_port()}/none", writer=True)
+    projector = SqlProjector(log, gone, batch=5)
+    try:
+        await _catch_up(projector, asyncio.Event())  # returns instead of raising
+    finally:
+        gone.dispose()
+    assert projector.applied == 0
