@@ -42,7 +42,7 @@ from projections.pool import ProjectorPool, lease_holders
 from projections.progress import Progress
 from projections.read import read_queue_health
 from projections.replay import Views
-from projections.retention import Retention
+from projections.retention import Retention, sql_behind
 from projections.runner import tune_gc
 from projections.snapshot import log_trimmed, take_snapshot
 from projections.store import ShardStore, ViewStore, current_views
@@ -513,6 +513,7 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
         pending = await _pending(log, names, settings.group)
         marks = await store.watermark()
         holders = await lease_holders(log, store.ns)
+        sql = await sql_behind(log)
         health = await read_queue_health(
             log, names, queues, silent_for=settings.worker.heartbeat_timeout
         )
@@ -555,7 +556,13 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
         for row in qrows:
             row["warning"] = warnings.get(row["queue"])
         folded_by = {s: h.rsplit(":", 1)[0] if h else None for s, h in holders.items()}
-        out = {"queues": qrows, "nodes": nrows, "watermark": marks, "projectors": folded_by}
+        out = {
+            "queues": qrows,
+            "nodes": nrows,
+            "watermark": marks,
+            "projectors": folded_by,
+            "sql_behind": sql,
+        }
         print(json.dumps(out, indent=2))
         return 0
     print(table(qrows) if qrows else "no queues")
@@ -565,7 +572,18 @@ async def _status(url: str, settings: Settings, as_json: bool) -> int:
     print(table(nrows) if nrows else "no nodes have announced themselves yet")
     print()
     print(_projectors_line(holders))
+    print(_sql_line(sql))
     return 0
+
+
+def _sql_line(behind: int | None) -> str:
+    """How far the SQL history is: ``sql history: 12 log entries behind``."""
+    if behind is None:
+        return "sql history: no SQL projector has written yet (`eventcore sql`)"
+    if behind == 0:
+        return "sql history: up to date with the log"
+    more = "+" if behind > 10_000 else ""
+    return f"sql history: {min(behind, 10_000):,}{more} log entries behind"
 
 
 def _projectors_line(holders: dict[str, str | None]) -> str:

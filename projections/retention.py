@@ -47,6 +47,7 @@ __all__ = [
     "expire_views",
     "is_retired",
     "retire_log",
+    "sql_behind",
     "sql_positions",
 ]
 
@@ -91,6 +92,22 @@ async def sql_positions(log: EventLog, streams: Iterable[str]) -> dict[str, str]
             if text(group["name"]) == SQL_GROUP:
                 out[stream] = text(group["last-delivered-id"])
     return out
+
+
+async def sql_behind(log: EventLog, cap: int = 10_001) -> int | None:
+    """How many log entries the SQL projector has not written yet (at most
+    ``cap``); ``None`` when no SQL projector has written anything."""
+    streams = log_streams(log.keys)
+    positions = await sql_positions(log, streams)
+    if not positions:
+        return None
+    behind = 0
+    for stream in streams:
+        start = "(" + positions[stream] if stream in positions else "-"
+        behind += len(await log.redis.xrange(stream, min=start, max="+", count=cap - behind))
+        if behind >= cap:
+            break
+    return behind
 
 
 async def expire_views(

@@ -7,6 +7,7 @@ without writing anything twice."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 from eventcore.log import EventLog
 from eventcore.server.process import free_port
@@ -16,7 +17,7 @@ from history.follower import GROUP, SqlProjector
 from history.schema import nodes, tasks
 from projections.replay import replay
 from projections.tools import log_after
-from tests.replaykit import workload
+from tests.replaykit import cli, submit, workload
 from tests.sqlkit import drain, event_keys, expected_tasks, log_entries, positions, table
 
 
@@ -68,3 +69,29 @@ async def test_catching_up_gives_way_to_waiting_when_the_database_goes(log: Even
     finally:
         gone.dispose()
     assert projector.applied == 0
+
+
+async def test_status_says_how_far_the_sql_history_is(
+    redis_url: str, log: EventLog, sql_db: Database
+) -> None:
+    env = {
+        "REDIS_URL": redis_url,
+        "EVENTCORE_NAMESPACE": log.keys.namespace,
+        "EVENTCORE_PARTITIONS": str(log.keys.partitions),
+    }
+
+    async def line() -> tuple[str, object]:
+        text = await asyncio.to_thread(cli, "status", env=env)
+        assert text.returncode == 0, text.stderr
+        as_json = await asyncio.to_thread(cli, "status", "--json", env=env)
+        sql_lines = [x for x in text.stdout.splitlines() if x.startswith("sql history:")]
+        return sql_lines[0], json.loads(as_json.stdout)["sql_behind"]
+
+    await workload(log, 3, leave=0)
+    assert await line() == ("sql history: no SQL projector has written yet (`eventcore sql`)", None)
+    projector = SqlProjector(log, sql_db)
+    await drain(projector)
+    await projector.publish()
+    assert await line() == ("sql history: up to date with the log", 0)
+    await submit(log, 2)
+    assert await line() == ("sql history: 2 log entries behind", 2)
