@@ -40,9 +40,17 @@ from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.server.target import client_options, redis_for
 from history.backfill import backfill_export, prepare
-from history.database import Database, check_schema, database_url, migrate, open_database
+from history.database import (
+    Database,
+    SqlUnavailable,
+    check_schema,
+    database_url,
+    migrate,
+    open_database,
+)
 from history.follower import SqlProjector
 from history.queries import BUCKETS, BadQuery, TaskFilter, find_tasks, task_stats
+from history.store import TrackingConflict
 from history.verify import verify_history
 from projections.cli import table
 from projections.points import parse_point
@@ -189,13 +197,19 @@ async def _follow(projector: SqlProjector) -> int:
 
 
 async def _catch_up(projector: SqlProjector, stop: asyncio.Event) -> None:
-    """Apply what the log already holds, with a progress line on a terminal."""
+    """Apply what the log already holds, with a progress line on a terminal.
+    What :meth:`SqlProjector.run` waits out (the database away, another
+    writer first) ends the catch-up and is left to it."""
     total = await _backlog(projector)
     if total < 10 * projector.batch:
         return
     with Progress("sql backfill", total=total) as bar:
-        while not stop.is_set() and await projector.step(None):
-            bar.update(projector.applied)
+        try:
+            while not stop.is_set() and await projector.step(None):
+                bar.update(projector.applied)
+        except (SqlUnavailable, TrackingConflict) as exc:
+            _say(f"sql backfill interrupted: {exc}")
+            return
     _say(f"sql: caught up with the log ({projector.applied} entries)")
 
 

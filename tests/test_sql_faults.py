@@ -1,7 +1,8 @@
-"""``eventcore sql`` under faults, as real processes on real servers.
-
-Two SQL projectors started together on a new PostgreSQL database both
-migrate it; the second must find the work done, not fail.
+"""``eventcore sql`` under faults, as real processes on real servers: two
+started together on a new database, or over a backlog; PostgreSQL going
+away while a new database fills. Afterwards each log entry has exactly one
+event row, each task one row equal to its fold of the log, and ``verify``
+finds no difference.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,9 @@ import pytest
 
 from eventcore.ids import stream_id_key
 from eventcore.keys import Keys
-from eventcore.log import EventLog
+from eventcore.log import EventLog, Submission
 from eventcore.server.postgres import PostgresConfig, PostgresProcess
-from history.database import Database, open_database, schema_revision
+from history.database import Database, migrate, open_database, schema_revision
 from history.follower import SqlProjector
 from history.schema import SCHEMA, tasks, tracking
 from history.verify import verify_history
@@ -30,9 +32,9 @@ from projections.points import log_streams
 from projections.replay import replay
 from projections.tools import log_after
 from tests.faultkit import fault_size
-from tests.replaykit import cli
+from tests.replaykit import cli, workload
 from tests.sqlkit import event_keys, expected_tasks, log_entries, positions, table
-from tests.workerkit import spawn_worker, wait_until
+from tests.workerkit import spawn_worker, spec, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(fault_size(180, 90))]
 
@@ -259,5 +261,82 @@ async def test_two_migrations_of_a_new_postgres_database_at_once(pg_url: str) ->
     db = open_database(pg_url)
     try:
         assert schema_revision(db) is not None
+    finally:
+        db.dispose()
+
+
+async def test_two_sql_projectors_starting_together_over_a_backlog(
+    plog: EventLog, redis_url: str, namespace: str, pg_url: str, procs: Procs, tmp_path: Path
+) -> None:
+    """Regression: over a log with a backlog, ``eventcore sql`` catches up
+    first (with a progress line), outside the loop that waits out conflicts;
+    two started together both caught up, and the one that lost the first
+    batch exited on "another writer applied entries … first".
+
+    Made certain: the tracking table is locked until both wait to read their
+    positions, so both start from none."""
+    log = plog
+    await workload(log, 30)
+    await asyncio.to_thread(_migrated, pg_url)
+    logs = [tmp_path / "sql-a.log", tmp_path / "sql-b.log"]
+    holder = await psycopg.AsyncConnection.connect(pg_url)
+    try:
+        await holder.execute(f"LOCK TABLE {SCHEMA}.{tracking.name} IN ACCESS EXCLUSIVE MODE")
+        # Batches of 5: the backlog is more than 10 batches, so they catch up first.
+        pair = [procs.sql(redis_url, namespace, pg_url, p, batch=5) for p in logs]
+        await _waiting_on_locks(pg_url, 2)
+        await holder.rollback()
+    finally:
+        await holder.close()
+    await wait_until(lambda: any(CONFLICT in _text(p) for p in logs), timeout=30, what="a conflict")
+    db = open_database(pg_url)
+    try:
+        await _wait_reached(db, log)
+        for proc, p in zip(pair, logs, strict=True):
+            await _stop(proc, p)
+        await assert_rows_once(log, db)
+    finally:
+        db.dispose()
+
+
+def _migrated(url: str) -> None:
+    db = open_database(url, writer=True)
+    try:
+        migrate(db)
+    finally:
+        db.dispose()
+
+
+async def test_postgres_down_while_a_new_history_fills(
+    plog: EventLog,
+    redis_url: str,
+    namespace: str,
+    own_pg: PostgresProcess,
+    procs: Procs,
+    tmp_path: Path,
+) -> None:
+    """Regression: a new database is filled from the log first (with a
+    progress line), outside the loop that waits out the database going away;
+    PostgreSQL stopping then made ``eventcore sql`` exit with "does not
+    answer" instead of waiting."""
+    log, pg = plog, own_pg
+    for i in range(0, 1500, 500):
+        await log.submit_many([Submission(spec=spec("noop", i=i + k)) for k in range(500)])
+    sql_log = tmp_path / "sql.log"
+    db = open_database(pg.url)
+    try:
+        # One entry a stream a batch: the 1500 entries take a while.
+        sql = procs.sql(redis_url, namespace, pg.url, sql_log, batch=1)
+        await wait_until(
+            partial(asyncio.to_thread, _moved, db, {}), timeout=30, what="the first rows"
+        )
+        await asyncio.to_thread(pg.stop)
+        await _logged(sql_log, WAITING, proc=sql)
+        assert "backfill interrupted" in _text(sql_log)  # it fell where it should
+        await asyncio.to_thread(pg.start)
+        await _logged(sql_log, ANSWERS, timeout=40)
+        await _wait_reached(db, log)
+        await _stop(sql, sql_log)
+        await assert_rows_once(log, db)
     finally:
         db.dispose()
