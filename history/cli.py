@@ -50,6 +50,7 @@ from history.database import (
 )
 from history.follower import SqlProjector
 from history.queries import BUCKETS, BadQuery, TaskFilter, find_tasks, task_stats
+from history.store import TrackingConflict
 from history.verify import verify_history
 from projections.cli import table
 from projections.points import parse_point
@@ -201,7 +202,9 @@ async def _follow(projector: SqlProjector) -> int:
 
 
 async def _catch_up(projector: SqlProjector, stop: asyncio.Event) -> None:
-    """Apply what the log already holds, with a progress line on a terminal."""
+    """Apply what the log already holds, with a progress line on a terminal.
+    What :meth:`SqlProjector.run` waits out (the database away, another
+    writer first) ends the catch-up and is left to it."""
     total = await _backlog(projector)
     if total < 10 * projector.batch:
         return
@@ -209,8 +212,10 @@ async def _catch_up(projector: SqlProjector, stop: asyncio.Event) -> None:
         try:
             while not stop.is_set() and await projector.step(None):
                 bar.update(projector.applied)
-        except SqlUnavailable:
-            return  # run() waits for the database and goes on from the positions
+        except (SqlUnavailable, TrackingConflict) as exc:
+            # run() waits these out and goes on from the positions.
+            _say(f"sql backfill interrupted: {exc}")
+            return
     _say(f"sql: caught up with the log ({projector.applied} entries)")
 
 

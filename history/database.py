@@ -52,6 +52,7 @@ DEFAULT_FILE = "history.sqlite3"
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_MS = 30_000
 CONNECT_TIMEOUT_S = 5
+MIGRATION_LOCK = 0x65_63_68_69_73_74  # "echist": the advisory lock migrations take
 
 
 class SqlError(EventcoreError):
@@ -301,6 +302,15 @@ def migrate(db: Database) -> tuple[str | None, str]:
         return before, head
     cfg = _alembic_config(db)
     with db.begin() as conn:
+        if not db.sqlite:
+            # Two SQL projectors started together on a new database would both
+            # create the schema, and the second fail on it: migrations queue
+            # here instead (SQLite's writers queue at BEGIN IMMEDIATE), and
+            # the second finds the work done.
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
+        before = MigrationContext.configure(conn, opts=_version_options(db)).get_current_revision()
+        if before == head:
+            return before, head
         if not db.sqlite and not sa.inspect(conn).has_schema(SCHEMA):
             # Alembic's version table lives in the schema, so it comes first.
             # Only when missing: even with IF NOT EXISTS, CREATE SCHEMA needs
