@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -219,9 +220,12 @@ class SqlProjector:
                 await _wait(stop, self._outage.down(exc))
                 continue
             except TrackingConflict as exc:
+                # The next step reads the positions again (inside the loop, so
+                # the database going away then is waited out like any outage),
+                # after a short random pause so two writers fall out of step.
                 logger.warning("sql: %s; reading the positions again", exc)
-                await self.reload()
-                await _wait(stop, RETRY_FIRST)
+                self._ready = False
+                await _wait(stop, random.uniform(0.0, 0.25))
                 continue
             except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
                 logger.warning("sql: Redis: %s; retrying in 1s", exc)
