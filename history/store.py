@@ -12,14 +12,15 @@ Writes are bulk. On PostgreSQL every row goes in by ``COPY``, one per table
 and batch; a task that already has a row has it deleted first, in the same
 transaction (readers see the old row or the new one, never none). Which
 tasks are new the fold knows: it started their views from nothing, having
-read the table. A row at a time (psycopg's executemany, even as upserts)
-the server parses and plans one statement per row, which cost more than
+read the table. Row by row, as SQLAlchemy's executemany sends them through
+psycopg, the server takes one statement per row, which cost more than all
 the rest of a backfill together. The ``COPY`` runs on psycopg's own
 connection, inside the same transaction; its errors are turned into
-SQLAlchemy's, so they read like every other. On SQLite, sqlite3's
-``executemany`` (a loop in C over one prepared statement) is already the
-fast way, every task row an upsert. Node rows, a handful a batch, are
-upserts on both.
+SQLAlchemy's, so they read like every other. On SQLite the rows go to
+sqlite3's ``executemany`` (a loop in C over one prepared statement) as
+tuples, every task row an upsert: through SQLAlchemy, each row's parameters
+are handled in Python first, which cost as much as SQLite's own work. Node
+rows, a handful a batch, are SQLAlchemy upserts on both.
 
 These are blocking calls; the async SQL projector runs them in a thread.
 """
@@ -78,7 +79,6 @@ class HistoryStore:
     def __init__(self, db: Database) -> None:
         self.db = db
         dialect = sqlite if db.sqlite else postgresql
-        self._task_upsert = _upsert(dialect, tasks, "task_id")
         self._node_upsert = _upsert(dialect, nodes, "node")
         ids = sa.bindparam("ids", type_=postgresql.ARRAY(sa.Text))
         self._task_ids = tasks.c.task_id == sa.any_(ids)  # PostgreSQL
@@ -131,12 +131,9 @@ class HistoryStore:
         with self.db.begin() as conn:
             self._move_tracking(conn, batch.moves)
             if self.db.sqlite:
-                if batch.task_events:
-                    conn.execute(sa.insert(task_events), batch.task_events)
-                if batch.node_events:
-                    conn.execute(sa.insert(node_events), batch.node_events)
-                if batch.tasks:
-                    conn.execute(self._task_upsert, list(batch.tasks.values()))
+                _insert(conn, task_events, batch.task_events)
+                _insert(conn, node_events, batch.node_events)
+                _insert(conn, tasks, batch.tasks.values(), upsert_on="task_id")
             else:
                 self._copy_rows(conn, batch)
             if batch.nodes:
@@ -216,6 +213,29 @@ def _copy(cursor: psycopg.Cursor[Any], table: sa.Table, rows: Collection[dict[st
     with cursor.copy(f"COPY {SCHEMA}.{table.name} ({', '.join(names)}) FROM STDIN") as copy:
         for row in rows:
             copy.write_row(pick(row))
+
+
+def _insert(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: Collection[dict[str, Any]],
+    *,
+    upsert_on: str | None = None,
+) -> None:
+    """``rows`` (dicts with every column) into ``table`` on SQLite, by one
+    ``executemany`` of the driver (see the module docstring); an upsert on
+    ``upsert_on`` if given."""
+    if not rows:
+        return
+    names = [c.name for c in table.columns]
+    columns = ", ".join(f'"{name}"' for name in names)
+    sql = f'INSERT INTO "{table.name}" ({columns}) VALUES ({", ".join("?" * len(names))})'
+    if upsert_on is not None:
+        sql += f' ON CONFLICT ("{upsert_on}") DO UPDATE SET ' + ", ".join(
+            f'"{n}" = excluded."{n}"' for n in names if n != upsert_on
+        )
+    pick = itemgetter(*names)
+    conn.exec_driver_sql(sql, [pick(row) for row in rows])
 
 
 def _upsert(dialect: Any, table: sa.Table, key: str) -> Any:
