@@ -61,10 +61,14 @@ DT = 0.0005  # simulated seconds per event: the `at` of every event but TaskSubm
 
 
 class Gen:
-    """Writes the log: a pool of in-flight tasks, each a generator of its events."""
+    """Writes the log: a pool of in-flight tasks, each a generator of its events;
+    ``progress``: at most that many progress reports an attempt (none: about 4
+    events a task)."""
 
-    def __init__(self, log: EventLog, n: int, in_flight: int, seed: int = 1) -> None:
-        self.elog, self.n, self.in_flight = log, n, in_flight
+    def __init__(
+        self, log: EventLog, n: int, in_flight: int, seed: int = 1, progress: int = 3
+    ) -> None:
+        self.elog, self.n, self.in_flight, self.progress = log, n, in_flight, progress
         self.rng = random.Random(seed)
         self.t0 = time.time()
         self.written = 0  # events written or buffered
@@ -91,7 +95,7 @@ class Gen:
             yield e(ev.TaskClaimed, node=node, attempt=att, deliveries=1, entry_id=eid)
             yield e(ev.TaskStarted, node=node, attempt=att, pid=1000)
             started = self.now()
-            for k in range(rng.randint(0, 3)):
+            for k in range(rng.randint(0, self.progress)):
                 yield e(ev.TaskProgress, attempt=att, progress=(k + 1) / 4, message=kind)
             self.held[node].discard(tid)  # runs when the next event is asked for
             if att < attempts:

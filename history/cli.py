@@ -55,6 +55,7 @@ from history.verify import verify_history
 from projections.cli import table
 from projections.points import parse_point
 from projections.progress import Progress
+from projections.runner import tune_gc
 
 __all__ = ["add_commands"]
 
@@ -171,6 +172,7 @@ def _with_log(
     settings: Settings, url: str, batch: int, fn: Callable[[SqlProjector], Awaitable[int]]
 ) -> int:
     async def main(redis_url: str) -> int:
+        tune_gc()  # it folds batches as the Redis projector does (a quarter of its CPU else)
         redis = await connect(redis_url, client_options(settings))
         log = EventLog(redis, Keys(settings.namespace, settings.partitions))
         try:

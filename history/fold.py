@@ -48,7 +48,9 @@ def fold_entries(
     node_views: dict[str, NodeView],
 ) -> Batch:
     """Fold ``items`` (each stream's entries in id order) onto the views, in
-    place, and return the rows and tracking moves to write."""
+    place, and return the rows and tracking moves to write. ``task_views``
+    holds the view of every task of ``items`` that has a row: a task it
+    lacks is new to the table (``Batch.new_tasks``)."""
     batch = Batch()
     last: dict[str, str] = {}
     applied: dict[str, int] = {}
@@ -72,7 +74,10 @@ def fold_entries(
             batch.node_events.append(node_event_row(stream, entry_id, node))
         else:
             task: TaskEvent = event
-            task_views[task.task_id] = fold_task(task_views.get(task.task_id), entry_id, task)
+            before = task_views.get(task.task_id)
+            if before is None:
+                batch.new_tasks.add(task.task_id)
+            task_views[task.task_id] = fold_task(before, entry_id, task)
             changed_tasks.add(task.task_id)
             batch.task_events.append(task_event_row(stream, entry_id, task))
     batch.tasks = {t: task_row(task_views[t]) for t in sorted(changed_tasks)}
