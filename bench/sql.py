@@ -34,11 +34,19 @@ synchronous=NORMAL, as :mod:`history.database` opens them).
    default batch). For every entry, the time its transaction committed less
    the time in its entry id: p50, p99 and max.
 
+4. Steady state (bench/_steady.py): a constant stream of no-op tasks through
+   a real stack (a worker, ``eventcore project`` and ``eventcore sql``), once
+   with the views' and the log's retention off, once with a few seconds of
+   each: Redis's ``used_memory`` sampled as it runs, and its growth per task
+   over the second half of each run. With retention it stays flat.
+
 Figures, never assertions; the targets are printed next to them. The machine
 may be shared: the ratios, measured in the same run, say more than the figures.
 
 Usage: python bench/sql.py [--events N] [--runs R] [--batch B] [--big-batch B]
-                           [--rebuild-batch B] [--live-tasks T] [--live-seconds S] [--quick]
+                           [--rebuild-batch B] [--live-tasks T] [--live-seconds S]
+                           [--steady-seconds S] [--steady-rate R] [--steady-retention S]
+                           [--quick]
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import _quick
+from _steady import steady_state
 from redis.asyncio import Redis
 from replay import SUBMIT_BATCH, Gen, caught_up_views
 from scale import process_cpu
@@ -377,6 +386,11 @@ if __name__ == "__main__":
     parser.add_argument("--rebuild-batch", type=int, default=20_000)
     parser.add_argument("--live-tasks", type=int, default=20_000)
     parser.add_argument("--live-seconds", type=float, default=2.5)
+    parser.add_argument("--steady-seconds", type=float, default=40.0)
+    parser.add_argument("--steady-rate", type=int, default=300, help="tasks/s")
+    parser.add_argument(
+        "--steady-retention", type=float, default=5.0, help="views' and log's retention, s"
+    )
     quick = {
         "events": 20_000,
         "runs": 1,
@@ -385,5 +399,12 @@ if __name__ == "__main__":
         "big_batch": 5_000,
         "live_tasks": 1_000,
         "live_seconds": 1.0,
+        "steady_seconds": 8.0,
+        "steady_rate": 100,
+        "steady_retention": 2.0,
     }
-    asyncio.run(main(_quick.parse_args(parser, quick)))
+    args = _quick.parse_args(parser, quick)
+    asyncio.run(main(args))
+    steady_state(
+        seconds=args.steady_seconds, rate=args.steady_rate, retention=args.steady_retention
+    )
