@@ -35,6 +35,7 @@ from eventcore.server.process import ServerConfig, ServerProcess, find_server_bi
 __all__ = ["steady_state"]
 
 NAMESPACE = "steady"
+Sample = tuple[float, int, int, int]  # seconds, tasks submitted, bytes besides the feeds, feeds
 
 
 def _role(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -50,7 +51,7 @@ def _role(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
 
 async def _run(
     url: str, workdir: Path, *, retention: float | None, seconds: float, rate: int, every: float
-) -> list[tuple[float, int, int]]:
+) -> list[Sample]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTCORE_")}
     env.update(
         REDIS_URL=url,
@@ -68,7 +69,7 @@ async def _run(
     ]
     redis = Redis.from_url(url)
     log = EventLog(redis, Keys(NAMESPACE, 1))
-    samples: list[tuple[float, int, int]] = []
+    samples: list[Sample] = []
     submitted = 0
     try:
         start = time.monotonic()
@@ -84,7 +85,10 @@ async def _run(
                 submitted += due
             if now >= next_sample:
                 used = int((await redis.info("memory"))["used_memory"])
-                samples.append((now - start, submitted, used))
+                feeds = 0
+                for shard in log.keys.view_shards():
+                    feeds += int(await redis.memory_usage(log.keys.feed(shard)) or 0)
+                samples.append((now - start, submitted, used - feeds, feeds))
                 next_sample += every
             await asyncio.sleep(0.05)
     finally:
@@ -100,8 +104,9 @@ async def _run(
     return samples
 
 
-def _growth(samples: list[tuple[float, int, int]]) -> float:
-    """Bytes of Redis memory per task submitted, over the second half."""
+def _growth(samples: list[Sample]) -> float:
+    """Bytes of Redis memory besides the capped feeds per task submitted,
+    over the second half of a run."""
     half = samples[len(samples) // 2]
     last = samples[-1]
     tasks = last[1] - half[1]
@@ -111,46 +116,48 @@ def _growth(samples: list[tuple[float, int, int]]) -> float:
 def steady_state(*, seconds: float, rate: int, retention: float) -> dict[str, Any]:
     """Run the stream without and with retention; print and return the figures."""
     every = max(1.0, seconds / 12)
+    results: dict[str, list[Sample]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
-        server = ServerProcess(find_server_binary(), ServerConfig(base / "redis", port=free_port()))
         (base / "redis").mkdir()
+        server = ServerProcess(find_server_binary(), ServerConfig(base / "redis", port=free_port()))
         url = server.start()
         try:
-            results = {}
             for name, keep in (("no retention", None), (f"retention {retention:g}s", retention)):
                 run_dir = base / name.replace(" ", "-")
                 run_dir.mkdir()
-                samples = asyncio.run(
+                results[name] = asyncio.run(
                     _run(url, run_dir, retention=keep, seconds=seconds, rate=rate, every=every)
                 )
-                results[name] = samples
         finally:
             server.stop()
     print(f"\nRedis memory under a constant stream of {rate} no-op tasks/s for {seconds:g}s")
-    print(f"{'':>8}" + "".join(f"{name:>34}" for name in results))
-    head = f"{'tasks':>12}{'used MB':>10}{'B/task*':>12}"
+    print(f"{'':>8}" + "".join(f"{name:>44}" for name in results))
+    head = f"{'tasks':>10}{'rest MB':>9}{'feeds MB':>10}{'rest B/task*':>15}"
     print(f"{'t (s)':>8}" + head * len(results))
     rows = min(len(s) for s in results.values())
     for i in range(rows):
         cells = []
         for samples in results.values():
-            _, n, used = samples[i]
-            prev_n, prev_used = (samples[i - 1][1], samples[i - 1][2]) if i else (0, used)
-            per = (used - prev_used) / (n - prev_n) if n > prev_n else 0.0
-            cells.append(f"{n:>12,}{used / 1e6:>10.1f}{per:>12,.0f}")
+            _, n, rest, feeds = samples[i]
+            prev_n, prev_rest = (samples[i - 1][1], samples[i - 1][2]) if i else (0, rest)
+            per = (rest - prev_rest) / (n - prev_n) if n > prev_n else 0.0
+            cells.append(f"{n:>10,}{rest / 1e6:>9.1f}{feeds / 1e6:>10.1f}{per:>15,.0f}")
         print(f"{results[next(iter(results))][i][0]:>8.1f}" + "".join(cells))
-    print("* growth of used_memory since the previous sample, per task submitted in between")
+    print(
+        "rest: used_memory less the view feeds (capped streams of every view change,\n"
+        "for SSE resume: they grow to their cap, then stay); * growth since the previous\n"
+        "sample, per task submitted in between"
+    )
     growth = {name: _growth(samples) for name, samples in results.items()}
     names = list(growth)
-    print("growth per task over the second half of each run (bytes of used_memory):")
+    print("growth of the rest per task over the second half of each run:")
     for name in names:
         print(f"  {name}: {growth[name]:,.0f} B/task")
-    base_growth = growth[names[0]]
-    if base_growth > 0:
+    if growth[names[0]] > 0:
         print(
-            f"  ratio with / without retention: {growth[names[1]] / base_growth:.2f}x "
-            "(target: flat, i.e. about 0 once tasks retire)"
+            f"  ratio with / without retention: {growth[names[1]] / growth[names[0]]:.2f}x "
+            "(target: flat, about 0 once tasks retire)"
         )
     return {"growth": growth, "samples": results}
 
