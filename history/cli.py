@@ -52,10 +52,10 @@ from history.follower import SqlProjector
 from history.queries import BUCKETS, BadQuery, TaskFilter, find_tasks, task_stats
 from history.store import TrackingConflict
 from history.verify import verify_history
-from projections.cli import table
 from projections.points import parse_point
 from projections.progress import Progress
 from projections.runner import tune_gc
+from projections.status import table
 
 __all__ = ["add_commands"]
 

@@ -15,7 +15,7 @@ from eventcore.errors import EventcoreError
 from eventcore.keys import Keys
 from eventcore.log import EventLog
 from eventcore.server.target import client_options, redis_for
-from projections.cli import table
+from projections.status import table
 
 __all__ = ["add_commands"]
 
